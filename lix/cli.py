@@ -1,0 +1,102 @@
+"""The ``lix`` command line: thin wrappers that parse, call ``pipeline``/``lix`` and report."""
+
+from __future__ import annotations
+
+import functools
+import os
+from enum import Enum
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from pipeline.errors import LixError
+
+app = typer.Typer(help="LIX: geometry-aware knowledge distillation for semantic segmentation.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+prepare_app = typer.Typer(help="Data preparation: download, splits (and the DVC stages behind them).",
+                          no_args_is_help=True)
+app.add_typer(prepare_app, name="prepare")
+err = Console(stderr=True)
+out = Console()
+
+
+class Dataset(str, Enum):
+    vkitti2 = "vkitti2"
+    kitti = "kitti"
+    nuimages = "nuimages"
+
+
+DatasetOpt = typer.Option(..., "--dataset", "-d", help="Which dataset: vkitti2, kitti or nuimages.")
+ParamsOpt = typer.Option(Path("params.yaml"), "--params", help="The parameter file (params.yaml).")
+ProgressOpt = typer.Option(True, "--progress/--no-progress", help="Show progress bars.")
+
+
+def user_errors(fn):
+    """Print a LixError as one red line and exit with status 2 instead of a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except LixError as e:
+            err.print(f"[bold red]error:[/] {e}", markup=True, highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+@prepare_app.command("download")
+@user_errors
+def download_cmd(
+    dataset: Dataset = DatasetOpt,
+    root: Path = typer.Option(None, help="Where the dataset goes (default data/raw/<dataset>)."),
+    params: Path = ParamsOpt,
+    cache: Path = typer.Option(Path("data/downloads"), help="Where downloaded archives are kept."),
+    workers: int = typer.Option(min(2, os.cpu_count() or 1), help="Processes for synthesising."),
+    progress: bool = ProgressOpt,
+):
+    """Put a dataset in its native layout: synthesise it (default), download it, or take local files."""
+    from lix.config import load_params
+    from pipeline.prepare import acquire
+
+    p = load_params(params)
+    d = dataset.value
+    root = root or Path("data/raw") / d
+    acquire(d, root, p.download[d], p.synthetic[d], p.reader[d], cache_dir=cache, workers=workers,
+            progress=progress)
+    out.print(f"[green]{d}[/] ready at {root} (source: {p.download[d].source})")
+
+
+@prepare_app.command("splits")
+@user_errors
+def splits_cmd(
+    dataset: Dataset = DatasetOpt,
+    root: Path = typer.Option(None, help="Dataset root (default data/raw/<dataset>)."),
+    out_path: Path = typer.Option(None, "--out", help="Manifest to write (default data/splits/<dataset>.json)."),
+    params: Path = ParamsOpt,
+    progress: bool = ProgressOpt,
+):
+    """Draw the seeded train/val split and write its manifest of sample ids."""
+    from lix.config import load_params
+    from pipeline.prepare import build_split
+
+    p = load_params(params)
+    d = dataset.value
+    root = root or Path("data/raw") / d
+    out_path = out_path or Path("data/splits") / f"{d}.json"
+    split = build_split(d, root, out_path, p.splits[d], p.reader[d], progress=progress)
+    out.print(f"[green]{d}[/] split: {len(split['train'])} train / {len(split['val'])} val -> {out_path}")
+
+
+@prepare_app.command("check-params")
+@user_errors
+def check_params_cmd(params: Path = ParamsOpt):
+    """Validate params.yaml and print the resolved values."""
+    from lix.config import load_params
+
+    out.print(load_params(params))
+
+
+if __name__ == "__main__":
+    app()

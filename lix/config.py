@@ -1,0 +1,193 @@
+"""params.yaml as frozen dataclasses.
+
+Each section is a dataclass with defaults. :func:`load_params` checks every key against
+the dataclass fields: an unknown key, a value of the wrong type, or a value out of range
+fails with one :class:`ConfigError` naming the full key path (``splits.kitti.ratio``) and
+what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+from pipeline.errors import ConfigError, DataError
+
+DATASETS = ("vkitti2", "kitti", "nuimages")
+
+
+def _require(ok: bool, key: str, problem: str) -> None:
+    if not ok:
+        raise ConfigError(key, problem)
+
+
+# --------------------------------------------------------------------------- sections
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """The built-in synthetic miniature of one dataset."""
+
+    n_images: int = 200
+    width: int = 320
+    height: int = 96
+    seed: int = 0
+    variations: tuple[str, ...] = ("clone",)  # vKITTI2 only
+
+    def __post_init__(self):
+        from pipeline.sources.synthetic.scene import VARIATIONS
+
+        _require(self.n_images >= 1, "n_images", f"must be >= 1, got {self.n_images}")
+        _require(16 <= self.width <= 4096, "width", f"must be in [16, 4096], got {self.width}")
+        _require(16 <= self.height <= 4096, "height", f"must be in [16, 4096], got {self.height}")
+        _require(len(self.variations) >= 1, "variations", "must name at least one variation")
+        bad = [v for v in self.variations if v not in VARIATIONS]
+        _require(not bad, "variations", f"unknown {bad}; allowed: {list(VARIATIONS)}")
+
+
+@dataclass(frozen=True)
+class DownloadConfig:
+    """Where a dataset comes from: the synthetic default, the public URLs, or local files."""
+
+    source: Literal["synthetic", "url", "local"] = "synthetic"
+    local_path: Optional[str] = None
+    mirror: Optional[str] = None  # base URL or directory holding the archives under their own names
+    sha256: dict[str, str] = field(default_factory=dict)  # archive file name -> expected digest
+
+    def __post_init__(self):
+        _require(self.source != "local" or self.local_path is not None, "local_path",
+                 "required when source is 'local' (a directory or an archive)")
+        for name, digest in self.sha256.items():
+            _require(len(digest) == 64 and all(c in "0123456789abcdef" for c in digest.lower()),
+                     f"sha256.{name}", f"must be 64 hex digits, got {digest!r}")
+
+
+@dataclass(frozen=True)
+class ReaderConfig:
+    """Dataset-specific reading options."""
+
+    variations: Optional[tuple[str, ...]] = None  # vKITTI2: restrict to these variations
+    version: str = "v1.0-train"  # nuImages table version
+    channels: Optional[tuple[str, ...]] = None  # nuImages: restrict to these cameras
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """Seeded random train/val split of ``n_images`` samples at ``ratio`` (train:val)."""
+
+    n_images: int = 200
+    ratio: tuple[int, int] = (3, 1)
+    seed: int = 0
+
+    def __post_init__(self):
+        _require(self.n_images >= 2, "n_images", f"must be >= 2, got {self.n_images}")
+        _require(all(r >= 1 for r in self.ratio), "ratio", f"both parts must be >= 1, got {list(self.ratio)}")
+
+
+def _per_dataset(cls, **overrides):
+    return field(default_factory=lambda: {d: cls(**overrides.get(d, {})) for d in DATASETS})
+
+
+@dataclass(frozen=True)
+class Params:
+    synthetic: dict[str, SyntheticConfig] = _per_dataset(SyntheticConfig)
+    download: dict[str, DownloadConfig] = _per_dataset(DownloadConfig)
+    reader: dict[str, ReaderConfig] = _per_dataset(ReaderConfig)
+    splits: dict[str, SplitConfig] = _per_dataset(SplitConfig)
+
+    def __post_init__(self):
+        for section in ("synthetic", "download", "reader", "splits"):
+            got = getattr(self, section)
+            unknown = sorted(set(got) - set(DATASETS))
+            _require(not unknown, section, f"unknown dataset(s) {unknown}; allowed: {list(DATASETS)}")
+            # A section may name a subset of datasets; the rest keep their defaults.
+            defaults = Params.__dataclass_fields__[section].default_factory()
+            object.__setattr__(self, section, {**defaults, **got})
+
+
+# --------------------------------------------------------------------------- loading
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "null"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return getattr(tp, "__name__", str(tp)) if origin is None else str(tp).replace("typing.", "")
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` and convert lists to tuples."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _convert(value, a, key)
+            except ConfigError:
+                pass
+        raise ConfigError(key, f"expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        _require(value in args, key, f"expected {_type_name(tp)}, got {value!r}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, key)
+    if origin is dict:
+        _require(isinstance(value, dict), key, f"expected a mapping, got {value!r}")
+        kt, vt = args
+        return {_convert(k, kt, f"{key}.{k}"): _convert(v, vt, f"{key}.{k}") for k, v in value.items()}
+    if origin is tuple:
+        _require(isinstance(value, (list, tuple)), key, f"expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+        _require(len(value) == len(args), key, f"expected a list of {len(args)} values, got {list(value)}")
+        return tuple(_convert(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if tp is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        _require(ok, key, f"expected a number, got {value!r}")
+        return float(value)
+    if tp in (int, str, bool):
+        ok = isinstance(value, tp) and not (tp is int and isinstance(value, bool))
+        _require(ok, key, f"expected {tp.__name__}, got {value!r}")
+        return value
+    raise TypeError(f"unsupported annotation {tp} at {key}")
+
+
+def from_dict(cls, data: Any, path: str = ""):
+    """Build the frozen dataclass ``cls`` from a mapping, validating as described above."""
+    prefix = f"{path}." if path else ""
+    if data is None:
+        data = {}
+    _require(isinstance(data, dict), path or "<root>", f"expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    _require(not unknown, f"{prefix}{unknown[0]}" if unknown else "",
+             f"unknown key; allowed keys here: {names}")
+    kwargs = {k: _convert(v, hints[k], f"{prefix}{k}") for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:
+        raise ConfigError(f"{prefix}{e.key}", e.problem) from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate ``params.yaml``."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "parameter file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise DataError(path, f"not valid YAML: {e}") from None
+    return from_dict(Params, data or {})

@@ -1,0 +1,136 @@
+"""The reader interface shared by every dataset, and the reader registry."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from pipeline.errors import DataError, LixError
+from pipeline.imageio import check_same_size
+
+IGNORE = 255
+
+
+@dataclass
+class Frame:
+    """One sample as read from a dataset's native files.
+
+    rgb: (H, W, 3) uint8. label: (H, W) uint8 train ids, 255 = ignore. K: (3, 3) float64
+    intrinsics in pixels. Optional: right_rgb (H, W, 3) uint8 and baseline in metres (stereo);
+    disparity (H, W) float32 pixels, 0 = invalid (sparse ground truth); depth (H, W) float32
+    metres, 0 = invalid (depth the source carries: rendered or side-car); camera_height in
+    metres above the ground plane.
+    """
+
+    id: str
+    rgb: np.ndarray
+    label: np.ndarray
+    K: np.ndarray
+    right_rgb: np.ndarray | None = None
+    baseline: float | None = None
+    disparity: np.ndarray | None = None
+    depth: np.ndarray | None = None
+    camera_height: float | None = None
+
+
+class DatasetReader(ABC):
+    """Reads one dataset from its native on-disk layout.
+
+    Subclasses validate the layout in ``__init__`` (raising :class:`DataError` naming the
+    missing path) and implement the per-sample accessors. Optional accessors return None
+    where the dataset does not carry that modality.
+    """
+
+    name: str = ""
+    class_names: tuple[str, ...] = ()
+    OPTIONS: tuple[str, ...] = ()  # keyword options taken from the params' reader section
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise DataError(self.root, f"{self.name} dataset root not found (expected a directory)")
+
+    @abstractmethod
+    def ids(self) -> list[str]:
+        """Sorted sample ids."""
+
+    @abstractmethod
+    def rgb(self, sample_id: str) -> np.ndarray: ...
+
+    @abstractmethod
+    def label(self, sample_id: str) -> np.ndarray: ...
+
+    @abstractmethod
+    def intrinsics(self, sample_id: str) -> np.ndarray: ...
+
+    def stereo(self, sample_id: str) -> tuple[np.ndarray, float] | None:
+        """Right image (H, W, 3) uint8 and baseline in metres, if the dataset is stereo."""
+        return None
+
+    def sparse_disparity(self, sample_id: str) -> np.ndarray | None:
+        return None
+
+    def reference_depth(self, sample_id: str) -> np.ndarray | None:
+        return None
+
+    def camera_height(self, sample_id: str) -> float | None:
+        return None
+
+    def frame(self, sample_id: str) -> Frame:
+        """Everything the dataset carries for ``sample_id``, with sizes cross-checked."""
+        rgb = self.rgb(sample_id)
+        label = self.label(sample_id)
+        check_same_size(rgb, label, self.label_path(sample_id), "label")
+        st = self.stereo(sample_id)
+        right, baseline = st if st is not None else (None, None)
+        if right is not None:
+            check_same_size(rgb, right, self.right_path(sample_id), "right image")
+        disp = self.sparse_disparity(sample_id)
+        if disp is not None:
+            check_same_size(rgb, disp, self.disparity_path(sample_id), "disparity map")
+        depth = self.reference_depth(sample_id)
+        if depth is not None:
+            check_same_size(rgb, depth, self.depth_path(sample_id), "depth map")
+        return Frame(sample_id, rgb, label, self.intrinsics(sample_id), right, baseline, disp, depth,
+                     self.camera_height(sample_id))
+
+    # Paths used in error messages; readers override the ones they have.
+    def label_path(self, sample_id: str) -> Path:
+        return self.root / sample_id
+
+    right_path = disparity_path = depth_path = label_path
+
+
+READERS: dict[str, Callable[..., DatasetReader]] = {}
+
+
+def register_reader(name: str):
+    def deco(cls):
+        if name in READERS:
+            raise ValueError(f"reader {name!r} registered twice")
+        cls.name = name
+        READERS[name] = cls
+        return cls
+
+    return deco
+
+
+def create_reader(name: str, root: str | Path, options: object | None = None, **kwargs) -> DatasetReader:
+    """Build the reader registered as ``name``. ``options`` (e.g. a ReaderConfig) supplies
+    the attributes named in the reader's OPTIONS; explicit ``kwargs`` win."""
+    if name not in READERS:
+        raise LixError(f"unknown dataset {name!r}; expected one of {sorted(READERS)}")
+    cls = READERS[name]
+    opts = {k: getattr(options, k) for k in cls.OPTIONS} if options is not None else {}
+    return cls(root, **{**opts, **kwargs})
+
+
+def lut_from_pairs(pairs: dict[int, int], size: int = 256, fill: int = IGNORE) -> np.ndarray:
+    lut = np.full(size, fill, dtype=np.uint8)
+    for k, v in pairs.items():
+        lut[k] = v
+    return lut

@@ -1,0 +1,123 @@
+"""Synthetic nuImages in the native layout: the ten JSON tables, JPEG key frames under
+``samples/CAM_FRONT/`` and masks as base64-encoded COCO RLE, loadable by nuscenes-devkit.
+
+Metric depth, which real nuImages lacks, goes to the separate ``lix_depth_sidecar/`` folder
+(uint16 cm, 0 = invalid) for evaluation and as a documented fallback only.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from pycocotools import mask as cocomask
+
+from pipeline.atomic import write_json
+from pipeline.imageio import write_image
+from pipeline.sources.nuimages import CATEGORIES, SIDECAR_DIR
+from pipeline.sources.synthetic.classes import C
+from pipeline.sources.synthetic.common import depth_to_cm, frame_rng, run_jobs
+from pipeline.sources.synthetic.render import render
+from pipeline.sources.synthetic.scene import NUIMAGES_STYLE, make_camera, sample_scene, scaled_intrinsics
+
+FULL_SIZE = (1600, 900)
+FULL_K = (1266.417, 1266.417, 816.267, 491.507)  # CAM_FRONT of a nuScenes car
+CAMERA_TRANSLATION_XY = (1.70, 0.016)  # metres, ego frame (x forward, y left); z = camera height
+# camera (x right, y down, z forward) -> ego (x forward, y left, z up), as a w-x-y-z quaternion
+CAMERA_ROTATION = (0.5, -0.5, 0.5, -0.5)
+LOG_NAME = "n013-2018-08-01-16-33-08+0800"
+OBJECT_CATEGORY = {C.CAR: "vehicle.car", C.VAN: "vehicle.car", C.TRUCK: "vehicle.truck"}
+SURFACE_CLASSES = (C.ROAD, C.LANE_MARKING)
+ATTRIBUTES = ("vehicle.moving", "vehicle.parked", "vehicle.stopped")
+
+
+def token(*parts) -> str:
+    """A 32-hex-digit token like nuScenes', stable for the same parts."""
+    return hashlib.md5("/".join(map(str, parts)).encode()).hexdigest()
+
+
+def encode_mask(mask: np.ndarray) -> dict:
+    """Binary (H, W) mask -> nuImages' {"size", "counts"} with base64 COCO RLE counts."""
+    rle = cocomask.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(v) for v in rle["size"]], "counts": base64.b64encode(rle["counts"]).decode("ascii")}
+
+
+@dataclass(frozen=True)
+class NuJob:
+    root: str
+    index: int
+    width: int
+    height: int
+    seed: int
+
+
+def _frame(job: NuJob) -> dict:
+    rng = frame_rng(job.seed, "nuimages", job.index)
+    scene, cam_x = sample_scene(rng, n_vehicles=12)
+    K = scaled_intrinsics(*FULL_K, job.width / FULL_SIZE[0], job.height / FULL_SIZE[1])
+    cam = make_camera(rng, K, job.width, job.height, cam_x, NUIMAGES_STYLE)
+    out = render(scene, cam, rng)
+    timestamp = 1533112388000000 + job.index * 500_000
+    filename = f"samples/CAM_FRONT/{LOG_NAME}__CAM_FRONT__{timestamp}.jpg"
+    sd_token = token("sample_data", job.seed, job.index)
+    write_image(Path(job.root) / filename, out.rgb)
+    write_image(Path(job.root) / SIDECAR_DIR / f"{sd_token}.png", depth_to_cm(out.depth, 0))
+    surface = np.isin(out.cls, SURFACE_CLASSES)
+    objects = []
+    for obj in np.unique(out.obj[out.obj > 0]):
+        m = out.obj == obj
+        cls = C(int(np.bincount(out.cls[m]).argmax()))
+        ys, xs = np.nonzero(m)
+        objects.append({"category": OBJECT_CATEGORY[cls], "mask": encode_mask(m),
+                        "bbox": [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1],
+                        "token": token("object_ann", job.seed, job.index, int(obj))})
+    return {"index": job.index, "sd_token": sd_token, "filename": filename, "timestamp": timestamp,
+            "height_m": float(-cam.position[1]), "K": K.tolist(),
+            "surface": encode_mask(surface) if surface.any() else None, "objects": objects}
+
+
+def write_nuimages(root: Path, n_images: int, width: int, height: int, seed: int, version: str = "v1.0-train",
+                   workers: int = 1, progress: bool = True) -> None:
+    jobs = [NuJob(str(root), i, width, height, seed) for i in range(n_images)]
+    frames = run_jobs(_frame, jobs, workers, "synthesising nuImages", progress)
+
+    cat_token = {name: token("category", name) for name in CATEGORIES}
+    attr_token = {name: token("attribute", name) for name in ATTRIBUTES}
+    sensor = {"token": token("sensor", "CAM_FRONT"), "channel": "CAM_FRONT", "modality": "camera"}
+    log = {"token": token("log", LOG_NAME), "logfile": LOG_NAME, "vehicle": "n013",
+           "date_captured": "2018-08-01", "location": "singapore-onenorth"}
+    tables: dict[str, list] = {k: [] for k in ("calibrated_sensor", "ego_pose", "sample", "sample_data",
+                                               "object_ann", "surface_ann")}
+    for f in frames:
+        i, sd = f["index"], f["sd_token"]
+        cs_token, ep_token, s_token = (token(k, seed, i) for k in ("calibrated_sensor", "ego_pose", "sample"))
+        tables["calibrated_sensor"].append({
+            "token": cs_token, "sensor_token": sensor["token"],
+            "translation": [*CAMERA_TRANSLATION_XY, f["height_m"]], "rotation": list(CAMERA_ROTATION),
+            "camera_intrinsic": f["K"], "camera_distortion": [0.0] * 5})
+        tables["ego_pose"].append({
+            "token": ep_token, "translation": [float(i * 10.0), 0.0, 0.0], "rotation": [1.0, 0.0, 0.0, 0.0],
+            "timestamp": f["timestamp"], "rotation_rate": [0.0] * 3, "acceleration": [0.0] * 3, "speed": 8.0})
+        tables["sample"].append({"token": s_token, "timestamp": f["timestamp"], "log_token": log["token"],
+                                 "key_camera_token": sd})
+        tables["sample_data"].append({
+            "token": sd, "sample_token": s_token, "ego_pose_token": ep_token, "calibrated_sensor_token": cs_token,
+            "filename": f["filename"], "fileformat": "jpg", "width": width, "height": height,
+            "timestamp": f["timestamp"], "is_key_frame": True, "prev": "", "next": ""})
+        if f["surface"] is not None:
+            tables["surface_ann"].append({"token": token("surface_ann", seed, i), "sample_data_token": sd,
+                                          "category_token": cat_token["flat.driveable_surface"],
+                                          "mask": f["surface"]})
+        for o in f["objects"]:
+            tables["object_ann"].append({
+                "token": o["token"], "sample_data_token": sd, "category_token": cat_token[o["category"]],
+                "attribute_tokens": [attr_token["vehicle.parked"]], "bbox": o["bbox"], "mask": o["mask"]})
+    tables["category"] = [{"token": cat_token[n], "name": n, "description": f"synthetic {n}"} for n in CATEGORIES]
+    tables["attribute"] = [{"token": attr_token[n], "name": n, "description": n} for n in ATTRIBUTES]
+    tables["sensor"] = [sensor]
+    tables["log"] = [log]
+    for name, rows in tables.items():
+        write_json(Path(root) / version / f"{name}.json", rows)
