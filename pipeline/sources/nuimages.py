@@ -68,6 +68,9 @@ class NuImagesReader(DatasetReader):
 
         self.class_names = CLASS_NAMES
         table_dir = self.root / version
+        if not table_dir.is_dir():
+            raise DataError(table_dir, f"nuImages version folder not found: expected {version}/category.json and "
+                            "the other 9 tables (extract the nuImages metadata archive here)")
         for t in TABLES:
             if not (table_dir / f"{t}.json").is_file():
                 raise DataError(table_dir / f"{t}.json", f"nuImages table missing: expected the 10 tables "

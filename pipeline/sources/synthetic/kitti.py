@@ -78,13 +78,17 @@ def lidar_mask(depth: np.ndarray, K: np.ndarray) -> np.ndarray:
     return near & np.isfinite(depth) & (depth < LIDAR_RANGE)
 
 
-def _frame(job: KittiJob) -> None:
+def render_frame(job: KittiJob):
+    """The left and right renders of one frame and K: a pure function of the job."""
     rng = frame_rng(job.seed, "kitti", job.index)
     scene, cam_x = sample_scene(rng)
     K = intrinsics(job.width, job.height)
     cam = make_camera(rng, K, job.width, job.height, cam_x, KITTI_STYLE)
-    left = render(scene, cam, rng)
-    right = render(scene, cam.shifted(BASELINE), rng)
+    return K, render(scene, cam, rng), render(scene, cam.shifted(BASELINE), rng)
+
+
+def _frame(job: KittiJob) -> None:
+    K, left, right = render_frame(job)
     root, name = Path(job.root) / "training", f"{job.index:06d}_10.png"
     ids = CITYSCAPES_FROM_INTERNAL[left.cls].astype(np.uint8)
     write_image(root / "image_2" / name, left.rgb)

@@ -54,12 +54,17 @@ class NuJob:
     seed: int
 
 
-def _frame(job: NuJob) -> dict:
+def render_frame(job: NuJob):
+    """(K, camera, render) of one frame: a pure function of the job."""
     rng = frame_rng(job.seed, "nuimages", job.index)
     scene, cam_x = sample_scene(rng, n_vehicles=12)
     K = scaled_intrinsics(*FULL_K, job.width / FULL_SIZE[0], job.height / FULL_SIZE[1])
     cam = make_camera(rng, K, job.width, job.height, cam_x, NUIMAGES_STYLE)
-    out = render(scene, cam, rng)
+    return K, cam, render(scene, cam, rng)
+
+
+def _frame(job: NuJob) -> dict:
+    K, cam, out = render_frame(job)
     timestamp = 1533112388000000 + job.index * 500_000
     filename = f"samples/CAM_FRONT/{LOG_NAME}__CAM_FRONT__{timestamp}.jpg"
     sd_token = token("sample_data", job.seed, job.index)

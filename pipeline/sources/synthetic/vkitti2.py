@@ -50,8 +50,8 @@ def colors_text() -> str:
     return "Category r g b\n" + "".join(f"{k} {r} {g} {b}\n" for k, (r, g, b) in OFFICIAL_COLORS.items())
 
 
-def _frame(job: VKittiJob) -> list[str]:
-    """Render one frame from both cameras; returns its extrinsic.txt rows."""
+def render_views(job: VKittiJob):
+    """[(camera, render)] for Camera_0 and Camera_1 of one frame: a pure function of the job."""
     # The layout depends on (scene, frame) only, so every variation shows the same street.
     layout_rng = frame_rng(job.seed, "vkitti2", job.scene_index, job.frame)
     scene, cam_x = sample_scene(layout_rng)
@@ -60,10 +60,14 @@ def _frame(job: VKittiJob) -> list[str]:
                        yaw_offset=np.radians(YAW_OF_VARIATION.get(job.variation, 0.0)))
     light_rng = frame_rng(job.seed, "vkitti2/" + job.variation, job.scene_index, job.frame)
     scene.lighting = lighting(light_rng, job.variation)
+    return [(cam, render(scene, cam, light_rng)) for cam in (cam0, cam0.shifted(BASELINE))]
+
+
+def _frame(job: VKittiJob) -> list[str]:
+    """Render and write one frame from both cameras; returns its extrinsic.txt rows."""
     seq = Path(job.root) / SCENES[job.scene_index] / job.variation / "frames"
     rows = []
-    for cam_id, cam in enumerate((cam0, cam0.shifted(BASELINE))):
-        out = render(scene, cam, light_rng)
+    for cam_id, (cam, out) in enumerate(render_views(job)):
         write_image(seq / "rgb" / f"Camera_{cam_id}" / f"rgb_{job.frame:05d}.jpg", out.rgb)
         write_image(seq / "depth" / f"Camera_{cam_id}" / f"depth_{job.frame:05d}.png",
                     depth_to_cm(out.depth, SKY_DEPTH_CM))

@@ -1,0 +1,36 @@
+"""Shared fixtures: small synthetic datasets, generated once per test session."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from pipeline.sources.synthetic import generate
+
+SMALL = {
+    "kitti": dict(n_images=8, width=160, height=48, seed=3),
+    "vkitti2": dict(n_images=10, width=160, height=48, seed=4, variations=("clone", "fog")),
+    "nuimages": dict(n_images=8, width=160, height=90, seed=5),
+}
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("synthetic")
+    for name, kw in SMALL.items():
+        generate(name, root / name, workers=1, progress=False, **kw)
+    return root
+
+
+@pytest.fixture
+def dataset_copy(synth_root, tmp_path):
+    """A private copy of one synthetic dataset that a test may damage."""
+
+    def make(name: str) -> Path:
+        dst = tmp_path / name
+        shutil.copytree(synth_root / name, dst)
+        return dst
+
+    return make

@@ -1,0 +1,67 @@
+"""params.yaml loads into typed, validated dataclasses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lix.config import DATASETS, Params, load_params
+from pipeline.errors import ConfigError, DataError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_shipped_params_load():
+    p = load_params(ROOT / "params.yaml")
+    assert isinstance(p, Params)
+    assert {d: p.splits[d].ratio for d in DATASETS} == {"vkitti2": (5, 2), "kitti": (3, 1), "nuimages": (7, 3)}
+    assert {d: p.splits[d].n_images for d in DATASETS} == {"vkitti2": 700, "kitti": 200, "nuimages": 800}
+    assert {d: p.synthetic[d].n_images for d in DATASETS} == {"vkitti2": 700, "kitti": 200, "nuimages": 800}
+    assert all(p.download[d].source == "synthetic" for d in DATASETS)
+
+
+def _load(tmp_path, text):
+    f = tmp_path / "params.yaml"
+    f.write_text(text)
+    return load_params(f)
+
+
+@pytest.mark.parametrize("text,key,problem", [
+    ("splits:\n  kitti: {n_image: 3}\n", "splits.kitti.n_image", "unknown key"),
+    ("splits:\n  kitty: {n_images: 3}\n", "splits", "unknown dataset"),
+    ("bogus: 1\n", "bogus", "unknown key"),
+    ("splits:\n  kitti: {n_images: three}\n", "splits.kitti.n_images", "expected int"),
+    ("splits:\n  kitti: {n_images: true}\n", "splits.kitti.n_images", "expected int"),
+    ("splits:\n  kitti: {ratio: [3, 1, 1]}\n", "splits.kitti.ratio", "list of 2 values"),
+    ("splits:\n  kitti: {n_images: 1}\n", "splits.kitti.n_images", "must be >= 2"),
+    ("synthetic:\n  vkitti2: {variations: [snow]}\n", "synthetic.vkitti2.variations", "unknown ['snow']"),
+    ("synthetic:\n  kitti: {width: 8}\n", "synthetic.kitti.width", "must be in [16, 4096]"),
+    ("download:\n  kitti: {source: ftp}\n", "download.kitti.source", "one of 'synthetic', 'url', 'local'"),
+    ("download:\n  nuimages: {source: local}\n", "download.nuimages.local_path", "required"),
+    ("download:\n  kitti: {sha256: {a.zip: xyz}}\n", "download.kitti.sha256.a.zip", "64 hex digits"),
+])
+def test_invalid_values_name_the_key(tmp_path, text, key, problem):
+    with pytest.raises(ConfigError) as e:
+        _load(tmp_path, text)
+    assert e.value.key == key
+    assert problem in e.value.problem
+
+
+def test_partial_sections_keep_defaults(tmp_path):
+    p = _load(tmp_path, "splits:\n  kitti: {n_images: 10}\n")
+    assert p.splits["kitti"].n_images == 10 and p.splits["kitti"].ratio == (3, 1)
+    assert set(p.splits) == set(DATASETS)
+
+
+def test_params_are_frozen():
+    p = Params()
+    with pytest.raises(Exception):
+        p.splits["kitti"].n_images = 3  # type: ignore[misc]
+
+
+def test_missing_and_broken_files(tmp_path):
+    with pytest.raises(DataError, match="parameter file not found"):
+        load_params(tmp_path / "none.yaml")
+    with pytest.raises(DataError, match="not valid YAML"):
+        _load(tmp_path, "a: [1,\n")
