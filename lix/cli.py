@@ -89,6 +89,61 @@ def splits_cmd(
     out.print(f"[green]{d}[/] split: {len(split['train'])} train / {len(split['val'])} val -> {out_path}")
 
 
+def _env_int(name: str, default: int) -> int:
+    return int(os.environ.get(name, default))
+
+
+@prepare_app.command("depth")
+@user_errors
+def depth_cmd(
+    dataset: Dataset = DatasetOpt,
+    root: Path = typer.Option(None, help="Dataset root (default data/raw/<dataset>)."),
+    split: Path = typer.Option(None, help="Split manifest: only its samples get depth (default: all samples)."),
+    out_dir: Path = typer.Option(None, "--out", help="Output directory (default data/depth/<dataset>)."),
+    metrics: Path = typer.Option(None, help="Depth-quality metrics JSON (default data/metrics/depth_<dataset>.json)."),
+    params: Path = ParamsOpt,
+    shard: int = typer.Option(None, help="This process's shard (default: torchrun's RANK, else 0)."),
+    num_shards: int = typer.Option(None, help="Number of shards (default: torchrun's WORLD_SIZE, else 1)."),
+    progress: bool = ProgressOpt,
+):
+    """Dense metric depth for every sample: CreStereo / SGBM (stereo), Depth Anything (mono), or the
+    depth the source carries. Resumable; with several shards, rank 0 merges and scores."""
+    from lix.config import load_params
+    from pipeline.depth.run import finalize, generate_depth
+
+    p = load_params(params)
+    d = dataset.value
+    root = root or Path("data/raw") / d
+    out_dir = out_dir or Path("data/depth") / d
+    metrics = metrics or Path("data/metrics") / f"depth_{d}.json"
+    shard = _env_int("RANK", 0) if shard is None else shard
+    num_shards = _env_int("WORLD_SIZE", 1) if num_shards is None else num_shards
+    if num_shards > 1 and "LOCAL_RANK" in os.environ and p.depth[d].device == "auto":
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.set_device(_env_int("LOCAL_RANK", 0))
+    summary = generate_depth(d, root, out_dir, p.depth[d], p.reader[d], split=split, shard=shard,
+                             num_shards=num_shards, progress=progress)
+    out.print(f"[green]{d}[/] depth shard {shard}/{num_shards}: {summary['computed']} computed, "
+              f"{summary['skipped']} already done, backend {summary['backend']} ({summary['reason']})")
+    if num_shards > 1 and "WORLD_SIZE" in os.environ:
+        import torch.distributed as dist
+
+        dist.init_process_group("gloo")
+        dist.barrier()
+        if dist.get_rank() != 0:
+            dist.destroy_process_group()
+            return
+        dist.destroy_process_group()
+    elif num_shards > 1:
+        out.print("other shards may still be running; merge with [bold]--shard 0 --num-shards 1[/] when all are done")
+        return
+    m = finalize(d, root, out_dir, p.depth[d], p.reader[d], split=split, metrics_path=metrics,
+                 reason=summary["reason"], progress=progress)
+    out.print(f"[green]{d}[/] depth metrics -> {metrics}: {m['vs_dense_reference'] or m['vs_sparse_lidar']}")
+
+
 @prepare_app.command("check-params")
 @user_errors
 def check_params_cmd(params: Path = ParamsOpt):

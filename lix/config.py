@@ -88,6 +88,35 @@ class SplitConfig:
         _require(all(r >= 1 for r in self.ratio), "ratio", f"both parts must be >= 1, got {list(self.ratio)}")
 
 
+@dataclass(frozen=True)
+class DepthConfig:
+    """Dense depth for one dataset. ``backend`` is a registered name or 'auto' (the learned
+    model when its weights resolve, else the documented fallback; see pipeline.depth.select)."""
+
+    backend: Literal["auto", "crestereo", "depth_anything", "sgbm", "reference"] = "auto"
+    device: str = "auto"
+    batch_size: int = 4
+    max_depth: float = 250.0
+    crestereo_weights: Optional[str] = None  # path to a CREStereo checkpoint (.pth / .safetensors)
+    iters: int = 20
+    model: str = "depth-anything/Depth-Anything-V2-Small-hf"  # Hugging Face id
+    model_path: Optional[str] = None  # a local directory with config.json and weights
+    input_size: int = 518
+    alignment: Literal["auto", "sparse", "ground"] = "auto"
+    max_disparity: int = 64  # sgbm search range in pixels
+    block_size: int = 5
+
+    def __post_init__(self):
+        _require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        _require(self.max_depth > 0, "max_depth", f"must be > 0, got {self.max_depth}")
+        _require(self.iters >= 1, "iters", f"must be >= 1, got {self.iters}")
+        _require(self.input_size % 14 == 0, "input_size", f"must be a multiple of 14, got {self.input_size}")
+        _require(self.block_size % 2 == 1 and self.block_size >= 1, "block_size",
+                 f"must be odd and >= 1, got {self.block_size}")
+        _require(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"), "device",
+                 f"expected auto, cpu or cuda[:N], got {self.device!r}")
+
+
 def _per_dataset(cls, **overrides):
     return field(default_factory=lambda: {d: cls(**overrides.get(d, {})) for d in DATASETS})
 
@@ -98,9 +127,10 @@ class Params:
     download: dict[str, DownloadConfig] = _per_dataset(DownloadConfig)
     reader: dict[str, ReaderConfig] = _per_dataset(ReaderConfig)
     splits: dict[str, SplitConfig] = _per_dataset(SplitConfig)
+    depth: dict[str, DepthConfig] = _per_dataset(DepthConfig)
 
     def __post_init__(self):
-        for section in ("synthetic", "download", "reader", "splits"):
+        for section in ("synthetic", "download", "reader", "splits", "depth"):
             got = getattr(self, section)
             unknown = sorted(set(got) - set(DATASETS))
             _require(not unknown, section, f"unknown dataset(s) {unknown}; allowed: {list(DATASETS)}")

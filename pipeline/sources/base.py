@@ -23,7 +23,7 @@ class Frame:
     intrinsics in pixels. Optional: right_rgb (H, W, 3) uint8 and baseline in metres (stereo);
     disparity (H, W) float32 pixels, 0 = invalid (sparse ground truth); depth (H, W) float32
     metres, 0 = invalid (depth the source carries: rendered or side-car); camera_height in
-    metres above the ground plane.
+    metres above the ground plane and camera_up, the unit 'up' vector in the camera frame.
     """
 
     id: str
@@ -35,6 +35,7 @@ class Frame:
     disparity: np.ndarray | None = None
     depth: np.ndarray | None = None
     camera_height: float | None = None
+    camera_up: np.ndarray | None = None
 
 
 class DatasetReader(ABC):
@@ -48,6 +49,7 @@ class DatasetReader(ABC):
     name: str = ""
     class_names: tuple[str, ...] = ()
     OPTIONS: tuple[str, ...] = ()  # keyword options taken from the params' reader section
+    GROUND_CLASSES: tuple[int, ...] = ()  # train ids of drivable ground (for depth alignment)
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
@@ -80,6 +82,9 @@ class DatasetReader(ABC):
     def camera_height(self, sample_id: str) -> float | None:
         return None
 
+    def camera_up(self, sample_id: str) -> np.ndarray | None:
+        return None
+
     def frame(self, sample_id: str) -> Frame:
         """Everything the dataset carries for ``sample_id``, with sizes cross-checked."""
         rgb = self.rgb(sample_id)
@@ -96,7 +101,7 @@ class DatasetReader(ABC):
         if depth is not None:
             check_same_size(rgb, depth, self.depth_path(sample_id), "depth map")
         return Frame(sample_id, rgb, label, self.intrinsics(sample_id), right, baseline, disp, depth,
-                     self.camera_height(sample_id))
+                     self.camera_height(sample_id), self.camera_up(sample_id))
 
     # Paths used in error messages; readers override the ones they have.
     def label_path(self, sample_id: str) -> Path:

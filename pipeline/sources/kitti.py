@@ -79,6 +79,7 @@ def decode_depth_cm(raw: np.ndarray, invalid: int | None = None) -> np.ndarray:
 
 @register_reader("kitti")
 class KittiReader(DatasetReader):
+    GROUND_CLASSES = (0,)  # road
     def __init__(self, root: str | Path):
         super().__init__(root)
         self.class_names = CLASS_NAMES

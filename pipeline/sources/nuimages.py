@@ -60,6 +60,7 @@ def train_id(category: str) -> int:
 @register_reader("nuimages")
 class NuImagesReader(DatasetReader):
     OPTIONS = ("version", "channels")
+    GROUND_CLASSES = (1,)
 
     def __init__(self, root: str | Path, version: str = "v1.0-train", channels: tuple[str, ...] | None = None):
         super().__init__(root)
@@ -134,6 +135,14 @@ class NuImagesReader(DatasetReader):
         """Camera height above the ground (m): the sensor's z in the ego frame, whose origin
         is on the ground under the rear axle."""
         return float(self._calibration(sample_id)["translation"][2])
+
+    def camera_up(self, sample_id: str) -> np.ndarray | None:
+        """The ego frame's 'up' (z) axis in camera coordinates, from the sensor's rotation
+        (a camera-to-ego quaternion, w x y z)."""
+        from pyquaternion import Quaternion
+
+        R = Quaternion(self._calibration(sample_id)["rotation"]).rotation_matrix
+        return R.T @ np.array([0.0, 0.0, 1.0])
 
     def depth_path(self, sample_id: str) -> Path:
         return self.root / SIDECAR_DIR / f"{sample_id}.png"

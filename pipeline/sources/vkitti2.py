@@ -74,6 +74,7 @@ def parse_camera_table(path: Path, n_values: int) -> dict[tuple[int, int], np.nd
 @register_reader("vkitti2")
 class VKitti2Reader(DatasetReader):
     OPTIONS = ("variations",)
+    GROUND_CLASSES = (5,)  # Road
 
     def __init__(self, root: str | Path, variations: tuple[str, ...] | None = None):
         super().__init__(root)

@@ -26,8 +26,16 @@ from pipeline.sources.synthetic.scene import NUIMAGES_STYLE, make_camera, sample
 FULL_SIZE = (1600, 900)
 FULL_K = (1266.417, 1266.417, 816.267, 491.507)  # CAM_FRONT of a nuScenes car
 CAMERA_TRANSLATION_XY = (1.70, 0.016)  # metres, ego frame (x forward, y left); z = camera height
-# camera (x right, y down, z forward) -> ego (x forward, y left, z up), as a w-x-y-z quaternion
-CAMERA_ROTATION = (0.5, -0.5, 0.5, -0.5)
+# Renderer world (X right, Y down, Z forward) -> ego (x forward, y left, z up).
+WORLD_TO_EGO = np.array([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])
+
+
+def camera_to_ego_quaternion(R_wc: np.ndarray) -> list[float]:
+    """The calibrated_sensor rotation (w, x, y, z) of a camera with camera-to-world ``R_wc``."""
+    from pyquaternion import Quaternion
+
+    q = Quaternion(matrix=WORLD_TO_EGO @ R_wc, atol=1e-6)
+    return [float(v) for v in q.elements]
 LOG_NAME = "n013-2018-08-01-16-33-08+0800"
 OBJECT_CATEGORY = {C.CAR: "vehicle.car", C.VAN: "vehicle.car", C.TRUCK: "vehicle.truck"}
 SURFACE_CLASSES = (C.ROAD, C.LANE_MARKING)
@@ -80,7 +88,7 @@ def _frame(job: NuJob) -> dict:
                         "bbox": [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1],
                         "token": token("object_ann", job.seed, job.index, int(obj))})
     return {"index": job.index, "sd_token": sd_token, "filename": filename, "timestamp": timestamp,
-            "height_m": float(-cam.position[1]), "K": K.tolist(),
+            "height_m": float(-cam.position[1]), "K": K.tolist(), "rotation": camera_to_ego_quaternion(cam.R_wc),
             "surface": encode_mask(surface) if surface.any() else None, "objects": objects}
 
 
@@ -101,7 +109,7 @@ def write_nuimages(root: Path, n_images: int, width: int, height: int, seed: int
         cs_token, ep_token, s_token = (token(k, seed, i) for k in ("calibrated_sensor", "ego_pose", "sample"))
         tables["calibrated_sensor"].append({
             "token": cs_token, "sensor_token": sensor["token"],
-            "translation": [*CAMERA_TRANSLATION_XY, f["height_m"]], "rotation": list(CAMERA_ROTATION),
+            "translation": [*CAMERA_TRANSLATION_XY, f["height_m"]], "rotation": f["rotation"],
             "camera_intrinsic": f["K"], "camera_distortion": [0.0] * 5})
         tables["ego_pose"].append({
             "token": ep_token, "translation": [float(i * 10.0), 0.0, 0.0], "rotation": [1.0, 0.0, 0.0, 0.0],

@@ -201,17 +201,26 @@ def _screen_window(prim, cam: "Camera") -> tuple[slice, slice] | None:
     return slice(v0, v1), slice(u0, u1)
 
 
-def _grain(p: np.ndarray, cell: float) -> np.ndarray:
-    """World-anchored value noise in [-0.5, 0.5], constant over cells of ``cell`` metres.
-
-    Anchored to the world (not the image) so a stereo partner sees the same texture.
-    """
-    i = np.floor(p / cell).astype(np.int64).astype(np.uint64)
+def _grain(p: np.ndarray, cell: np.ndarray) -> np.ndarray:
+    """World-anchored value noise in [-0.5, 0.5], constant over cells of ``cell`` metres
+    (per point). Anchored to the world (not the image) so a stereo partner sees the same
+    texture."""
+    level = np.log2(cell).round().astype(np.int64).astype(np.uint64)
+    i = np.floor(p / cell[:, None]).astype(np.int64).astype(np.uint64)
     h = i[:, 0] * np.uint64(73856093) ^ i[:, 1] * np.uint64(19349663) ^ i[:, 2] * np.uint64(83492791)
+    h ^= level * np.uint64(2654435761)
     h ^= h >> np.uint64(13)
     h *= np.uint64(1274126177)
     h ^= h >> np.uint64(16)
     return (h & np.uint64(0xFFFF)).astype(np.float64) / 65535.0 - 0.5
+
+
+def _mip_cell(base: float, footprint: np.ndarray) -> np.ndarray:
+    """Grain cell size per point: the material's cell, doubled until it spans at least two
+    pixels' footprints, like a mipmap level. Point-sampling finer texture would alias
+    differently in the two views of a stereo pair."""
+    levels = np.maximum(0.0, np.ceil(np.log2(np.maximum(2.0 * footprint / base, 1e-9))))
+    return base * 2.0**levels
 
 
 def render(scene: Scene, cam: Camera, noise_rng: np.random.Generator | None = None) -> Render:
@@ -248,6 +257,7 @@ def render(scene: Scene, cam: Camera, noise_rng: np.random.Generator | None = No
     rgb = np.zeros((n_px, 3))
     lt = scene.lighting
     p = o + np.where(hit, best, 0.0)[:, None] * d
+    dn = d / np.linalg.norm(d, axis=1, keepdims=True)
     for k in np.unique(idx[hit]):
         m = idx == k
         prim = scene.prims[k]
@@ -255,13 +265,15 @@ def render(scene: Scene, cam: Camera, noise_rng: np.random.Generator | None = No
         obj[m] = prim.obj
         mat = prim.mat
         pk = p[m]
-        tex = 1.0 + mat.tex_amp * np.sin(pk @ mat.tex_freqs.T + mat.tex_phases).mean(axis=1)
-        tex += mat.grain * _grain(pk, mat.grain_cell)
+        # Footprint of one pixel on the surface (m); texture finer than that is filtered out.
+        footprint = best[m] / cam.K[0, 0] / np.maximum(np.abs(np.einsum("ij,ij->i", normal[m], dn[m])), 0.2)
+        fade = np.clip(1.0 - np.linalg.norm(mat.tex_freqs, axis=1)[None, :] * footprint[:, None] / np.pi, 0, 1)
+        tex = 1.0 + mat.tex_amp * (fade * np.sin(pk @ mat.tex_freqs.T + mat.tex_phases)).mean(axis=1)
+        tex += mat.grain * _grain(pk, _mip_cell(mat.grain_cell, footprint))
         shade = lt.ambient + lt.diffuse * np.clip(normal[m] @ lt.sun, 0.0, None)
         rgb[m] = mat.albedo[None, :] * (tex * shade)[:, None]
 
     # Sky gradient by ray elevation; haze blends distant surfaces into the horizon colour.
-    dn = d / np.linalg.norm(d, axis=1, keepdims=True)
     elev = np.clip(-dn[:, 1], 0.0, 1.0) ** 0.5
     sky = lt.sky_horizon[None, :] * (1 - elev[:, None]) + lt.sky_zenith[None, :] * elev[:, None]
     dist = np.where(hit, best * np.linalg.norm(d, axis=1), np.inf)

@@ -1,0 +1,53 @@
+"""One interface for every depth source, and the backend registry."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Callable, Sequence
+
+import numpy as np
+
+from pipeline.errors import DataError, LixError
+from pipeline.sources.base import Frame
+
+
+class DepthBackend(ABC):
+    """Turns frames into dense metric depth: a list of (H, W) float32 metres, 0 = invalid."""
+
+    name: str = ""
+    batch_size: int = 1
+
+    @abstractmethod
+    def predict(self, frames: Sequence[Frame]) -> list[np.ndarray]: ...
+
+    @staticmethod
+    def require_stereo(frame: Frame) -> None:
+        if frame.right_rgb is None or frame.baseline is None:
+            raise DataError(frame.id, "this backend needs a stereo pair (right image and baseline)")
+
+
+BACKENDS: dict[str, Callable[..., DepthBackend]] = {}
+
+
+def register_backend(name: str):
+    def deco(cls):
+        if name in BACKENDS:
+            raise ValueError(f"depth backend {name!r} registered twice")
+        cls.name = name
+        BACKENDS[name] = cls
+        return cls
+
+    return deco
+
+
+def create_backend(name: str, **options) -> DepthBackend:
+    if name not in BACKENDS:
+        raise LixError(f"unknown depth backend {name!r}; expected one of {sorted(BACKENDS)}")
+    return BACKENDS[name](**options)
+
+
+def disparity_to_depth(disp: np.ndarray, fx: float, baseline: float, max_depth: float = 250.0) -> np.ndarray:
+    """depth = fx * B / d (metres) where d > 0, clipped to ``max_depth``; 0 elsewhere."""
+    with np.errstate(divide="ignore"):
+        depth = np.where(disp > 0, fx * baseline / np.maximum(disp, 1e-6), 0.0)
+    return np.minimum(depth, max_depth).astype(np.float32)

@@ -1,0 +1,128 @@
+"""Depth Anything (V1/V2, relative or metric) through transformers, with our own batched
+torch preprocessing (transformers' image processors need torchvision, absent here).
+
+Preprocessing follows the model card: keep the aspect ratio, scale towards ``input_size``
+(the side whose scale is closer to 1 decides, as DPT's processor does), round both sides to
+multiples of 14, bicubic resampling, ImageNet mean/std. The prediction is resized back to
+the input size. Relative predictions (inverse depth up to an affine map) become metric with
+:mod:`pipeline.depth.align`; metric variants are used as they are.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipeline.depth import align
+from pipeline.depth.base import DepthBackend, register_backend
+from pipeline.errors import DataError, LixError
+from pipeline.sources.base import Frame
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def target_size(h: int, w: int, size: int = 518, multiple: int = 14) -> tuple[int, int]:
+    """Network input size for an (h, w) image, as DPT's 'keep aspect ratio' resize."""
+    sh, sw = size / h, size / w
+    scale = sw if abs(1 - sw) < abs(1 - sh) else sh
+    return (max(multiple, int(round(h * scale / multiple)) * multiple),
+            max(multiple, int(round(w * scale / multiple)) * multiple))
+
+
+def preprocess(images: torch.Tensor, size: int = 518) -> torch.Tensor:
+    """(N, H, W, 3) uint8 -> (N, 3, h, w) float normalised network input."""
+    x = images.permute(0, 3, 1, 2).float() / 255.0
+    h, w = target_size(x.shape[2], x.shape[3], size)
+    x = F.interpolate(x, size=(h, w), mode="bicubic", align_corners=False, antialias=True).clamp_(0, 1)
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def postprocess(pred: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(N, h, w) prediction -> (N, H, W) float32 at the original size."""
+    return F.interpolate(pred[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0]
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def load_model(model: str, model_path: str | None, local_only: bool):
+    """DepthAnythingForDepthEstimation from a local directory or the Hugging Face cache/hub."""
+    from transformers import AutoModelForDepthEstimation
+
+    source = model_path or model
+    try:
+        return AutoModelForDepthEstimation.from_pretrained(source, local_files_only=local_only)
+    except (OSError, ValueError) as e:
+        raise LixError(f"Depth Anything weights not found at {source!r}: {str(e).splitlines()[0]}. "
+                       "Download them once (e.g. `huggingface-cli download depth-anything/Depth-Anything-V2-Small-hf`) "
+                       "or set depth.<dataset>.model_path to a directory holding config.json and the weights") from None
+
+
+@register_backend("depth_anything")
+class DepthAnythingBackend(DepthBackend):
+    def __init__(self, model: str = "depth-anything/Depth-Anything-V2-Small-hf", model_path: str | None = None,
+                 device: str = "auto", batch_size: int = 8, input_size: int = 518, alignment: str = "auto",
+                 max_depth: float = 250.0, ground_classes: tuple[int, ...] = (), local_only: bool = True,
+                 network=None, **_):
+        self.device = resolve_device(device)
+        self.net = (network if network is not None else load_model(model, model_path, local_only)).to(self.device)
+        self.net.eval()
+        self.metric = getattr(self.net.config, "depth_estimation_type", "relative") == "metric"
+        self.batch_size, self.input_size = batch_size, input_size
+        self.alignment, self.max_depth, self.ground_classes = alignment, max_depth, tuple(ground_classes)
+
+    @torch.inference_mode()
+    def raw(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Network output per image at the image's size: relative inverse depth or metres."""
+        out: list[np.ndarray | None] = [None] * len(images)
+        by_size = defaultdict(list)  # one forward per batch of equal-sized images
+        for i, img in enumerate(images):
+            by_size[img.shape].append(i)
+        use_amp = self.device.type == "cuda"
+        amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+        for shape, idx in by_size.items():
+            for k in range(0, len(idx), self.batch_size):
+                chunk = idx[k : k + self.batch_size]
+                batch = torch.from_numpy(np.stack([images[i] for i in chunk])).to(self.device)
+                with torch.autocast(self.device.type, dtype=amp_dtype, enabled=use_amp):
+                    pred = self.net(pixel_values=preprocess(batch, self.input_size)).predicted_depth
+                res = postprocess(pred, shape[:2]).cpu().numpy()
+                for j, i in enumerate(chunk):
+                    out[i] = res[j]
+        return out  # type: ignore[return-value]
+
+    def _metric(self, f: Frame, pred: np.ndarray) -> np.ndarray:
+        if self.metric:
+            return np.where(pred > 0, np.minimum(pred, self.max_depth), 0).astype(np.float32)
+        mode = self.alignment
+        if mode == "auto":
+            mode = "sparse" if f.disparity is not None or f.depth is not None else "ground"
+        if mode == "sparse":
+            if f.disparity is not None and f.baseline is not None:
+                sparse = np.where(f.disparity > 0, f.K[0, 0] * f.baseline / np.maximum(f.disparity, 1e-6), 0)
+            elif f.depth is not None:
+                sparse = f.depth
+            else:
+                raise DataError(f.id, "alignment 'sparse' needs sparse metric depth, which this frame lacks")
+            s, t = align.fit_to_sparse(pred, sparse)
+        elif mode == "ground":
+            if f.camera_height is None or f.camera_up is None:
+                raise DataError(f.id, "alignment 'ground' needs the camera height and orientation")
+            s, t = align.fit_to_ground(pred, np.isin(f.label, self.ground_classes), f.K, f.camera_up,
+                                       f.camera_height)
+        else:
+            raise LixError(f"unknown alignment {mode!r}; expected auto, sparse or ground")
+        return align.to_metric(pred, s, t, self.max_depth)
+
+    def predict(self, frames: Sequence[Frame]) -> list[np.ndarray]:
+        return [self._metric(f, p) for f, p in zip(frames, self.raw([f.rgb for f in frames]))]
