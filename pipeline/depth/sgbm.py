@@ -12,20 +12,22 @@ from pipeline.sources.base import Frame
 
 
 def fill_holes(disp: np.ndarray) -> np.ndarray:
-    """Fill invalid (<= 0) disparities row by row with the smaller of the nearest valid values
-    to the left and right: holes are mostly occlusions, which belong to the background."""
+    """Fill invalid (<= 0) disparities row by row by linear interpolation between the nearest
+    valid values to the left and right (one side only at the image borders). Along a row the
+    ground's disparity is constant and walls' is linear, so this beats copying a neighbour."""
     h, w = disp.shape
     valid = disp > 0
-    idx = np.where(valid, np.arange(w)[None, :], -1)
-    left = np.maximum.accumulate(idx, axis=1)
-    right_idx = np.where(valid, np.arange(w)[None, :], w)
-    right = np.minimum.accumulate(right_idx[:, ::-1], axis=1)[:, ::-1]
+    cols = np.arange(w)[None, :]
+    left = np.maximum.accumulate(np.where(valid, cols, -1), axis=1)
+    right = np.minimum.accumulate(np.where(valid, cols, w)[:, ::-1], axis=1)[:, ::-1]
     rows = np.arange(h)[:, None]
-    lv = np.where(left >= 0, disp[rows, np.clip(left, 0, w - 1)], np.inf)
-    rv = np.where(right < w, disp[rows, np.clip(right, 0, w - 1)], np.inf)
-    filled = np.minimum(lv, rv)
-    out = np.where(valid, disp, filled)
-    return np.where(np.isfinite(out), out, 0.0).astype(np.float32)
+    has_l, has_r = left >= 0, right < w
+    lv = disp[rows, np.clip(left, 0, w - 1)]
+    rv = disp[rows, np.clip(right, 0, w - 1)]
+    frac = (cols - left) / np.maximum(right - left, 1)
+    both = lv + (rv - lv) * frac
+    filled = np.where(has_l & has_r, both, np.where(has_l, lv, np.where(has_r, rv, 0.0)))
+    return np.where(valid, disp, filled).astype(np.float32)
 
 
 @register_backend("sgbm")
@@ -48,7 +50,8 @@ class SGBMBackend(DepthBackend):
         gl, gr = (cv2.copyMakeBorder(cv2.cvtColor(x, cv2.COLOR_RGB2GRAY), 0, 0, pad, 0, cv2.BORDER_REPLICATE)
                   for x in (left, right))
         disp = matcher.compute(gl, gr)[:, pad:].astype(np.float32) / 16.0  # fixed point, 4 fractional bits
-        return fill_holes(np.where(disp > 0, disp, 0.0))
+        # A 5x5 median removes isolated mismatches left after speckle filtering.
+        return cv2.medianBlur(fill_holes(np.where(disp > 0, disp, 0.0)), 5)
 
     def predict(self, frames: Sequence[Frame]) -> list[np.ndarray]:
         out = []
