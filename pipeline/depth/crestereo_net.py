@@ -344,6 +344,7 @@ class CREStereo(nn.Module):
             # 1/16 with cross-attention inside the correlation
             flow_16 = torch.zeros(n, 2, h16, w16, device=fmap1.device)
             corr_16 = AGCL(fmap1_16, fmap2_16, att=self.cross_att_fn)
+            flow = 4 * _resize(flow_16, (4 * h16, 4 * w16))  # used as is when iters < 2
             for net_16, up_mask, flow_16 in self._refine(corr_16, net_16, inp_16, flow_16, offset_16, iters // 2):
                 flow = convex_upsample(flow_16, up_mask, rate=4)
                 predictions.append(-4 * _resize(flow, (4 * flow.shape[2], 4 * flow.shape[3])))
@@ -351,6 +352,7 @@ class CREStereo(nn.Module):
             # were trained with it), so it is kept for checkpoint compatibility.
             flow_8 = -(fmap1_8.shape[2] / flow.shape[2]) * _resize(flow, fmap1_8.shape[2:])
             corr_8 = AGCL(fmap1_8, fmap2_8)
+            flow = 4 * _resize(flow_8, (4 * flow_8.shape[2], 4 * flow_8.shape[3]))  # used as is when iters < 2
             for net_8, up_mask, flow_8 in self._refine(corr_8, net_8, inp_8, flow_8, offset_8, iters // 2):
                 flow = convex_upsample(flow_8, up_mask, rate=4)
                 predictions.append(-2 * _resize(flow, (2 * flow.shape[2], 2 * flow.shape[3])))
