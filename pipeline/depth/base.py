@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
-from pipeline.errors import DataError, LixError
+from pipeline.errors import DataError
+from pipeline.registry import Registry
 from pipeline.sources.base import Frame
 
 
@@ -26,23 +27,11 @@ class DepthBackend(ABC):
             raise DataError(frame.id, "this backend needs a stereo pair (right image and baseline)")
 
 
-BACKENDS: dict[str, Callable[..., DepthBackend]] = {}
-
-
-def register_backend(name: str):
-    def deco(cls):
-        if name in BACKENDS:
-            raise ValueError(f"depth backend {name!r} registered twice")
-        cls.name = name
-        BACKENDS[name] = cls
-        return cls
-
-    return deco
+BACKENDS: Registry[DepthBackend] = Registry("depth backend")
+register_backend = BACKENDS.register
 
 
 def create_backend(name: str, **options) -> DepthBackend:
-    if name not in BACKENDS:
-        raise LixError(f"unknown depth backend {name!r}; expected one of {sorted(BACKENDS)}")
     return BACKENDS[name](**options)
 
 

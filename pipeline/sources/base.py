@@ -5,12 +5,12 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
-from pipeline.errors import DataError, LixError
+from pipeline.errors import DataError
 from pipeline.imageio import check_same_size
+from pipeline.registry import Registry
 
 IGNORE = 255
 
@@ -110,25 +110,13 @@ class DatasetReader(ABC):
     right_path = disparity_path = depth_path = label_path
 
 
-READERS: dict[str, Callable[..., DatasetReader]] = {}
-
-
-def register_reader(name: str):
-    def deco(cls):
-        if name in READERS:
-            raise ValueError(f"reader {name!r} registered twice")
-        cls.name = name
-        READERS[name] = cls
-        return cls
-
-    return deco
+READERS: Registry[DatasetReader] = Registry("dataset")
+register_reader = READERS.register
 
 
 def create_reader(name: str, root: str | Path, options: object | None = None, **kwargs) -> DatasetReader:
     """Build the reader registered as ``name``. ``options`` (e.g. a ReaderConfig) supplies
     the attributes named in the reader's OPTIONS; explicit ``kwargs`` win."""
-    if name not in READERS:
-        raise LixError(f"unknown dataset {name!r}; expected one of {sorted(READERS)}")
     cls = READERS[name]
     opts = {k: getattr(options, k) for k in cls.OPTIONS} if options is not None else {}
     return cls(root, **{**opts, **kwargs})
