@@ -131,9 +131,9 @@ def finalize(dataset: str, root, out_dir, cfg, reader_options=None, *, split=Non
             if gt is not None:
                 dense.append(depth_errors(pred, gt))
             disp = reader.sparse_disparity(i)
-            st = reader.stereo(i) if disp is not None else None
-            if disp is not None and st is not None:
-                lidar = np.where(disp > 0, reader.intrinsics(i)[0, 0] * st[1] / np.maximum(disp, 1e-6), 0)
+            baseline = reader.baseline(i) if disp is not None else None
+            if disp is not None and baseline is not None:
+                lidar = np.where(disp > 0, reader.intrinsics(i)[0, 0] * baseline / np.maximum(disp, 1e-6), 0)
                 sparse.append(depth_errors(pred, lidar))
             advance()
     counts: dict[str, int] = {}

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import DataError
-from pipeline.imageio import check_same_size
+from pipeline.imageio import check_same_size, read_rgb
 from pipeline.registry import Registry
 
 IGNORE = 255
@@ -69,9 +69,14 @@ class DatasetReader(ABC):
     @abstractmethod
     def intrinsics(self, sample_id: str) -> np.ndarray: ...
 
+    def baseline(self, sample_id: str) -> float | None:
+        """Stereo baseline in metres, if the dataset is stereo (no image is read)."""
+        return None
+
     def stereo(self, sample_id: str) -> tuple[np.ndarray, float] | None:
         """Right image (H, W, 3) uint8 and baseline in metres, if the dataset is stereo."""
-        return None
+        b = self.baseline(sample_id)
+        return None if b is None else (read_rgb(self.right_path(sample_id)), b)
 
     def sparse_disparity(self, sample_id: str) -> np.ndarray | None:
         return None

@@ -117,10 +117,10 @@ class KittiReader(DatasetReader):
     def right_path(self, sample_id: str) -> Path:
         return self._png("image_3", sample_id)
 
-    def stereo(self, sample_id: str) -> tuple[np.ndarray, float] | None:
+    def baseline(self, sample_id: str) -> float | None:
         if not (self.train / "image_3").is_dir():
             return None
-        return read_rgb(self.right_path(sample_id)), self._calib(sample_id)[1]
+        return self._calib(sample_id)[1]
 
     def disparity_path(self, sample_id: str) -> Path:
         return self._png("disp_occ_0", sample_id)

@@ -148,7 +148,8 @@ class VKitti2Reader(DatasetReader):
     def right_path(self, sample_id: str) -> Path:
         return self._file(sample_id, "rgb", "rgb", "jpg", camera=1)
 
-    def stereo(self, sample_id: str) -> tuple[np.ndarray, float] | None:
+    def baseline(self, sample_id: str) -> float | None:
+        """Distance between the Camera_0 and Camera_1 centres, from extrinsic.txt."""
         if not self.right_path(sample_id).parent.is_dir():
             return None
         seq, frame = self._split(sample_id)
@@ -157,7 +158,7 @@ class VKitti2Reader(DatasetReader):
         for cam in (0, 1):
             e = self._row(table, seq, "extrinsic.txt", frame, cam).reshape(4, 4)
             centres.append(-e[:3, :3].T @ e[:3, 3])
-        return read_rgb(self.right_path(sample_id)), float(np.linalg.norm(centres[1] - centres[0]))
+        return float(np.linalg.norm(centres[1] - centres[0]))
 
     def depth_path(self, sample_id: str) -> Path:
         return self._file(sample_id, "depth", "depth", "png")
