@@ -35,6 +35,15 @@ def create_backend(name: str, **options) -> DepthBackend:
     return BACKENDS[name](**options)
 
 
+def batches_by_shape(shapes: Sequence[tuple], batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of at most ``batch_size`` items of equal shape, each group
+    in input order: one forward per batch, since a batch tensor needs one size."""
+    groups: dict[tuple, list[int]] = {}
+    for i, shape in enumerate(shapes):
+        groups.setdefault(tuple(shape), []).append(i)
+    return [idx[k : k + batch_size] for idx in groups.values() for k in range(0, len(idx), batch_size)]
+
+
 def disparity_to_depth(disp: np.ndarray, fx: float, baseline: float, max_depth: float = 250.0) -> np.ndarray:
     """depth = fx * B / d (metres) where d > 0, clipped to ``max_depth``; 0 elsewhere."""
     with np.errstate(divide="ignore"):

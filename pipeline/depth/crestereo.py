@@ -8,7 +8,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from pipeline.depth.base import DepthBackend, disparity_to_depth, register_backend
+from pipeline.depth.base import DepthBackend, batches_by_shape, disparity_to_depth, register_backend
 from pipeline.depth.crestereo_net import CREStereo, infer_disparity
 from pipeline.depth.depth_anything import resolve_device
 from pipeline.errors import DataError
@@ -58,13 +58,10 @@ class CREStereoBackend(DepthBackend):
     def predict(self, frames: Sequence[Frame]) -> list[np.ndarray]:
         for f in frames:
             self.require_stereo(f)
-        out: list[np.ndarray] = []
-        shapes = {f.rgb.shape for f in frames}
-        groups = [[f for f in frames if f.rgb.shape == s] for s in shapes] if len(shapes) > 1 else [list(frames)]
-        result = {}
-        for group in groups:
+        out: list[np.ndarray | None] = [None] * len(frames)
+        for chunk in batches_by_shape([f.rgb.shape for f in frames], self.batch_size):
+            group = [frames[i] for i in chunk]
             disp = self.disparity(np.stack([f.rgb for f in group]), np.stack([f.right_rgb for f in group]))
-            for f, d in zip(group, disp):
-                result[f.id] = disparity_to_depth(d, f.K[0, 0], f.baseline, self.max_depth)
-        out = [result[f.id] for f in frames]
-        return out
+            for i, f, d in zip(chunk, group, disp):
+                out[i] = disparity_to_depth(d, f.K[0, 0], f.baseline, self.max_depth)
+        return out  # type: ignore[return-value]

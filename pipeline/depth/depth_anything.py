@@ -10,7 +10,6 @@ the input size. Relative predictions (inverse depth up to an affine map) become 
 
 from __future__ import annotations
 
-from collections import defaultdict
 from typing import Sequence
 
 import numpy as np
@@ -18,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.depth import align
-from pipeline.depth.base import DepthBackend, register_backend
+from pipeline.depth.base import DepthBackend, batches_by_shape, register_backend
 from pipeline.errors import DataError, LixError
 from pipeline.sources.base import Frame
 
@@ -85,20 +84,15 @@ class DepthAnythingBackend(DepthBackend):
     def raw(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Network output per image at the image's size: relative inverse depth or metres."""
         out: list[np.ndarray | None] = [None] * len(images)
-        by_size = defaultdict(list)  # one forward per batch of equal-sized images
-        for i, img in enumerate(images):
-            by_size[img.shape].append(i)
         use_amp = self.device.type == "cuda"
         amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-        for shape, idx in by_size.items():
-            for k in range(0, len(idx), self.batch_size):
-                chunk = idx[k : k + self.batch_size]
-                batch = torch.from_numpy(np.stack([images[i] for i in chunk])).to(self.device)
-                with torch.autocast(self.device.type, dtype=amp_dtype, enabled=use_amp):
-                    pred = self.net(pixel_values=preprocess(batch, self.input_size)).predicted_depth
-                res = postprocess(pred, shape[:2]).cpu().numpy()
-                for j, i in enumerate(chunk):
-                    out[i] = res[j]
+        for chunk in batches_by_shape([im.shape for im in images], self.batch_size):
+            batch = torch.from_numpy(np.stack([images[i] for i in chunk])).to(self.device)
+            with torch.autocast(self.device.type, dtype=amp_dtype, enabled=use_amp):
+                pred = self.net(pixel_values=preprocess(batch, self.input_size)).predicted_depth
+            res = postprocess(pred, images[chunk[0]].shape[:2]).cpu().numpy()
+            for j, i in enumerate(chunk):
+                out[i] = res[j]
         return out  # type: ignore[return-value]
 
     def _metric(self, f: Frame, pred: np.ndarray) -> np.ndarray:
