@@ -21,6 +21,12 @@ class DepthBackend(ABC):
     @abstractmethod
     def predict(self, frames: Sequence[Frame]) -> list[np.ndarray]: ...
 
+    @classmethod
+    def available(cls, cfg, reader, probe_id: str | None) -> tuple[bool, str, dict]:
+        """Can this backend run for ``reader`` with DepthConfig ``cfg``? Returns (ok, why,
+        extra constructor options). The default: it needs no weights."""
+        return True, "needs no weights", {}
+
     @staticmethod
     def require_stereo(frame: Frame) -> None:
         if frame.right_rgb is None or frame.baseline is None:

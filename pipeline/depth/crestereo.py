@@ -50,6 +50,12 @@ class CREStereoBackend(DepthBackend):
         self.net = network.to(self.device).eval()
         self.iters, self.batch_size, self.max_depth = iters, batch_size, max_depth
 
+    @classmethod
+    def available(cls, cfg, reader, probe_id):
+        w = cfg.crestereo_weights
+        ok = bool(w) and Path(w).is_file()
+        return ok, f"weights {w}" if ok else f"no CREStereo weights (depth.{reader.name}.crestereo_weights={w!r})", {}
+
     def disparity(self, left: np.ndarray, right: np.ndarray) -> np.ndarray:
         """(N, H, W, 3) uint8 pairs -> (N, H, W) float32 disparity in pixels."""
         to_t = lambda a: torch.from_numpy(a).to(self.device).permute(0, 3, 1, 2).float()  # noqa: E731

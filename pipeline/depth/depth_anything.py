@@ -10,6 +10,8 @@ the input size. Relative predictions (inverse depth up to an affine map) become 
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -67,6 +69,28 @@ def load_model(model: str, model_path: str | None, local_only: bool):
                        "or set depth.<dataset>.model_path to a directory holding config.json and the weights") from None
 
 
+def hub_weights_available(model: str, model_path: str | None) -> tuple[bool, bool]:
+    """(found, local_only): found in model_path or the HF cache (local), or reachable online."""
+    if model_path:
+        return Path(model_path, "config.json").is_file(), True
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        if isinstance(try_to_load_from_cache(model, "config.json"), str):
+            return True, True
+    except Exception:  # noqa: BLE001 - a broken cache simply means "not cached"
+        pass
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False, True
+    try:
+        from huggingface_hub import model_info
+
+        model_info(model, timeout=5)
+        return True, False
+    except Exception:  # noqa: BLE001 - no network, unknown model, ...
+        return False, True
+
+
 @register_backend("depth_anything")
 class DepthAnythingBackend(DepthBackend):
     def __init__(self, model: str = "depth-anything/Depth-Anything-V2-Small-hf", model_path: str | None = None,
@@ -79,6 +103,13 @@ class DepthAnythingBackend(DepthBackend):
         self.metric = getattr(self.net.config, "depth_estimation_type", "relative") == "metric"
         self.batch_size, self.input_size = batch_size, input_size
         self.alignment, self.max_depth, self.ground_classes = alignment, max_depth, tuple(ground_classes)
+
+    @classmethod
+    def available(cls, cfg, reader, probe_id):
+        ok, local = hub_weights_available(cfg.model, cfg.model_path)
+        where = cfg.model_path or cfg.model
+        return ok, f"weights {where}" if ok else f"Depth Anything weights {where!r} not found locally or online", \
+            {"local_only": local}
 
     @torch.inference_mode()
     def raw(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:

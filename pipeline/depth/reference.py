@@ -18,6 +18,11 @@ class ReferenceBackend(DepthBackend):
     def __init__(self, **_):
         pass
 
+    @classmethod
+    def available(cls, cfg, reader, probe_id):
+        ok = probe_id is not None and reader.reference_depth(probe_id) is not None
+        return ok, "the source carries depth" if ok else "the source carries no depth", {}
+
     def predict(self, frames: Sequence[Frame]) -> list[np.ndarray]:
         out = []
         for f in frames:
