@@ -144,6 +144,84 @@ def depth_cmd(
     out.print(f"[green]{d}[/] depth metrics -> {metrics}: {m['vs_dense_reference'] or m['vs_sparse_lidar']}")
 
 
+@prepare_app.command("normals")
+@user_errors
+def normals_cmd(
+    dataset: Dataset = DatasetOpt,
+    root: Path = typer.Option(None, help="Dataset root (default data/raw/<dataset>)."),
+    split: Path = typer.Option(None, help="Split manifest (default data/splits/<dataset>.json)."),
+    depth: Path = typer.Option(None, help="Depth maps from `lix prepare depth` (default data/depth/<dataset>)."),
+    out_dir: Path = typer.Option(None, "--out", help="Output directory (default data/normals/<dataset>)."),
+    params: Path = ParamsOpt,
+    progress: bool = ProgressOpt,
+):
+    """SNE surface normals (SNE-RoadSeg) for every sample of the split, from its depth map."""
+    from lix.config import load_params
+    from pipeline.prepare import compute_normals
+
+    p = load_params(params)
+    d = dataset.value
+    s = compute_normals(d, root or Path("data/raw") / d, split or Path("data/splits") / f"{d}.json",
+                        depth or Path("data/depth") / d, out_dir or Path("data/normals") / d, p.normals[d],
+                        p.reader[d], progress=progress)
+    out.print(f"[green]{d}[/] normals for {s['frames']} frames ({s['valid_fraction']:.1%} of pixels valid)")
+
+
+@prepare_app.command("shards")
+@user_errors
+def shards_cmd(
+    dataset: Dataset = DatasetOpt,
+    root: Path = typer.Option(None, help="Dataset root (default data/raw/<dataset>)."),
+    split: Path = typer.Option(None, help="Split manifest (default data/splits/<dataset>.json)."),
+    depth: Path = typer.Option(None, help="Depth maps (default data/depth/<dataset>)."),
+    normals: Path = typer.Option(None, help="Normal maps (default data/normals/<dataset>)."),
+    out_dir: Path = typer.Option(None, "--out", help="Shard directory (default data/shards/<dataset>)."),
+    preview: Path = typer.Option(None, help="Preview PNG (default data/previews/<dataset>.png)."),
+    metrics: Path = typer.Option(None, help="Shard counts JSON (default data/metrics/shards_<dataset>.json)."),
+    params: Path = ParamsOpt,
+    progress: bool = ProgressOpt,
+):
+    """Write the train/val splits as HDF5 shards with a manifest, plus a preview grid."""
+    from lix.config import load_params
+    from pipeline.prepare import build_shards
+
+    p = load_params(params)
+    d = dataset.value
+    preview = preview or Path("data/previews") / f"{d}.png"
+    s = build_shards(d, root or Path("data/raw") / d, split or Path("data/splits") / f"{d}.json",
+                     depth or Path("data/depth") / d, normals or Path("data/normals") / d,
+                     out_dir or Path("data/shards") / d, p.shards[d], p.reader[d], preview_path=preview,
+                     metrics_path=metrics or Path("data/metrics") / f"shards_{d}.json", progress=progress)
+    out.print(f"[green]{d}[/] shards: {s['train_samples']} train / {s['val_samples']} val in "
+              f"{s['train_shards'] + s['val_shards']} files ({s['bytes'] / 2**20:.1f} MiB); preview {preview}")
+
+
+@prepare_app.command("preview")
+@user_errors
+def preview_cmd(
+    dataset: Dataset = DatasetOpt,
+    shards: Path = typer.Option(None, help="Shard directory (default data/shards/<dataset>)."),
+    out_path: Path = typer.Option(None, "--out", help="PNG to write (default data/previews/<dataset>.png)."),
+    rows: int = typer.Option(3, min=1, help="Samples per split."),
+):
+    """A preview grid (RGB | depth | normals | labels) of the first samples of each split, from the shards."""
+    import itertools
+
+    from pipeline.preview import write_preview
+    from pipeline.shards import iter_samples, read_manifest, verify_shards
+
+    d = dataset.value
+    shards = shards or Path("data/shards") / d
+    m = read_manifest(shards)
+    picked = []
+    for split in m["splits"]:
+        paths = verify_shards(shards, split)
+        samples = itertools.chain.from_iterable(iter_samples(p) for p in paths)
+        picked += [(f"{split} {s.id}", s) for s in itertools.islice(samples, rows)]
+    path = write_preview(out_path or Path("data/previews") / f"{d}.png", picked, len(m["class_names"]))
+    out.print(f"[green]{d}[/] preview -> {path}")
+
+
 @prepare_app.command("check-params")
 @user_errors
 def check_params_cmd(params: Path = ParamsOpt):

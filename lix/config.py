@@ -117,6 +117,32 @@ class DepthConfig:
                  f"expected auto, cpu or cuda[:N], got {self.device!r}")
 
 
+@dataclass(frozen=True)
+class NormalsConfig:
+    """SNE surface normals from the depth stage's maps."""
+
+    max_depth: float = 200.0  # depth beyond this (m) gets no normal
+
+    def __post_init__(self):
+        _require(self.max_depth > 0, "max_depth", f"must be > 0, got {self.max_depth}")
+
+
+@dataclass(frozen=True)
+class ShardsConfig:
+    """HDF5 shards of the train/val splits."""
+
+    samples_per_shard: int = 64
+    compression: Literal["lzf", "gzip", "none"] = "lzf"
+    compression_level: Optional[int] = None  # gzip only, 0-9
+    preview_rows: int = 3  # samples per split in the preview grid
+
+    def __post_init__(self):
+        _require(self.samples_per_shard >= 1, "samples_per_shard", f"must be >= 1, got {self.samples_per_shard}")
+        _require(self.compression_level is None or (self.compression == "gzip" and 0 <= self.compression_level <= 9),
+                 "compression_level", "only for gzip, in 0..9")
+        _require(self.preview_rows >= 1, "preview_rows", f"must be >= 1, got {self.preview_rows}")
+
+
 def _per_dataset(cls, **overrides):
     return field(default_factory=lambda: {d: cls(**overrides.get(d, {})) for d in DATASETS})
 
@@ -128,9 +154,11 @@ class Params:
     reader: dict[str, ReaderConfig] = _per_dataset(ReaderConfig)
     splits: dict[str, SplitConfig] = _per_dataset(SplitConfig)
     depth: dict[str, DepthConfig] = _per_dataset(DepthConfig)
+    normals: dict[str, NormalsConfig] = _per_dataset(NormalsConfig)
+    shards: dict[str, ShardsConfig] = _per_dataset(ShardsConfig)
 
     def __post_init__(self):
-        for section in ("synthetic", "download", "reader", "splits", "depth"):
+        for section in ("synthetic", "download", "reader", "splits", "depth", "normals", "shards"):
             got = getattr(self, section)
             unknown = sorted(set(got) - set(DATASETS))
             _require(not unknown, section, f"unknown dataset(s) {unknown}; allowed: {list(DATASETS)}")

@@ -64,6 +64,19 @@ def read_raw(path: str | Path, dtype: type | None = None, channels: int = 1) -> 
     return img
 
 
+def png_size(path: str | Path) -> tuple[int, int]:
+    """(H, W) of a PNG from its IHDR chunk, without decoding it."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(24)
+    except FileNotFoundError:
+        raise DataError(path, "file not found") from None
+    if len(head) < 24 or not head.startswith(_PNG_MAGIC) or head[12:16] != b"IHDR":
+        raise DataError(path, "not a PNG image (no IHDR header)")
+    return int.from_bytes(head[20:24], "big"), int.from_bytes(head[16:20], "big")
+
+
 def encode(array: np.ndarray, ext: str, jpeg_quality: int = 95) -> bytes:
     """Encode an image; 3-channel arrays are taken as RGB."""
     if array.ndim == 3:

@@ -151,3 +151,17 @@ def surface_normals_torch(depth: torch.Tensor, K: torch.Tensor, max_depth: float
     ok = valid & torch.isfinite(n).all(1)
     n = torch.where(ok[:, None], n, torch.zeros_like(n))
     return n, ok
+
+
+def encode_normals(normals: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """(H, W, 3) unit vectors + mask -> uint16 (H, W, 3): 1 + (n + 1) / 2 * 65534, 0 = invalid.
+    Quantisation step 3e-5."""
+    q = np.round((np.clip(normals, -1, 1) + 1.0) * 0.5 * 65534.0) + 1.0
+    return np.where(valid[..., None], q, 0).astype(np.uint16)
+
+
+def decode_normals(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Inverse of :func:`encode_normals`: (normals float32, valid bool)."""
+    valid = (raw > 0).all(-1)
+    n = (raw.astype(np.float32) - 1.0) / 65534.0 * 2.0 - 1.0
+    return np.where(valid[..., None], n, 0).astype(np.float32), valid

@@ -65,3 +65,82 @@ def build_split(dataset: str, root: str | Path, out: str | Path, split_cfg, read
     write_manifest(out, dataset, split, ratio=split_cfg.ratio, seed=split_cfg.seed,
                    class_names=reader.class_names)
     return split
+
+
+def compute_normals(dataset: str, root, split_path, depth_dir, out_dir, normals_cfg, reader_options, *,
+                    progress: bool = True) -> dict:
+    """SNE normals for every sample of the split, from the depth stage's maps; written as
+    uint16 PNGs (see pipeline.normals.encode_normals) into a directory renamed into place."""
+    from pipeline.atomic import atomic_path
+    from pipeline.depth.run import read_depth, sample_ids
+    from pipeline.imageio import write_image
+    from pipeline.normals import encode_normals, surface_normals
+
+    reader = create_reader(dataset, root, reader_options)
+    ids = sample_ids(reader, split_path)
+    valid_px = total_px = 0
+    with atomic_path(out_dir) as tmp, progress_bar(f"normals {dataset}", len(ids), progress) as advance:
+        for sid in ids:
+            depth = read_depth(depth_dir, sid)
+            n, ok = surface_normals(depth, reader.intrinsics(sid), max_depth=normals_cfg.max_depth,
+                                    return_mask=True)
+            write_image(tmp / f"{sid}.png", encode_normals(n, ok))
+            valid_px += int(ok.sum())
+            total_px += ok.size
+            advance()
+    return {"frames": len(ids), "valid_fraction": valid_px / max(total_px, 1)}
+
+
+def build_shards(dataset: str, root, split_path, depth_dir, normals_dir, out_dir, shards_cfg, reader_options, *,
+                 preview_path=None, metrics_path=None, progress: bool = True) -> dict:
+    """Sharded HDF5 train/val splits (see pipeline.shards), a preview grid and shard counts."""
+    import json
+
+    from pipeline.atomic import atomic_path, write_json
+    from pipeline.depth.run import read_depth
+    from pipeline.imageio import png_size, read_raw
+    from pipeline.normals import decode_normals
+    from pipeline.preview import write_preview
+    from pipeline.shards import Sample, common_crop, crop, write_manifest, write_split
+    from pipeline.splits import read_manifest as read_split
+
+    import numpy as np
+
+    reader = create_reader(dataset, root, reader_options)
+    split = read_split(split_path)
+    depth_manifest = Path(depth_dir) / "manifest.json"
+    backends = json.loads(depth_manifest.read_text())["backend"] if depth_manifest.is_file() else {}
+
+    def load(sid: str) -> Sample:
+        normals, valid = decode_normals(read_raw(Path(normals_dir) / f"{sid}.png", np.uint16, channels=3))
+        return Sample(sid, reader.rgb(sid), reader.label(sid), read_depth(depth_dir, sid), normals, valid,
+                      reader.intrinsics(sid), backends.get(sid, ""))
+
+    names = ("train", "val")
+    size = common_crop([png_size(Path(depth_dir) / f"{i}.png") for n in names for i in split[n]])
+    entries, first = {}, {}
+    total = sum(len(split[n]) for n in names)
+    with atomic_path(out_dir) as tmp, progress_bar(f"shards {dataset}", total, progress) as advance:
+        tmp.mkdir()
+        for name in names:
+            def samples(name=name):
+                for k, sid in enumerate(split[name]):
+                    s = crop(load(sid), size)
+                    if k < shards_cfg.preview_rows:
+                        first.setdefault(name, []).append(s)
+                    advance()
+                    yield s
+
+            entries[name] = write_split(tmp, dataset, name, samples(), shards_cfg.samples_per_shard,
+                                        shards_cfg.compression, shards_cfg.compression_level)
+        manifest = write_manifest(tmp, dataset, reader.class_names, size, entries)
+    summary = {"dataset": dataset, "image_size": list(size),
+               **{f"{n}_samples": manifest["splits"][n]["count"] for n in names},
+               **{f"{n}_shards": len(manifest["splits"][n]["shards"]) for n in names},
+               "bytes": sum((Path(out_dir) / e["file"]).stat().st_size for n in names for e in entries[n])}
+    if preview_path:
+        rows = [(f"{n} {s.id}", s) for n in names for s in first.get(n, [])]
+        write_preview(preview_path, rows, len(reader.class_names))
+    if metrics_path:
+        write_json(metrics_path, summary)
+    return summary

@@ -1,0 +1,66 @@
+"""Preview grids: RGB | depth (colour map of inverse depth) | normals as colours | label overlay."""
+
+from __future__ import annotations
+
+import colorsys
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+from pipeline.imageio import write_image
+from pipeline.shards import Sample
+
+
+def palette(n: int) -> np.ndarray:
+    """(256, 3) uint8 colours: ``n`` distinct hues, 255 (ignore) black."""
+    pal = np.zeros((256, 3), dtype=np.uint8)
+    for i in range(n):
+        pal[i] = np.array(colorsys.hsv_to_rgb((i * 0.618034) % 1.0, 0.75, 0.95)) * 255
+    return pal
+
+
+def depth_colour(depth: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Turbo colour map of inverse depth (near = red), invalid black. (H, W, 3) uint8."""
+    inv = np.where(valid, 1.0 / np.maximum(depth, 1e-3), 0.0)
+    hi = np.percentile(inv[valid], 99) if valid.any() else 1.0
+    u8 = (np.clip(inv / max(hi, 1e-6), 0, 1) * 255).astype(np.uint8)
+    rgb = cv2.cvtColor(cv2.applyColorMap(u8, cv2.COLORMAP_TURBO), cv2.COLOR_BGR2RGB)
+    rgb[~valid] = 0
+    return rgb
+
+
+def normal_colour(normals: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """(n + 1) / 2 as RGB, invalid black."""
+    rgb = ((normals + 1.0) * 127.5).clip(0, 255).astype(np.uint8)
+    rgb[~valid] = 0
+    return rgb
+
+
+def label_overlay(rgb: np.ndarray, label: np.ndarray, pal: np.ndarray, alpha: float = 0.55) -> np.ndarray:
+    colour = pal[label]
+    out = (rgb * (1 - alpha) + colour * alpha).astype(np.uint8)
+    out[label == 255] = rgb[label == 255]
+    return out
+
+
+def preview_grid(rows: Sequence[tuple[str, Sample]], n_classes: int) -> np.ndarray:
+    """One row per (caption, sample): RGB | depth | normals | labels, 2 px white gutters."""
+    pal = palette(n_classes)
+    lines = []
+    for caption, s in rows:
+        tiles = [s.rgb, depth_colour(s.depth, s.depth > 0), normal_colour(s.normals, s.normal_valid),
+                 label_overlay(s.rgb, s.label, pal)]
+        first = tiles[0].copy()
+        cv2.putText(first, caption, (3, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (255, 255, 255), 1, cv2.LINE_AA)
+        tiles[0] = first
+        gap = np.full((s.rgb.shape[0], 2, 3), 255, np.uint8)
+        lines.append(np.concatenate(sum(([t, gap] for t in tiles), [])[:-1], axis=1))
+    gap = np.full((2, lines[0].shape[1], 3), 255, np.uint8)
+    return np.concatenate(sum(([ln, gap] for ln in lines), [])[:-1], axis=0)
+
+
+def write_preview(path: str | Path, rows: Sequence[tuple[str, Sample]], n_classes: int) -> Path:
+    write_image(path, preview_grid(rows, n_classes))
+    return Path(path)

@@ -1,0 +1,144 @@
+"""Normals stage, HDF5 shards (round trip, refusal of damaged shards), the loader and previews."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from lix.config import DepthConfig, NormalsConfig, ShardsConfig, SplitConfig
+from lix.data import AugmentConfig, ShardDataset
+from pipeline.depth.run import finalize, generate_depth, read_depth
+from pipeline.errors import DataError
+from pipeline.imageio import read_rgb
+from pipeline.normals import surface_normals
+from pipeline.prepare import build_shards, build_split, compute_normals
+from pipeline.shards import iter_samples, read_manifest, verify_shards
+from pipeline.sources import create_reader
+
+
+@pytest.fixture(scope="module")
+def prepared(synth_root, tmp_path_factory):
+    """kitti: split -> depth (side-car reference) -> normals -> shards, in a temp data dir."""
+    d = tmp_path_factory.mktemp("prepared")
+    root = synth_root / "kitti"
+    build_split("kitti", root, d / "split.json", SplitConfig(n_images=8, ratio=(3, 1)), None, progress=False)
+    cfg = DepthConfig(backend="reference")
+    generate_depth("kitti", root, d / "depth", cfg, split=d / "split.json", progress=False)
+    finalize("kitti", root, d / "depth", cfg, split=d / "split.json", progress=False)
+    compute_normals("kitti", root, d / "split.json", d / "depth", d / "normals", NormalsConfig(), None,
+                    progress=False)
+    summary = build_shards("kitti", root, d / "split.json", d / "depth", d / "normals", d / "shards",
+                           ShardsConfig(samples_per_shard=4), None, preview_path=d / "preview.png",
+                           metrics_path=d / "shards.json", progress=False)
+    return d, root, summary
+
+
+def test_shards_round_trip_every_field(prepared):
+    d, root, summary = prepared
+    assert summary["train_samples"] == 6 and summary["val_samples"] == 2 and summary["train_shards"] == 2
+    reader = create_reader("kitti", root)
+    split = json.loads((d / "split.json").read_text())
+    paths = verify_shards(d / "shards", "train")
+    got = [s for p in paths for s in iter_samples(p)]
+    assert [s.id for s in got] == split["train"]
+    for s in got:
+        np.testing.assert_array_equal(s.rgb, reader.rgb(s.id))
+        np.testing.assert_array_equal(s.label, reader.label(s.id))
+        np.testing.assert_array_equal(s.depth, read_depth(d / "depth", s.id))  # float32, exact
+        np.testing.assert_array_equal(s.depth_valid, s.depth > 0)
+        np.testing.assert_allclose(s.K, reader.intrinsics(s.id), atol=1e-4)
+        n, ok = surface_normals(s.depth, reader.intrinsics(s.id), max_depth=200.0, return_mask=True)
+        np.testing.assert_array_equal(s.normal_valid, ok)
+        np.testing.assert_allclose(s.normals, n, atol=6e-4)  # uint16 PNG, then float16
+        assert s.depth_backend == "reference"
+    m = read_manifest(d / "shards")
+    assert m["class_names"][0] == "road" and m["image_size"] == [48, 160]
+    assert json.loads((d / "shards.json").read_text())["train_samples"] == 6
+
+
+def test_damaged_shards_are_refused(prepared, tmp_path):
+    d, _, _ = prepared
+    shards = tmp_path / "shards"
+    shutil.copytree(d / "shards", shards)
+    p = shards / "train-00001.h5"
+    p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+    with pytest.raises(DataError, match="train-00001.h5: checksum does not match"):
+        ShardDataset(shards, "train")
+    m = json.loads((shards / "manifest.json").read_text())
+    m["schema_version"] = 99
+    (shards / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(DataError, match="shard schema version 99"):
+        ShardDataset(shards, "val")
+    import h5py
+
+    from pipeline.shards import open_shard
+
+    with h5py.File(tmp_path / "alien.h5", "w") as f:
+        f["rgb"] = np.zeros((1, 2, 2, 3), np.uint8)
+    with pytest.raises(DataError, match="wrong shard schema"):
+        open_shard(tmp_path / "alien.h5")
+    with pytest.raises(DataError, match="not a readable HDF5 shard"):
+        open_shard(p)
+
+
+def _collect(ds, workers):
+    loader = DataLoader(ds, batch_size=2, num_workers=workers, shuffle=False)
+    return [b for b in loader]
+
+
+def test_loader_same_samples_with_0_and_2_workers(prepared):
+    d, _, _ = prepared
+    ds = ShardDataset(d / "shards", "train", augment=AugmentConfig(crop=(40, 120)), seed=3)
+    ds.set_epoch(1)
+    a, b = _collect(ds, 0), _collect(ds, 2)
+    assert len(a) == len(b) == 3
+    for x, y in zip(a, b):
+        assert x["id"] == y["id"]
+        for k in ("rgb", "label", "depth", "normals", "normal_valid", "K"):
+            assert torch.equal(x[k], y[k]), k
+    assert a[0]["rgb"].shape == (2, 3, 40, 120) and a[0]["label"].dtype == torch.int64
+
+
+def test_flip_negates_x_normal(prepared):
+    d, _, _ = prepared
+    plain = ShardDataset(d / "shards", "val")
+    flip = ShardDataset(d / "shards", "val", augment=AugmentConfig(scale=(1.0, 1.0), flip=1.0, photometric=0.0))
+    a, b = plain[0], flip[0]
+    torch.testing.assert_close(b["rgb"], a["rgb"].flip(-1))
+    assert torch.equal(b["label"], a["label"].flip(-1))
+    torch.testing.assert_close(b["normals"][0], -a["normals"][0].flip(-1))
+    torch.testing.assert_close(b["normals"][1:], a["normals"][1:].flip(-1))
+    W = a["rgb"].shape[-1]
+    assert b["K"][0, 2].item() == pytest.approx(W - 1 - a["K"][0, 2].item(), abs=1e-4)
+
+
+def test_photometric_touches_rgb_only(prepared):
+    d, _, _ = prepared
+    plain = ShardDataset(d / "shards", "val")
+    photo = ShardDataset(d / "shards", "val", augment=AugmentConfig(scale=(1.0, 1.0), flip=0.0, photometric=1.0))
+    a, b = plain[1], photo[1]
+    assert not torch.equal(a["rgb"], b["rgb"])
+    for k in ("label", "depth", "normals", "depth_valid", "normal_valid"):
+        assert torch.equal(a[k], b[k])
+
+
+def test_rescale_keeps_geometry_consistent(prepared):
+    d, _, _ = prepared
+    ds = ShardDataset(d / "shards", "train", augment=AugmentConfig(scale=(2.0, 2.0), flip=0.0, photometric=0.0,
+                                                                    crop=(96, 320)))
+    s, raw = ds[0], ds.raw(0)
+    assert s["rgb"].shape == (3, 96, 320)
+    torch.testing.assert_close(s["K"][0, 0], raw["K"][0, 0] * 2)
+    # Ignore padding never appears when the image covers the crop; labels stay within the set.
+    assert set(s["label"].unique().tolist()) <= set(raw["label"].unique().tolist())
+
+
+def test_preview_png(prepared):
+    d, _, _ = prepared
+    img = read_rgb(d / "preview.png")
+    assert img.shape == (5 * 48 + 4 * 2, 4 * 160 + 3 * 2, 3)  # 3 train + 2 val rows; 4 panels
