@@ -132,7 +132,7 @@ class ShardsConfig:
     """HDF5 shards of the train/val splits."""
 
     samples_per_shard: int = 64
-    compression: Literal["lzf", "gzip", "none"] = "lzf"
+    compression: Literal["none", "lzf", "gzip"] = "none"
     compression_level: Optional[int] = None  # gzip only, 0-9
     preview_rows: int = 3  # samples per split in the preview grid
 

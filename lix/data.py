@@ -134,11 +134,13 @@ class ShardDataset(Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def _file(self, path: Path):
+    def _file(self, path: Path) -> dict:
+        """The shard's datasets by name (h5py's name lookup costs more than a small read)."""
         if self._pid != os.getpid():  # a fresh worker: never reuse handles across fork
             self._files, self._pid = {}, os.getpid()
         if path not in self._files:
-            self._files[path] = open_shard(path)
+            f = open_shard(path)
+            self._files[path] = {k: f[k] for k in f.keys()} | {"_file": f}
         return self._files[path]
 
     def raw(self, idx: int) -> dict:
@@ -146,10 +148,10 @@ class ShardDataset(Dataset):
         f = self._file(path)
         return {
             "rgb": torch.from_numpy(f["rgb"][i]).permute(2, 0, 1).float() / 255.0,
-            "label": torch.from_numpy(f["label"][i].astype(np.int64)),
+            "label": torch.from_numpy(f["label"][i]).long(),
             "depth": torch.from_numpy(f["depth"][i])[None],
             "depth_valid": torch.from_numpy(f["depth_valid"][i]),
-            "normals": torch.from_numpy(f["normals"][i].astype(np.float32)).permute(2, 0, 1),
+            "normals": torch.from_numpy(f["normals"][i]).float().permute(2, 0, 1),
             "normal_valid": torch.from_numpy(f["normal_valid"][i]),
             "K": torch.from_numpy(f["K"][i]),
             "id": f["id"][i].decode(),
