@@ -45,14 +45,13 @@ def _median_of_finite(vals: np.ndarray) -> np.ndarray:
         np.minimum(rows[i], rows[j], out=lo)
         np.maximum(rows[i], rows[j], out=rows[j])
         rows[i], lo = lo, rows[i]
-    # Interior pixels have all 4 estimates: the median is the mean of the 2nd and 3rd.
-    med = 0.5 * (rows[1] + rows[2])
-    partial = count < 4
-    if partial.any():
-        srt = np.stack([r[partial] for r in rows])
-        c = np.maximum(count[partial], 1)[None]
-        med[partial] = 0.5 * (np.take_along_axis(srt, (c - 1) // 2, 0)[0] + np.take_along_axis(srt, c // 2, 0)[0])
-        med[count == 0] = np.nan
+    # Non-finite values sorted last, so the median of the first ``count`` rows is direct.
+    r0, r1, r2 = rows[0], rows[1], rows[2]
+    med = 0.5 * (r1 + r2)  # count 4
+    np.copyto(med, r1, where=count == 3)
+    np.copyto(med, 0.5 * (r0 + r1), where=count == 2)
+    np.copyto(med, r0, where=count == 1)
+    med[count == 0] = np.nan
     return med
 
 
