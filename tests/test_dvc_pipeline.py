@@ -45,7 +45,11 @@ def repo(tmp_path_factory):
     shutil.copytree(REPO / "pipeline", d / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "dvc.yaml", d / "dvc.yaml")
     shutil.copy(REPO / ".gitignore", d / ".gitignore")
-    (d / "params.yaml").write_text(yaml.safe_dump(TINY))
+    params = yaml.safe_load((REPO / "params.yaml").read_text())  # DVC wants every key a stage names
+    for section, per_dataset in TINY.items():
+        for dataset, values in per_dataset.items():
+            params[section][dataset] = {**params[section][dataset], **values}
+    (d / "params.yaml").write_text(yaml.safe_dump(params))
     _run(["git", "init", "-q"], d)
     _run(["dvc", "init", "-q"], d)
     _run(["dvc", "config", "core.analytics", "false"], d)
@@ -63,7 +67,7 @@ def test_repro_noop_and_targeted_rerun(repo):
     assert _ran(second) == [] and "up to date" in second
 
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["normals"] = {"kitti": {"max_depth": 50.0}}
+    params["normals"]["kitti"]["max_depth"] = 50.0
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     third = _run(["dvc", "repro"], repo)
     assert _ran(third) == ["normals@kitti", "shards@kitti"]
