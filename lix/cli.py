@@ -205,20 +205,10 @@ def preview_cmd(
     rows: int = typer.Option(3, min=1, help="Samples per split."),
 ):
     """A preview grid (RGB | depth | normals | labels) of the first samples of each split, from the shards."""
-    import itertools
-
-    from pipeline.preview import write_preview
-    from pipeline.shards import iter_samples, read_manifest, verify_shards
+    from pipeline.preview import preview_from_shards
 
     d = dataset.value
-    shards = shards or Path("data/shards") / d
-    m = read_manifest(shards)
-    picked = []
-    for split in m["splits"]:
-        paths = verify_shards(shards, split)
-        samples = itertools.chain.from_iterable(iter_samples(p) for p in paths)
-        picked += [(f"{split} {s.id}", s) for s in itertools.islice(samples, rows)]
-    path = write_preview(out_path or Path("data/previews") / f"{d}.png", picked, len(m["class_names"]))
+    path = preview_from_shards(shards or Path("data/shards") / d, out_path or Path("data/previews") / f"{d}.png", rows)
     out.print(f"[green]{d}[/] preview -> {path}")
 
 

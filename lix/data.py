@@ -24,8 +24,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from pipeline.shards import open_shard, read_manifest, verify_shards
-
-IGNORE = 255
+from pipeline.sources.base import IGNORE
 
 
 @dataclass(frozen=True)

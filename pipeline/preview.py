@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 
 from pipeline.imageio import write_image
-from pipeline.shards import Sample
+from pipeline.shards import Sample, iter_samples, read_manifest, verify_shards
 
 
 def palette(n: int) -> np.ndarray:
@@ -64,3 +64,15 @@ def preview_grid(rows: Sequence[tuple[str, Sample]], n_classes: int) -> np.ndarr
 def write_preview(path: str | Path, rows: Sequence[tuple[str, Sample]], n_classes: int) -> Path:
     write_image(path, preview_grid(rows, n_classes))
     return Path(path)
+
+
+def preview_from_shards(shard_dir: str | Path, out_path: str | Path, rows: int = 3) -> Path:
+    """A preview of the first ``rows`` samples of every split, read back from verified shards."""
+    import itertools
+
+    m = read_manifest(shard_dir)
+    picked = []
+    for split in m["splits"]:
+        samples = itertools.chain.from_iterable(iter_samples(p) for p in verify_shards(shard_dir, split))
+        picked += [(f"{split} {s.id}", s) for s in itertools.islice(samples, rows)]
+    return write_preview(out_path, picked, len(m["class_names"]))

@@ -142,3 +142,15 @@ def test_preview_png(prepared):
     d, _, _ = prepared
     img = read_rgb(d / "preview.png")
     assert img.shape == (5 * 48 + 4 * 2, 4 * 160 + 3 * 2, 3)  # 3 train + 2 val rows; 4 panels
+
+
+def test_preview_command_from_shards(prepared, tmp_path):
+    from typer.testing import CliRunner
+
+    from lix.cli import app
+
+    d, _, _ = prepared
+    res = CliRunner().invoke(app, ["prepare", "preview", "-d", "kitti", "--shards", str(d / "shards"),
+                                   "--out", str(tmp_path / "p.png"), "--rows", "1"])
+    assert res.exit_code == 0, res.output
+    assert read_rgb(tmp_path / "p.png").shape == (2 * 48 + 2, 4 * 160 + 3 * 2, 3)
