@@ -18,7 +18,6 @@ a shard that looks complete; the manifest is written last.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -26,7 +25,7 @@ from typing import Iterable, Iterator
 import h5py
 import numpy as np
 
-from pipeline.atomic import atomic_path, write_json
+from pipeline.atomic import atomic_path, read_versioned_json, write_json
 from pipeline.errors import DataError
 
 SCHEMA_VERSION = 1
@@ -122,17 +121,8 @@ def write_manifest(out_dir: Path, dataset: str, class_names, image_size, splits:
 
 
 def read_manifest(out_dir: str | Path) -> dict:
-    path = Path(out_dir) / MANIFEST
-    if not path.is_file():
-        raise DataError(path, "shard manifest not found (run `lix prepare shards` first)")
-    try:
-        m = json.loads(path.read_text())
-    except ValueError as e:
-        raise DataError(path, f"not valid JSON: {e}") from None
-    if m.get("schema_version") != SCHEMA_VERSION:
-        raise DataError(path, f"shard schema version {m.get('schema_version')!r}, this code reads {SCHEMA_VERSION}; "
-                        "rebuild the shards")
-    return m
+    return read_versioned_json(Path(out_dir) / MANIFEST, "shard manifest", SCHEMA_VERSION,
+                               "run `lix prepare shards` first, or rebuild shards of an older schema")
 
 
 def verify_shards(out_dir: str | Path, split: str) -> list[Path]:

@@ -7,8 +7,8 @@ from typing import Sequence
 
 import numpy as np
 
-from pipeline.atomic import write_json
-from pipeline.errors import ConfigError, DataError
+from pipeline.atomic import read_versioned_json, write_json
+from pipeline.errors import ConfigError
 
 SCHEMA_VERSION = 1
 
@@ -45,15 +45,4 @@ def write_manifest(path: str | Path, dataset: str, split: dict[str, list[str]], 
 
 
 def read_manifest(path: str | Path) -> dict:
-    import json
-
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(path, "split manifest not found (run `lix prepare splits` first)")
-    try:
-        data = json.loads(path.read_text())
-    except ValueError as e:
-        raise DataError(path, f"not valid JSON: {e}") from None
-    if data.get("schema_version") != SCHEMA_VERSION:
-        raise DataError(path, f"split manifest schema {data.get('schema_version')!r}, expected {SCHEMA_VERSION}")
-    return data
+    return read_versioned_json(path, "split manifest", SCHEMA_VERSION, "run `lix prepare splits` first")

@@ -72,7 +72,7 @@ def test_damaged_shards_are_refused(prepared, tmp_path):
     m = json.loads((shards / "manifest.json").read_text())
     m["schema_version"] = 99
     (shards / "manifest.json").write_text(json.dumps(m))
-    with pytest.raises(DataError, match="shard schema version 99"):
+    with pytest.raises(DataError, match="shard manifest schema version 99"):
         ShardDataset(shards, "val")
     import h5py
 
