@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from lix.data import ShardDataset
-from pipeline.depth.run import read_depth
+from pipeline.depth_codec import read_depth
 from pipeline.imageio import read_raw
 from pipeline.normals import decode_normals
 from pipeline.sources import create_reader

@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 
 from pipeline.errors import LixError
+from pipeline.sources import DATASETS
 
 app = typer.Typer(help="LIX: geometry-aware knowledge distillation for semantic segmentation.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -21,13 +22,8 @@ err = Console(stderr=True)
 out = Console()
 
 
-class Dataset(str, Enum):
-    vkitti2 = "vkitti2"
-    kitti = "kitti"
-    nuimages = "nuimages"
-
-
-DatasetOpt = typer.Option(..., "--dataset", "-d", help="Which dataset: vkitti2, kitti or nuimages.")
+Dataset = Enum("Dataset", {d: d for d in DATASETS}, type=str)  # the registered readers
+DatasetOpt = typer.Option(..., "--dataset", "-d", help=f"Which dataset: {', '.join(DATASETS)}.")
 ParamsOpt = typer.Option(Path("params.yaml"), "--params", help="The parameter file (params.yaml).")
 ProgressOpt = typer.Option(True, "--progress/--no-progress", help="Show progress bars.")
 
@@ -102,12 +98,12 @@ def depth_cmd(
     out_dir: Path = typer.Option(None, "--out", help="Output directory (default data/depth/<dataset>)."),
     metrics: Path = typer.Option(None, help="Depth-quality metrics JSON (default data/metrics/depth_<dataset>.json)."),
     params: Path = ParamsOpt,
-    shard: int = typer.Option(None, help="This process's shard (default: torchrun's RANK, else 0)."),
-    num_shards: int = typer.Option(None, help="Number of shards (default: torchrun's WORLD_SIZE, else 1)."),
+    part: int = typer.Option(None, help="This process's part of the frames (default: torchrun's RANK, else 0)."),
+    num_parts: int = typer.Option(None, help="Number of parts (default: torchrun's WORLD_SIZE, else 1)."),
     progress: bool = ProgressOpt,
 ):
     """Dense metric depth for every sample: CreStereo / SGBM (stereo), Depth Anything (mono), or the
-    depth the source carries. Resumable; with several shards, rank 0 merges and scores."""
+    depth the source carries. Resumable; with several parts, rank 0 merges and scores."""
     from lix.config import load_params
     from pipeline.depth.run import finalize, generate_depth
 
@@ -116,18 +112,18 @@ def depth_cmd(
     root = root or Path("data/raw") / d
     out_dir = out_dir or Path("data/depth") / d
     metrics = metrics or Path("data/metrics") / f"depth_{d}.json"
-    shard = _env_int("RANK", 0) if shard is None else shard
-    num_shards = _env_int("WORLD_SIZE", 1) if num_shards is None else num_shards
-    if num_shards > 1 and "LOCAL_RANK" in os.environ and p.depth[d].device == "auto":
+    part = _env_int("RANK", 0) if part is None else part
+    num_parts = _env_int("WORLD_SIZE", 1) if num_parts is None else num_parts
+    if num_parts > 1 and "LOCAL_RANK" in os.environ and p.depth[d].device == "auto":
         import torch
 
         if torch.cuda.is_available():
             torch.cuda.set_device(_env_int("LOCAL_RANK", 0))
-    summary = generate_depth(d, root, out_dir, p.depth[d], p.reader[d], split=split, shard=shard,
-                             num_shards=num_shards, progress=progress)
-    out.print(f"[green]{d}[/] depth shard {shard}/{num_shards}: {summary['computed']} computed, "
+    summary = generate_depth(d, root, out_dir, p.depth[d], p.reader[d], split=split, part=part,
+                             num_parts=num_parts, progress=progress)
+    out.print(f"[green]{d}[/] depth part {part}/{num_parts}: {summary['computed']} computed, "
               f"{summary['skipped']} already done, backend {summary['backend']} ({summary['reason']})")
-    if num_shards > 1 and "WORLD_SIZE" in os.environ:
+    if num_parts > 1 and "WORLD_SIZE" in os.environ:
         import torch.distributed as dist
 
         dist.init_process_group("gloo")
@@ -136,12 +132,12 @@ def depth_cmd(
             dist.destroy_process_group()
             return
         dist.destroy_process_group()
-    elif num_shards > 1:
-        out.print("other shards may still be running; merge with [bold]--shard 0 --num-shards 1[/] when all are done")
+    elif num_parts > 1:
+        out.print("other parts may still be running; merge with [bold]--part 0 --num-parts 1[/] when all are done")
         return
     m = finalize(d, root, out_dir, p.depth[d], p.reader[d], split=split, metrics_path=metrics,
                  reason=summary["reason"], progress=progress)
-    out.print(f"[green]{d}[/] depth metrics -> {metrics}: {m['vs_dense_reference'] or m['vs_sparse_lidar']}")
+    out.print(f"[green]{d}[/] depth metrics -> {metrics}: {m['vs_ground_truth'] or m['vs_sparse_lidar']}")
 
 
 @prepare_app.command("normals")

@@ -18,8 +18,7 @@ from typing import Any, Literal, Optional
 import yaml
 
 from pipeline.errors import ConfigError, DataError
-
-DATASETS = ("vkitti2", "kitti", "nuimages")
+from pipeline.sources import DATASETS
 
 
 def _require(ok: bool, key: str, problem: str) -> None:
@@ -82,6 +81,9 @@ class SplitConfig:
     n_images: int = 200
     ratio: tuple[int, int] = (3, 1)
     seed: int = 0
+    # Samples that share a group never straddle the split: none | frame (vKITTI2: the weather
+    # variations of one (scene, frame)) | scene (whole scenes / sequences / logs).
+    group_by: Literal["none", "frame", "scene"] = "none"
 
     def __post_init__(self):
         _require(self.n_images >= 2, "n_images", f"must be >= 2, got {self.n_images}")
@@ -93,7 +95,8 @@ class DepthConfig:
     """Dense depth for one dataset. ``backend`` is a registered name or 'auto' (the learned
     model when its weights resolve, else the documented fallback; see pipeline.depth.select)."""
 
-    backend: Literal["auto", "crestereo", "depth_anything", "sgbm", "reference"] = "auto"
+    backend: Literal["auto", "crestereo", "depth_anything", "sgbm", "ground_truth"] = "auto"
+    hub: bool = False  # may 'auto' ask the Hugging Face hub? (off: resolve from local files only)
     device: str = "auto"
     batch_size: int = 4
     max_depth: float = 250.0
@@ -122,6 +125,7 @@ class NormalsConfig:
     """SNE surface normals from the depth stage's maps."""
 
     max_depth: float = 200.0  # depth beyond this (m) gets no normal
+    estimator: Literal["sne", "median4"] = "median4"  # sne: SNE-RoadSeg's exact fusion; median4: see pipeline.normals
 
     def __post_init__(self):
         _require(self.max_depth > 0, "max_depth", f"must be > 0, got {self.max_depth}")
@@ -149,6 +153,7 @@ def _per_dataset(cls, **overrides):
 
 @dataclass(frozen=True)
 class Params:
+    datasets: tuple[str, ...] = DATASETS  # the datasets the DVC pipeline runs over (dvc.yaml's foreach)
     synthetic: dict[str, SyntheticConfig] = _per_dataset(SyntheticConfig)
     download: dict[str, DownloadConfig] = _per_dataset(DownloadConfig)
     reader: dict[str, ReaderConfig] = _per_dataset(ReaderConfig)
@@ -158,6 +163,9 @@ class Params:
     shards: dict[str, ShardsConfig] = _per_dataset(ShardsConfig)
 
     def __post_init__(self):
+        bad = [d for d in self.datasets if d not in DATASETS]
+        _require(not bad and len(self.datasets) >= 1, "datasets",
+                 f"unknown dataset(s) {bad}; allowed: {list(DATASETS)}" if bad else "must name at least one dataset")
         for section in ("synthetic", "download", "reader", "splits", "depth", "normals", "shards"):
             got = getattr(self, section)
             unknown = sorted(set(got) - set(DATASETS))

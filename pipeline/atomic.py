@@ -65,22 +65,3 @@ def write_text(final: str | Path, text: str) -> None:
 def write_json(final: str | Path, obj: Any) -> None:
     """Deterministic JSON (sorted keys, fixed indent, trailing newline), atomically."""
     write_text(final, json.dumps(obj, indent=2, sort_keys=True) + "\n")
-
-
-def read_versioned_json(path: str | Path, what: str, version: int, hint: str) -> dict:
-    """Read a JSON manifest whose ``schema_version`` must equal ``version``.
-
-    Errors name the file: missing (with ``hint`` on how to make it), not JSON, other schema.
-    """
-    from pipeline.errors import DataError
-
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(path, f"{what} not found ({hint})")
-    try:
-        data = json.loads(path.read_text())
-    except ValueError as e:
-        raise DataError(path, f"not valid JSON: {e}") from None
-    if data.get("schema_version") != version:
-        raise DataError(path, f"{what} schema version {data.get('schema_version')!r}, this code reads {version}")
-    return data

@@ -24,7 +24,7 @@ from typing import Callable
 
 from pipeline.atomic import atomic_path, write_json
 from pipeline.errors import DataError, LixError
-from pipeline.sources.synthetic.common import progress_bar
+from pipeline.progress import progress_bar
 
 
 @dataclass(frozen=True)

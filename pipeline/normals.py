@@ -55,8 +55,25 @@ def _median_of_finite(vals: np.ndarray) -> np.ndarray:
     return med
 
 
+ESTIMATORS = ("sne", "median4")
+
+
 def surface_normals(depth: np.ndarray, K: np.ndarray, max_depth: float = np.inf,
-                    return_mask: bool = False):
+                    return_mask: bool = False, estimator: str = "median4"):
+    """Surface normals with the named estimator (see the module docstring).
+
+    depth: (H, W) metres (0 or non-finite = invalid); K: (3, 3). Returns (H, W, 3) float32 unit
+    vectors facing the camera (0 where invalid), and with ``return_mask`` the (H, W) bool mask.
+    """
+    if estimator == "median4":
+        return _normals_median4(depth, K, max_depth, return_mask)
+    if estimator == "sne":
+        raise NotImplementedError("the exact SNE fusion is being written (issue 7)")
+    raise ValueError(f"unknown normals estimator {estimator!r}; expected one of {ESTIMATORS}")
+
+
+def _normals_median4(depth: np.ndarray, K: np.ndarray, max_depth: float = np.inf,
+                     return_mask: bool = False):
     """SNE normals. depth: (H, W) metres (0 or non-finite = invalid); K: (3, 3).
 
     Returns (H, W, 3) float32 unit vectors (0 where invalid), and with ``return_mask`` also the

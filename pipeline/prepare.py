@@ -8,7 +8,7 @@ from pipeline.download import archive_sources, copy_tree, extract_all, fetch
 from pipeline.errors import DataError
 from pipeline.sources import create_reader
 from pipeline.sources.synthetic import generate
-from pipeline.sources.synthetic.common import progress_bar
+from pipeline.progress import progress_bar
 from pipeline.splits import make_split, write_manifest
 
 
@@ -72,7 +72,8 @@ def compute_normals(dataset: str, root, split_path, depth_dir, out_dir, normals_
     """SNE normals for every sample of the split, from the depth stage's maps; written as
     uint16 PNGs (see pipeline.normals.encode_normals) into a directory renamed into place."""
     from pipeline.atomic import atomic_path
-    from pipeline.depth.run import read_depth, sample_ids
+    from pipeline.depth.run import sample_ids
+    from pipeline.depth_codec import read_depth
     from pipeline.imageio import write_image
     from pipeline.normals import encode_normals, surface_normals
 
@@ -83,7 +84,7 @@ def compute_normals(dataset: str, root, split_path, depth_dir, out_dir, normals_
         for sid in ids:
             depth = read_depth(depth_dir, sid)
             n, ok = surface_normals(depth, reader.intrinsics(sid), max_depth=normals_cfg.max_depth,
-                                    return_mask=True)
+                                    return_mask=True, estimator=normals_cfg.estimator)
             write_image(tmp / f"{sid}.png", encode_normals(n, ok))
             valid_px += int(ok.sum())
             total_px += ok.size
@@ -97,7 +98,7 @@ def build_shards(dataset: str, root, split_path, depth_dir, normals_dir, out_dir
     import json
 
     from pipeline.atomic import atomic_path, write_json
-    from pipeline.depth.run import read_depth
+    from pipeline.depth_codec import read_depth
     from pipeline.imageio import png_size, read_raw
     from pipeline.normals import decode_normals
     from pipeline.preview import write_preview

@@ -25,7 +25,8 @@ from typing import Iterable, Iterator
 import h5py
 import numpy as np
 
-from pipeline.atomic import atomic_path, read_versioned_json, write_json
+from pipeline.atomic import atomic_path, write_json
+from pipeline.manifests import read_versioned_json
 from pipeline.errors import DataError
 
 SCHEMA_VERSION = 1

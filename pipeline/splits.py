@@ -7,7 +7,8 @@ from typing import Sequence
 
 import numpy as np
 
-from pipeline.atomic import read_versioned_json, write_json
+from pipeline.atomic import write_json
+from pipeline.manifests import read_versioned_json
 from pipeline.errors import ConfigError
 
 SCHEMA_VERSION = 1

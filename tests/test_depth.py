@@ -1,4 +1,4 @@
-"""Depth backends: CREStereo layout and inference, Depth Anything batching and alignment,
+"""Depth backends: Depth Anything batching and alignment,
 SGBM accuracy, 'auto' selection, and the resumable runner."""
 
 from __future__ import annotations
@@ -12,66 +12,14 @@ import torch
 
 from lix.config import DepthConfig, ReaderConfig
 from pipeline.depth import align, create_backend
-from pipeline.depth.crestereo import CREStereoBackend, load_state_dict
-from pipeline.depth.crestereo_net import CREStereo, infer_disparity
 from pipeline.depth.depth_anything import DepthAnythingBackend, preprocess, target_size
 from pipeline.depth.metrics import depth_errors, summarise
-from pipeline.depth.run import finalize, generate_depth, read_depth
+from pipeline.depth.run import finalize, generate_depth
+from pipeline.depth_codec import read_depth
 from pipeline.depth.select import resolve
 from pipeline.errors import DataError, LixError
 from pipeline.sources import create_reader
 from pipeline.sources.synthetic import generate
-
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "crestereo_state_dict.json"
-
-
-def _reference_state_dict(seed=0):
-    if not REFERENCE.is_file():
-        pytest.skip("shared/reference/crestereo_state_dict.json is not beside the checkout")
-    shapes = json.loads(REFERENCE.read_text())
-    g = torch.Generator().manual_seed(seed)
-    return {k: torch.randn(v, generator=g) * 0.02 for k, v in shapes.items()}
-
-
-@pytest.fixture(scope="module")
-def crestereo():
-    torch.manual_seed(0)
-    net = CREStereo()
-    net.load_state_dict(_reference_state_dict(), strict=True)
-    return net.eval()
-
-
-def test_crestereo_matches_reference_manifest(crestereo):
-    shapes = json.loads(REFERENCE.read_text())
-    sd = crestereo.state_dict()
-    assert list(sd) == list(shapes)
-    assert {k: list(v.shape) for k, v in sd.items()} == shapes
-    assert sum(v.numel() for v in sd.values()) == 5_432_948
-
-
-def test_crestereo_odd_sizes_batching_determinism(crestereo):
-    g = torch.Generator().manual_seed(1)
-    left = torch.rand(4, 3, 37, 61, generator=g) * 255
-    right = torch.roll(left, shifts=-3, dims=3)
-    batch = infer_disparity(crestereo, left, right, iters=2)
-    assert batch.shape == (4, 37, 61) and torch.isfinite(batch).all()
-    singles = torch.cat([infer_disparity(crestereo, left[i : i + 1], right[i : i + 1], iters=2) for i in range(4)])
-    torch.testing.assert_close(batch, singles, atol=1e-3, rtol=1e-3)
-    torch.testing.assert_close(infer_disparity(crestereo, left, right, iters=2), batch, atol=0, rtol=0)
-
-
-def test_crestereo_checkpoint_files(tmp_path, crestereo):
-    path = tmp_path / "crestereo_eth3d.pth"
-    torch.save({"state_dict": crestereo.state_dict()}, path)
-    b = CREStereoBackend(weights=str(path), device="cpu", iters=1)
-    for k, v in crestereo.state_dict().items():
-        assert torch.equal(b.net.state_dict()[k], v)
-    with pytest.raises(DataError, match="CREStereo weights not found"):
-        load_state_dict(tmp_path / "missing.pth")
-    torch.save({"fnet.conv1.weight": torch.zeros(1)}, tmp_path / "bad.pth")
-    with pytest.raises(DataError, match="does not match the CREStereo architecture"):
-        CREStereoBackend(weights=str(tmp_path / "bad.pth"), device="cpu")
-
 
 def _tiny_depth_anything(metric=False):
     from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config
@@ -161,7 +109,7 @@ def test_auto_selection_and_missing_weights(synth_root, tmp_path, monkeypatch):
     assert resolve("kitti", DepthConfig(crestereo_weights=str(w)), kitti, "000000")[0] == "crestereo"
     nu = create_reader("nuimages", synth_root / "nuimages")
     name, _, reason = resolve("nuimages", DepthConfig(), nu, nu.ids()[0])
-    assert name == "reference" and "not found" in reason
+    assert name == "ground_truth" and "not found" in reason
     model_dir = tmp_path / "da"
     _tiny_depth_anything().save_pretrained(model_dir)
     name, opts, _ = resolve("nuimages", DepthConfig(model_path=str(model_dir)), nu, nu.ids()[0])
@@ -196,11 +144,11 @@ def test_runner_resumes_shards_and_scores(synth_root, tmp_path):
             calls.extend(f.id for f in frames)
             return self.inner.predict(frames)
 
-    s0 = generate_depth("kitti", synth_root / "kitti", out, cfg, shard=0, num_shards=2, progress=False,
+    s0 = generate_depth("kitti", synth_root / "kitti", out, cfg, part=0, num_parts=2, progress=False,
                         backend=Counting())
     with pytest.raises(DataError, match="have no depth yet"):
         finalize("kitti", synth_root / "kitti", out, cfg, progress=False)
-    s1 = generate_depth("kitti", synth_root / "kitti", out, cfg, shard=1, num_shards=2, progress=False,
+    s1 = generate_depth("kitti", synth_root / "kitti", out, cfg, part=1, num_parts=2, progress=False,
                         backend=Counting())
     assert s0["computed"] == s1["computed"] == 4
     again = generate_depth("kitti", synth_root / "kitti", out, cfg, progress=False, backend=Counting())
@@ -216,9 +164,9 @@ def test_runner_resumes_shards_and_scores(synth_root, tmp_path):
     assert changed["computed"] == 8
 
 
-def test_reference_backend_needs_depth(synth_root):
+def test_ground_truth_backend_needs_depth(synth_root):
     f = create_reader("kitti", synth_root / "kitti").frame("000000")
     f.depth = None
     with pytest.raises(DataError, match="carries no depth"):
-        create_backend("reference").predict([f])
+        create_backend("ground_truth").predict([f])
     assert ReaderConfig().version == "v1.0-train"

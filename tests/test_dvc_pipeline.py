@@ -21,8 +21,8 @@ TINY = {
                   "nuimages": {"n_images": 6, "width": 96, "height": 54}},
     "splits": {d: {"n_images": 6, "ratio": r} for d, r in
                (("vkitti2", [5, 2]), ("kitti", [3, 1]), ("nuimages", [7, 3]))},
-    "depth": {"vkitti2": {"backend": "reference"}, "kitti": {"backend": "sgbm", "max_disparity": 32},
-              "nuimages": {"backend": "reference"}},
+    "depth": {"vkitti2": {"backend": "ground_truth"}, "kitti": {"backend": "sgbm", "max_disparity": 32},
+              "nuimages": {"backend": "ground_truth"}},
     "shards": {d: {"samples_per_shard": 2} for d in ("vkitti2", "kitti", "nuimages")},
 }
 

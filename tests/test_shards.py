@@ -12,7 +12,8 @@ from torch.utils.data import DataLoader
 
 from lix.config import DepthConfig, NormalsConfig, ShardsConfig, SplitConfig
 from lix.data import AugmentConfig, ShardDataset
-from pipeline.depth.run import finalize, generate_depth, read_depth
+from pipeline.depth.run import finalize, generate_depth
+from pipeline.depth_codec import read_depth
 from pipeline.errors import DataError
 from pipeline.imageio import read_rgb
 from pipeline.normals import surface_normals
@@ -27,7 +28,7 @@ def prepared(synth_root, tmp_path_factory):
     d = tmp_path_factory.mktemp("prepared")
     root = synth_root / "kitti"
     build_split("kitti", root, d / "split.json", SplitConfig(n_images=8, ratio=(3, 1)), None, progress=False)
-    cfg = DepthConfig(backend="reference")
+    cfg = DepthConfig(backend="ground_truth")
     generate_depth("kitti", root, d / "depth", cfg, split=d / "split.json", progress=False)
     finalize("kitti", root, d / "depth", cfg, split=d / "split.json", progress=False)
     compute_normals("kitti", root, d / "split.json", d / "depth", d / "normals", NormalsConfig(), None,
@@ -55,7 +56,7 @@ def test_shards_round_trip_every_field(prepared):
         n, ok = surface_normals(s.depth, reader.intrinsics(s.id), max_depth=200.0, return_mask=True)
         np.testing.assert_array_equal(s.normal_valid, ok)
         np.testing.assert_allclose(s.normals, n, atol=6e-4)  # uint16 PNG, then float16
-        assert s.depth_backend == "reference"
+        assert s.depth_backend == "ground_truth"
     m = read_manifest(d / "shards")
     assert m["class_names"][0] == "road" and m["image_size"] == [48, 160]
     assert json.loads((d / "shards.json").read_text())["train_samples"] == 6

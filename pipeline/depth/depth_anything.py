@@ -94,7 +94,7 @@ def hub_weights_available(model: str, model_path: str | None) -> tuple[bool, boo
 @register_backend("depth_anything")
 class DepthAnythingBackend(DepthBackend):
     def __init__(self, model: str = "depth-anything/Depth-Anything-V2-Small-hf", model_path: str | None = None,
-                 device: str = "auto", batch_size: int = 8, input_size: int = 518, alignment: str = "auto",
+                 device: str = "auto", batch_size: int = 4, input_size: int = 518, alignment: str = "auto",
                  max_depth: float = 250.0, ground_classes: tuple[int, ...] = (), local_only: bool = True,
                  network=None, **_):
         self.device = resolve_device(device)

@@ -1,8 +1,8 @@
-"""Write dense depth for a dataset: sharded, resumable, atomic per frame.
+"""Write dense depth for a dataset: split into parts, resumable, atomic per frame.
 
 Outputs under ``out_dir``:
     <sample_id>.png            uint16, depth in metres * 256, 0 = invalid (KITTI depth convention)
-    .log/shard-I-of-N.jsonl     one line per finished frame: id, backend, config fingerprint
+    .log/part-I-of-N.jsonl     one line per finished frame: id, backend, config fingerprint
     manifest.json               merged record: backend per frame, resolution reason (finalize)
 
 A frame counts as done only when its PNG exists *and* its log line carries the current
@@ -26,26 +26,11 @@ from pipeline.depth.base import create_backend
 from pipeline.depth.metrics import depth_errors, summarise
 from pipeline.depth.select import resolve
 from pipeline.errors import DataError
-from pipeline.imageio import read_raw, write_image
+from pipeline.depth_codec import encode_depth, read_depth
+from pipeline.imageio import write_image
 from pipeline.sources import create_reader
-from pipeline.sources.synthetic.common import progress_bar
+from pipeline.progress import progress_bar
 from pipeline.splits import read_manifest
-
-DEPTH_SCALE = 256.0
-
-
-def encode_depth(depth: np.ndarray) -> np.ndarray:
-    """(H, W) metres -> uint16 metres * 256 (0 = invalid, at most 255.996 m)."""
-    return np.clip(np.round(np.nan_to_num(depth) * DEPTH_SCALE), 0, 65535).astype(np.uint16)
-
-
-def decode_depth(raw: np.ndarray) -> np.ndarray:
-    return raw.astype(np.float32) / DEPTH_SCALE
-
-
-def read_depth(out_dir: str | Path, sample_id: str) -> np.ndarray:
-    return decode_depth(read_raw(Path(out_dir) / f"{sample_id}.png", np.uint16))
-
 
 def fingerprint(dataset: str, cfg) -> str:
     blob = json.dumps({"dataset": dataset, **asdict(cfg)}, sort_keys=True, default=str)
@@ -54,7 +39,7 @@ def fingerprint(dataset: str, cfg) -> str:
 
 def _log_entries(out_dir: Path) -> dict[str, dict]:
     entries = {}
-    for log in sorted((out_dir / ".log").glob("shard-*.jsonl")):
+    for log in sorted((out_dir / ".log").glob("part-*.jsonl")):
         for line in log.read_text().splitlines():
             try:
                 e = json.loads(line)
@@ -71,15 +56,15 @@ def sample_ids(reader, split_path: str | Path | None) -> list[str]:
     return sorted(m["train"] + m["val"])
 
 
-def shard_of(ids: Sequence[str], shard: int, num_shards: int) -> list[str]:
-    if not 0 <= shard < num_shards:
-        raise DataError("--shard", f"shard {shard} is not in [0, {num_shards})")
-    return list(ids[shard::num_shards])
+def part_of(ids: Sequence[str], part: int, num_parts: int) -> list[str]:
+    if not 0 <= part < num_parts:
+        raise DataError("--part", f"part {part} is not in [0, {num_parts})")
+    return list(ids[part::num_parts])
 
 
-def generate_depth(dataset: str, root, out_dir, cfg, reader_options=None, *, split=None, shard: int = 0,
-                   num_shards: int = 1, progress: bool = True, backend=None) -> dict:
-    """Compute depth for this shard's frames that are not done yet. Returns a summary."""
+def generate_depth(dataset: str, root, out_dir, cfg, reader_options=None, *, split=None, part: int = 0,
+                   num_parts: int = 1, progress: bool = True, backend=None) -> dict:
+    """Compute depth for this part's frames that are not done yet. Returns a summary."""
     out_dir = Path(out_dir)
     reader = create_reader(dataset, root, reader_options)
     ids = sample_ids(reader, split)
@@ -87,10 +72,10 @@ def generate_depth(dataset: str, root, out_dir, cfg, reader_options=None, *, spl
         raise DataError(root, "no samples to compute depth for")
     name, options, reason = resolve(dataset, cfg, reader, ids[0])
     fp = fingerprint(dataset, cfg)
-    log_path = out_dir / ".log" / f"shard-{shard}-of-{num_shards}.jsonl"
+    log_path = out_dir / ".log" / f"part-{part}-of-{num_parts}.jsonl"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     done = _log_entries(out_dir)
-    mine = shard_of(ids, shard, num_shards)
+    mine = part_of(ids, part, num_parts)
     todo = [i for i in mine if not (done.get(i, {}).get("fingerprint") == fp and (out_dir / f"{i}.png").is_file())]
     if todo and backend is None:
         backend = create_backend(name, **options)
@@ -118,7 +103,7 @@ def finalize(dataset: str, root, out_dir, cfg, reader_options=None, *, split=Non
     missing = [i for i in ids if entries.get(i, {}).get("fingerprint") != fp or not (out_dir / f"{i}.png").is_file()]
     if missing:
         raise DataError(out_dir, f"{len(missing)} frame(s) have no depth yet (first: {missing[0]}); "
-                        "run the remaining shards first")
+                        "run the remaining parts first")
     backends = {i: entries[i]["backend"] for i in ids}
     write_json(out_dir / "manifest.json", {"dataset": dataset, "fingerprint": fp, "reason": reason,
                                            "encoding": "uint16 PNG, metres * 256, 0 = invalid",
@@ -127,7 +112,7 @@ def finalize(dataset: str, root, out_dir, cfg, reader_options=None, *, split=Non
     with progress_bar(f"depth metrics {dataset}", len(ids), progress) as advance:
         for i in ids:
             pred = read_depth(out_dir, i)
-            gt = reader.reference_depth(i)
+            gt = reader.ground_truth_depth(i)
             if gt is not None:
                 dense.append(depth_errors(pred, gt))
             disp = reader.sparse_disparity(i)
@@ -140,7 +125,7 @@ def finalize(dataset: str, root, out_dir, cfg, reader_options=None, *, split=Non
     for b in backends.values():
         counts[b] = counts.get(b, 0) + 1
     metrics = {"dataset": dataset, "frames": len(ids), "backend": counts, "reason": reason,
-               "vs_dense_reference": summarise(dense) if dense else None,
+               "vs_ground_truth": summarise(dense) if dense else None,
                "vs_sparse_lidar": summarise(sparse) if sparse else None}
     if metrics_path:
         write_json(metrics_path, metrics)

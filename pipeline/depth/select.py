@@ -15,9 +15,9 @@ from pipeline.errors import LixError
 from pipeline.sources.base import DatasetReader
 
 AUTO_ORDER = {
-    "vkitti2": ("reference",),
+    "vkitti2": ("ground_truth",),
     "kitti": ("crestereo", "sgbm"),
-    "nuimages": ("depth_anything", "reference"),
+    "nuimages": ("depth_anything", "ground_truth"),
 }
 
 
@@ -29,7 +29,7 @@ def backend_options(name: str, cfg, reader: DatasetReader) -> dict:
         "depth_anything": {"model": cfg.model, "model_path": cfg.model_path, "input_size": cfg.input_size,
                            "alignment": cfg.alignment, "ground_classes": reader.GROUND_CLASSES},
         "sgbm": {"max_disparity": cfg.max_disparity, "block_size": cfg.block_size},
-        "reference": {},
+        "ground_truth": {},
     }
     return {**common, **per[name]}
 

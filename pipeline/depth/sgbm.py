@@ -32,7 +32,7 @@ def fill_holes(disp: np.ndarray) -> np.ndarray:
 
 @register_backend("sgbm")
 class SGBMBackend(DepthBackend):
-    def __init__(self, max_disparity: int = 96, block_size: int = 5, max_depth: float = 250.0, **_):
+    def __init__(self, max_disparity: int = 64, block_size: int = 5, max_depth: float = 250.0, **_):
         self.num_disp = int(np.ceil(max_disparity / 16) * 16)
         self.block = block_size
         self.max_depth = max_depth

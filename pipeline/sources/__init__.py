@@ -1,8 +1,15 @@
-"""Dataset readers over each dataset's native on-disk layout."""
+"""Dataset readers over each dataset's native on-disk layout.
 
-from pipeline.sources import kitti, nuimages, vkitti2  # noqa: F401  (register the readers)
+``DATASETS`` is the registry's list of dataset names (in the paper's order): the one place
+the code learns which datasets exist. ``params.yaml``'s ``datasets`` picks the ones the DVC
+pipeline runs over.
+"""
+
+from pipeline.sources import vkitti2  # noqa: F401, I001  (registered first: the paper's order)
+from pipeline.sources import kitti  # noqa: F401
+from pipeline.sources import nuimages  # noqa: F401
 from pipeline.sources.base import IGNORE, READERS, DatasetReader, Frame, create_reader, register_reader
 
-DATASETS = ("vkitti2", "kitti", "nuimages")
+DATASETS: tuple[str, ...] = tuple(READERS)
 
 __all__ = ["DATASETS", "IGNORE", "READERS", "DatasetReader", "Frame", "create_reader", "register_reader"]

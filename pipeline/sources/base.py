@@ -81,7 +81,7 @@ class DatasetReader(ABC):
     def sparse_disparity(self, sample_id: str) -> np.ndarray | None:
         return None
 
-    def reference_depth(self, sample_id: str) -> np.ndarray | None:
+    def ground_truth_depth(self, sample_id: str) -> np.ndarray | None:
         return None
 
     def camera_height(self, sample_id: str) -> float | None:
@@ -102,7 +102,7 @@ class DatasetReader(ABC):
         disp = self.sparse_disparity(sample_id)
         if disp is not None:
             check_same_size(rgb, disp, self.disparity_path(sample_id), "disparity map")
-        depth = self.reference_depth(sample_id)
+        depth = self.ground_truth_depth(sample_id)
         if depth is not None:
             check_same_size(rgb, depth, self.depth_path(sample_id), "depth map")
         return Frame(sample_id, rgb, label, self.intrinsics(sample_id), right, baseline, disp, depth,

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import DataError
+from pipeline.depth_codec import decode_depth_cm
 from pipeline.imageio import read_raw, read_rgb
 from pipeline.sources.base import DatasetReader, lut_from_pairs, register_reader
 
@@ -67,14 +68,6 @@ def stereo_from_calib(calib: dict[str, np.ndarray], path: Path) -> tuple[np.ndar
 def decode_disparity(raw: np.ndarray) -> np.ndarray:
     """uint16 KITTI disparity PNG -> float32 pixels, 0 = invalid."""
     return raw.astype(np.float32) / 256.0
-
-
-def decode_depth_cm(raw: np.ndarray, invalid: int | None = None) -> np.ndarray:
-    """uint16 centimetres -> float32 metres; 0 and ``invalid`` become 0 (invalid)."""
-    depth = raw.astype(np.float32) / 100.0
-    if invalid is not None:
-        depth[raw == invalid] = 0.0
-    return depth
 
 
 @register_reader("kitti")
@@ -133,7 +126,7 @@ class KittiReader(DatasetReader):
     def depth_path(self, sample_id: str) -> Path:
         return self.root / SIDECAR_DIR / f"{sample_id}_10.png"
 
-    def reference_depth(self, sample_id: str) -> np.ndarray | None:
+    def ground_truth_depth(self, sample_id: str) -> np.ndarray | None:
         """Dense metric depth from the synthetic side-car (real KITTI has none)."""
         path = self.depth_path(sample_id)
         return decode_depth_cm(read_raw(path, np.uint16)) if path.is_file() else None

@@ -24,7 +24,7 @@ import numpy as np
 from pipeline.errors import DataError
 from pipeline.imageio import read_raw, read_rgb
 from pipeline.sources.base import IGNORE, DatasetReader, register_reader
-from pipeline.sources.kitti import decode_depth_cm
+from pipeline.depth_codec import decode_depth_cm
 
 TABLES = ("attribute", "calibrated_sensor", "category", "ego_pose", "log", "object_ann", "sample",
           "sample_data", "sensor", "surface_ann")
@@ -147,6 +147,6 @@ class NuImagesReader(DatasetReader):
     def depth_path(self, sample_id: str) -> Path:
         return self.root / SIDECAR_DIR / f"{sample_id}.png"
 
-    def reference_depth(self, sample_id: str) -> np.ndarray | None:
+    def ground_truth_depth(self, sample_id: str) -> np.ndarray | None:
         path = self.depth_path(sample_id)
         return decode_depth_cm(read_raw(path, np.uint16)) if path.is_file() else None

@@ -22,7 +22,7 @@ import numpy as np
 from pipeline.errors import DataError
 from pipeline.imageio import read_raw, read_rgb
 from pipeline.sources.base import IGNORE, DatasetReader, register_reader
-from pipeline.sources.kitti import decode_depth_cm
+from pipeline.depth_codec import decode_depth_cm
 
 CLASS_NAMES = ("Terrain", "Sky", "Tree", "Vegetation", "Building", "Road", "GuardRail", "TrafficSign",
                "TrafficLight", "Pole", "Misc", "Truck", "Car", "Van")
@@ -163,6 +163,6 @@ class VKitti2Reader(DatasetReader):
     def depth_path(self, sample_id: str) -> Path:
         return self._file(sample_id, "depth", "depth", "png")
 
-    def reference_depth(self, sample_id: str) -> np.ndarray | None:
+    def ground_truth_depth(self, sample_id: str) -> np.ndarray | None:
         """Rendered z-depth in metres; sky (65535 cm) -> 0 (invalid)."""
         return decode_depth_cm(read_raw(self.depth_path(sample_id), np.uint16), invalid=SKY_DEPTH_CM)

@@ -11,7 +11,8 @@ from pipeline.atomic import write_text
 from pipeline.imageio import write_image
 from pipeline.sources.kitti import CITYSCAPES_COLORS, SIDECAR_DIR
 from pipeline.sources.synthetic.classes import C, N_INTERNAL
-from pipeline.sources.synthetic.common import depth_to_cm, frame_rng, lut, run_jobs
+from pipeline.depth_codec import depth_to_cm
+from pipeline.sources.synthetic.common import frame_rng, lut, run_jobs
 from pipeline.sources.synthetic.render import render
 from pipeline.sources.synthetic.scene import KITTI_STYLE, make_camera, sample_scene, scaled_intrinsics
 

@@ -19,7 +19,8 @@ from pipeline.atomic import write_json
 from pipeline.imageio import write_image
 from pipeline.sources.nuimages import CATEGORIES, SIDECAR_DIR
 from pipeline.sources.synthetic.classes import C
-from pipeline.sources.synthetic.common import depth_to_cm, frame_rng, run_jobs
+from pipeline.depth_codec import depth_to_cm
+from pipeline.sources.synthetic.common import frame_rng, run_jobs
 from pipeline.sources.synthetic.render import render
 from pipeline.sources.synthetic.scene import NUIMAGES_STYLE, make_camera, sample_scene, scaled_intrinsics
 

@@ -14,7 +14,8 @@ import numpy as np
 from pipeline.atomic import write_text
 from pipeline.imageio import write_image
 from pipeline.sources.synthetic.classes import C, N_INTERNAL
-from pipeline.sources.synthetic.common import depth_to_cm, frame_rng, run_jobs, split_evenly
+from pipeline.depth_codec import depth_to_cm
+from pipeline.sources.synthetic.common import frame_rng, run_jobs, split_evenly
 from pipeline.sources.synthetic.render import render
 from pipeline.sources.synthetic.scene import KITTI_STYLE, lighting, make_camera, sample_scene, scaled_intrinsics
 from pipeline.sources.vkitti2 import OFFICIAL_COLORS, SKY_DEPTH_CM
