@@ -55,15 +55,18 @@ def build_split(dataset: str, root: str | Path, out: str | Path, split_cfg, read
     """Draw the train/val split, read every chosen sample once to catch bad files, then
     write the manifest (only if all of them are readable)."""
     reader = create_reader(dataset, root, reader_options)
-    split = make_split(reader.ids(), split_cfg.n_images, split_cfg.ratio, split_cfg.seed,
-                       key=f"splits.{dataset}")
+    ids = reader.ids()
+    groups = None if split_cfg.group_by == "none" else {i: reader.group(i, split_cfg.group_by) for i in ids}
+    split = make_split(ids, split_cfg.n_images, split_cfg.ratio, split_cfg.seed, key=f"splits.{dataset}",
+                       groups=groups)
     chosen = split["train"] + split["val"]
     with progress_bar(f"checking {dataset} samples", len(chosen), progress) as advance:
         for sample_id in chosen:
             reader.frame(sample_id)
             advance()
     write_manifest(out, dataset, split, ratio=split_cfg.ratio, seed=split_cfg.seed,
-                   class_names=reader.class_names)
+                   class_names=reader.class_names, n_images=split_cfg.n_images, group_by=split_cfg.group_by,
+                   groups=groups)
     return split
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -11,7 +11,7 @@ from pipeline.atomic import write_json
 from pipeline.manifests import read_versioned_json
 from pipeline.errors import ConfigError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: group_by, groups and n_images_requested recorded
 
 
 def split_counts(n_images: int, ratio: Sequence[int]) -> tuple[int, int]:
@@ -21,26 +21,62 @@ def split_counts(n_images: int, ratio: Sequence[int]) -> tuple[int, int]:
 
 
 def make_split(ids: Sequence[str], n_images: int, ratio: Sequence[int], seed: int,
-               key: str = "splits") -> dict[str, list[str]]:
+               key: str = "splits", groups: Mapping[str, str] | None = None) -> dict[str, list[str]]:
     """Draw ``n_images`` ids with a seeded permutation, then cut them at ``ratio``.
 
-    The result depends only on (sorted ids, n_images, ratio, seed). Each list is sorted.
+    With ``groups`` (sample id -> group key) whole groups are drawn and cut, so no group has
+    samples on both sides: groups are taken in seeded order until ``n_images`` samples are
+    reached (the last group taken whole only if that lands closer to ``n_images``), and the
+    cut falls on the group boundary closest to the ratio's train count. With equal group sizes
+    that divide the counts (vKITTI2's variations of a frame) the counts are exact; otherwise
+    each differs by less than one group. The result depends only on (sorted ids, groups,
+    n_images, ratio, seed). Each list is sorted.
     """
     ids = sorted(ids)
     if len(set(ids)) != len(ids):
         raise ValueError("duplicate sample ids")
     if n_images > len(ids):
         raise ConfigError(f"{key}.n_images", f"asks for {n_images} images but the dataset has {len(ids)}")
-    order = np.random.default_rng(seed).permutation(len(ids))[:n_images]
-    n_train, _ = split_counts(n_images, ratio)
-    return {"train": sorted(ids[i] for i in order[:n_train]), "val": sorted(ids[i] for i in order[n_train:])}
+    if groups is None:
+        order = np.random.default_rng(seed).permutation(len(ids))[:n_images]
+        n_train, _ = split_counts(n_images, ratio)
+        return {"train": sorted(ids[i] for i in order[:n_train]), "val": sorted(ids[i] for i in order[n_train:])}
+    members: dict[str, list[str]] = {}
+    for i in ids:
+        members.setdefault(groups[i], []).append(i)
+    keys = sorted(members)
+    order = [keys[i] for i in np.random.default_rng(seed).permutation(len(keys))]
+    chosen: list[str] = []
+    total = 0
+    for g in order:
+        size = len(members[g])
+        if total + size > n_images and (total + size - n_images) >= (n_images - total):
+            break
+        chosen.append(g)
+        total += size
+        if total >= n_images:
+            break
+    n_train, _ = split_counts(total, ratio)
+    ends = np.cumsum([len(members[g]) for g in chosen])
+    cut = int(np.argmin(np.abs(ends - n_train))) + 1  # groups [0, cut) go to train
+    cut = min(max(cut, 1), len(chosen) - 1) if len(chosen) >= 2 else cut
+    train = [i for g in chosen[:cut] for i in members[g]]
+    val = [i for g in chosen[cut:] for i in members[g]]
+    if not train or not val:
+        raise ConfigError(f"{key}.group_by", f"{len(chosen)} group(s) cannot make both a train and a val split")
+    return {"train": sorted(train), "val": sorted(val)}
 
 
 def write_manifest(path: str | Path, dataset: str, split: dict[str, list[str]], *, ratio, seed: int,
-                   class_names: Sequence[str]) -> None:
-    """Write the split manifest atomically; identical inputs give identical bytes."""
+                   class_names: Sequence[str], n_images: int | None = None, group_by: str = "none",
+                   groups: Mapping[str, str] | None = None) -> None:
+    """Write the split manifest atomically; identical inputs give identical bytes. Records the
+    asked-for count, the grouping and, per split, the number of groups."""
+    per_split_groups = {k: len({(groups or {}).get(i, i) for i in v}) for k, v in split.items()}
     write_json(path, {
         "schema_version": SCHEMA_VERSION, "dataset": dataset, "seed": seed, "ratio": list(ratio),
+        "n_images_requested": n_images if n_images is not None else sum(len(v) for v in split.values()),
+        "group_by": group_by, "groups": per_split_groups,
         "counts": {k: len(v) for k, v in split.items()}, "class_names": list(class_names), **split,
     })
 

@@ -41,3 +41,54 @@ def test_manifest_rerun_is_byte_identical(synth_root, tmp_path):
     m = read_manifest(a)
     assert m["counts"] == {"train": 6, "val": 2} and m["dataset"] == "kitti"
     assert len(m["class_names"]) == 19
+
+
+def test_grouped_split_keeps_groups_whole_and_counts_exact():
+    # 350 groups of 2 (a frame in two weather variations), as the default vKITTI2: 700 at 5:2.
+    ids = [f"Scene{s:02d}/{v}/{f:05d}" for s in range(5) for v in ("clone", "fog") for f in range(70)]
+    groups = {i: f"{i.split('/')[0]}/{i.split('/')[2]}" for i in ids}
+    s = make_split(ids, 700, (5, 2), seed=0, groups=groups)
+    assert (len(s["train"]), len(s["val"])) == (500, 200)
+    assert not {groups[i] for i in s["train"]} & {groups[i] for i in s["val"]}
+    # Without groups the same draw puts variations of one frame on both sides (the leak).
+    plain = make_split(ids, 700, (5, 2), seed=0)
+    assert {groups[i] for i in plain["train"]} & {groups[i] for i in plain["val"]}
+
+
+def test_grouped_split_uneven_groups_closest_boundary():
+    # Groups of sizes 1..6 (21 samples): counts land within one group of the ratio.
+    ids, groups = [], {}
+    for g in range(1, 7):
+        for k in range(g):
+            ids.append(f"g{g}_{k}")
+            groups[f"g{g}_{k}"] = f"g{g}"
+    s = make_split(ids, 21, (3, 1), seed=1, groups=groups)
+    assert len(s["train"]) + len(s["val"]) == 21
+    assert abs(len(s["train"]) - 16) < 6 and s["val"]
+    assert not {groups[i] for i in s["train"]} & {groups[i] for i in s["val"]}
+    # Fewer samples asked than exist: whole groups, as close to the count as groups allow.
+    part = make_split(ids, 10, (1, 1), seed=2, groups=groups)
+    assert abs(len(part["train"]) + len(part["val"]) - 10) <= 3
+
+
+def test_vkitti2_manifest_has_no_val_layout_in_train(synth_root, tmp_path):
+    from pipeline.sources import create_reader
+
+    reader = create_reader("vkitti2", synth_root / "vkitti2")
+    cfg = SplitConfig(n_images=10, ratio=(3, 2), seed=0, group_by="frame")
+    path = tmp_path / "v.json"
+    build_split("vkitti2", synth_root / "vkitti2", path, cfg, None, progress=False)
+    m = read_manifest(path)
+    frame = {i: reader.group(i, "frame") for i in m["train"] + m["val"]}
+    assert frame[m["train"][0]].count("/") == 1  # SceneXX/00000: the variation is not part of it
+    assert not {frame[i] for i in m["train"]} & {frame[i] for i in m["val"]}
+    assert m["group_by"] == "frame" and m["counts"] == {"train": 6, "val": 4}
+    assert m["groups"] == {"train": 3, "val": 2}
+
+
+def test_nuimages_scene_groups_are_logs(synth_root):
+    from pipeline.sources import create_reader
+
+    reader = create_reader("nuimages", synth_root / "nuimages")
+    logs = {reader.group(i, "scene") for i in reader.ids()}
+    assert logs <= {log["token"] for log in reader.nuim.log}

@@ -81,6 +81,28 @@ class DatasetReader(ABC):
     def sparse_disparity(self, sample_id: str) -> np.ndarray | None:
         return None
 
+    def group(self, sample_id: str, by: str) -> str:
+        """The group of ``sample_id`` that must not straddle a train/val split.
+
+        ``by``: 'none' or 'frame' (the sample itself unless a dataset renders one frame several
+        times, as vKITTI2's weather variations) or 'scene' (a recording: a vKITTI2 scene, a
+        nuImages log; KITTI Semantics publishes no sequence for its 200 frames, so its frames
+        stand alone). Readers override :meth:`frame_group` and :meth:`scene_group`.
+        """
+        if by == "none":
+            return sample_id
+        if by == "frame":
+            return self.frame_group(sample_id)
+        if by == "scene":
+            return self.scene_group(sample_id)
+        raise ValueError(f"unknown grouping {by!r}; expected none, frame or scene")
+
+    def frame_group(self, sample_id: str) -> str:
+        return sample_id
+
+    def scene_group(self, sample_id: str) -> str:
+        return sample_id
+
     def ground_truth_depth(self, sample_id: str) -> np.ndarray | None:
         return None
 

@@ -104,6 +104,10 @@ class NuImagesReader(DatasetReader):
     def ids(self) -> list[str]:
         return sorted(self._sample_data, key=lambda t: (self._sample_data[t]["filename"], t))
 
+    def scene_group(self, sample_id: str) -> str:
+        """The log (one drive) the key frame was recorded in."""
+        return self.nuim.get("sample", self._sd(sample_id)["sample_token"])["log_token"]
+
     def _sd(self, sample_id: str) -> dict:
         if sample_id not in self._sample_data:
             raise DataError(self.root, f"no key-frame sample_data with token {sample_id!r}")

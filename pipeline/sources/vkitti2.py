@@ -94,6 +94,14 @@ class VKitti2Reader(DatasetReader):
             out += [f"{rel}/{p.stem[4:]}" for p in sorted((seq / "frames/rgb/Camera_0").glob("rgb_*.jpg"))]
         return out
 
+    def frame_group(self, sample_id: str) -> str:
+        """``SceneXX/00000``: every weather variation of a frame shares its layout and pose."""
+        scene, _variation, frame = sample_id.split("/")
+        return f"{scene}/{frame}"
+
+    def scene_group(self, sample_id: str) -> str:
+        return sample_id.split("/")[0]
+
     def _split(self, sample_id: str) -> tuple[Path, str]:
         seq, _, frame = sample_id.rpartition("/")
         return self.root / seq, frame
