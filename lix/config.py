@@ -38,7 +38,7 @@ class SyntheticConfig:
     variations: tuple[str, ...] = ("clone",)  # vKITTI2 only
 
     def __post_init__(self):
-        from pipeline.sources.synthetic.scene import VARIATIONS
+        from pipeline.sources.vkitti2 import VARIATIONS
 
         _require(self.n_images >= 1, "n_images", f"must be >= 1, got {self.n_images}")
         _require(16 <= self.width <= 4096, "width", f"must be in [16, 4096], got {self.width}")

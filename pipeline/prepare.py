@@ -1,15 +1,16 @@
-"""The preparation steps as plain functions; the CLI and the DVC stages call these."""
+"""The preparation steps as plain functions; the CLI and the DVC stages call these.
+
+Each step imports what it uses inside its function, so a stage loads (and its DVC deps name)
+only its own code: the renderer is not a dependency of the shards stage.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.download import archive_sources, copy_tree, extract_all, fetch
 from pipeline.errors import DataError
-from pipeline.sources import create_reader
-from pipeline.sources.synthetic import generate
 from pipeline.progress import progress_bar
-from pipeline.splits import make_split, write_manifest
+from pipeline.sources import create_reader
 
 
 def _validator(dataset: str, reader_options):
@@ -29,9 +30,13 @@ def acquire(dataset: str, root: str | Path, download, synthetic, reader_options,
     ``download``/``synthetic``/``reader_options`` are the dataset's DownloadConfig,
     SyntheticConfig and ReaderConfig.
     """
+    from pipeline.download import archive_sources, copy_tree, extract_all, fetch
+
     root = Path(root)
     validate = _validator(dataset, reader_options)
     if download.source == "synthetic":
+        from pipeline.sources.synthetic import generate
+
         generate(dataset, root, n_images=synthetic.n_images, width=synthetic.width, height=synthetic.height,
                  seed=synthetic.seed, workers=workers, progress=progress, variations=synthetic.variations)
         validate(root)
@@ -54,6 +59,8 @@ def build_split(dataset: str, root: str | Path, out: str | Path, split_cfg, read
                 progress: bool = True) -> dict[str, list[str]]:
     """Draw the train/val split, read every chosen sample once to catch bad files, then
     write the manifest (only if all of them are readable)."""
+    from pipeline.splits import make_split, write_manifest
+
     reader = create_reader(dataset, root, reader_options)
     ids = reader.ids()
     groups = None if split_cfg.group_by == "none" else {i: reader.group(i, split_cfg.group_by) for i in ids}
@@ -75,7 +82,7 @@ def compute_normals(dataset: str, root, split_path, depth_dir, out_dir, normals_
     """SNE normals for every sample of the split, from the depth stage's maps; written as
     uint16 PNGs (see pipeline.normals.encode_normals) into a directory renamed into place."""
     from pipeline.atomic import atomic_path
-    from pipeline.depth.run import sample_ids
+    from pipeline.splits import sample_ids
     from pipeline.depth_codec import read_depth
     from pipeline.imageio import write_image
     from pipeline.normals import encode_normals, surface_normals

@@ -83,3 +83,11 @@ def write_manifest(path: str | Path, dataset: str, split: dict[str, list[str]], 
 
 def read_manifest(path: str | Path) -> dict:
     return read_versioned_json(path, "split manifest", SCHEMA_VERSION, "run `lix prepare splits` first")
+
+
+def sample_ids(reader, split_path: str | Path | None) -> list[str]:
+    """The ids of a split manifest (train and val, sorted), or every sample of ``reader``."""
+    if split_path is None:
+        return reader.ids()
+    m = read_manifest(split_path)
+    return sorted(m["train"] + m["val"])

@@ -65,3 +65,42 @@ def test_missing_and_broken_files(tmp_path):
         load_params(tmp_path / "none.yaml")
     with pytest.raises(DataError, match="not valid YAML"):
         _load(tmp_path, "a: [1,\n")
+
+
+# Options that only one dataset's reader or renderer takes.
+ONLY_FOR = {("synthetic", "variations"): {"vkitti2"}, ("reader", "variations"): {"vkitti2"},
+            ("reader", "version"): {"nuimages"}, ("reader", "channels"): {"nuimages"}}
+
+
+def test_params_yaml_writes_out_every_key():
+    """DVC tracks params.yaml, not the dataclass defaults: every key a stage reads is written out."""
+    import dataclasses
+
+    import yaml
+
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    p = load_params(ROOT / "params.yaml")
+    for section in ("synthetic", "download", "reader", "splits", "depth", "normals", "shards"):
+        for d in p.datasets:
+            fields = {f.name for f in dataclasses.fields(getattr(p, section)[d])}
+            wanted = {f for f in fields if d in ONLY_FOR.get((section, f), {d})}
+            assert set(raw[section][d]) == wanted, f"{section}.{d}: missing {sorted(wanted - set(raw[section][d]))}"
+
+
+def test_backend_defaults_agree_with_depth_config():
+    import inspect
+
+    from lix.config import DepthConfig
+    from pipeline.depth.base import BACKENDS
+    from pipeline.depth.select import backend_options
+
+    cfg = DepthConfig()
+    for name in BACKENDS:
+        sig = inspect.signature(BACKENDS[name].__init__).parameters
+        try:
+            opts = backend_options(name, cfg, type("R", (), {"GROUND_CLASSES": ()})())
+        except KeyError:
+            continue
+        for key, value in opts.items():
+            if key in sig and sig[key].default is not inspect.Parameter.empty and key != "ground_classes":
+                assert sig[key].default == value, f"{name}.{key}: backend default {sig[key].default!r}, config {value!r}"

@@ -77,3 +77,50 @@ def test_repro_noop_and_targeted_rerun(repo):
     alone = _run(["dvc", "repro", "shards@kitti"], repo)
     assert _ran(alone) == ["shards@kitti"]
     assert len(list((repo / "data/shards/kitti").glob("train-*.h5"))) == 2  # 4 train samples, 3 per shard
+
+
+# Package markers and the root command table hold no stage logic, and lix/config.py only
+# validates: every value a stage reads is written out in params.yaml (tests/test_config.py), whose
+# keys each stage lists. Every other project module a stage imports must be under one of its deps.
+NOT_CODE_DEPS = {"pipeline/__init__.py", "lix/__init__.py", "lix/cli.py", "lix/config.py"}
+
+
+def _stages(repo):
+    """{stage@dataset: (cmd, deps)} from dvc.yaml, foreach expanded over params.yaml datasets."""
+    spec = yaml.safe_load((repo / "dvc.yaml").read_text())
+    datasets = yaml.safe_load((repo / "params.yaml").read_text())["datasets"]
+    out = {}
+    for name, st in spec["stages"].items():
+        for d in datasets:
+            sub = lambda s: s.replace("${item}", d)  # noqa: E731
+            out[f"{name}@{d}"] = (sub(st["do"]["cmd"]), [sub(p) for p in st["do"].get("deps", [])])
+    return out
+
+
+def _imported_files(cmd, cwd):
+    """Project source files a stage command imports (python -X importtime lists every import)."""
+    argv = cmd.split()
+    assert argv[0] == "lix"
+    res = subprocess.run(["python", "-X", "importtime", "-c", "from lix.cli import app; app()", *argv[1:]],
+                         cwd=cwd, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    files = set()
+    for mod in re.findall(r"^import time:.*\|\s+((?:pipeline|lix)(?:\.\w+)*)\s*$", res.stderr, re.M):
+        rel = Path(*mod.split("."))
+        for cand in (rel.with_suffix(".py"), rel / "__init__.py"):
+            if (REPO / cand).is_file():
+                files.add(cand.as_posix())
+    return files
+
+
+def test_stage_deps_cover_the_code_they_run(repo):
+    _run(["dvc", "repro"], repo)
+    gaps = {}
+    for stage, (cmd, deps) in _stages(repo).items():
+        if not stage.endswith("@kitti"):
+            continue  # the same code per dataset; one is enough
+        missing = sorted(f for f in _imported_files(cmd, repo) - NOT_CODE_DEPS
+                         if not any(f == d or f.startswith(d.rstrip("/") + "/") for d in deps))
+        if missing:
+            gaps[stage] = missing
+    assert not gaps, f"stages run code their deps do not list: {gaps}"

@@ -34,6 +34,9 @@ OFFICIAL_COLORS = {
     "Truck": (160, 60, 60), "Car": (255, 127, 80), "Van": (0, 139, 139), "Undefined": (0, 0, 0),
 }
 SKY_DEPTH_CM = 65535
+# The variations vKITTI2 renders of every frame (its folder names).
+VARIATIONS = ("clone", "15-deg-left", "15-deg-right", "30-deg-left", "30-deg-right",
+              "fog", "morning", "overcast", "rain", "sunset")
 
 
 def parse_colors(path: Path) -> dict[int, int]:

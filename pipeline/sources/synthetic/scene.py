@@ -35,8 +35,7 @@ class CameraStyle:
 KITTI_STYLE = CameraStyle(height=(1.60, 1.70), pitch=(-0.04, 0.01), yaw=(-0.08, 0.08))
 NUIMAGES_STYLE = CameraStyle(height=(1.45, 1.60), pitch=(-0.04, 0.01), yaw=(-0.10, 0.10))
 
-VARIATIONS = ("clone", "15-deg-left", "15-deg-right", "30-deg-left", "30-deg-right",
-              "fog", "morning", "overcast", "rain", "sunset")
+from pipeline.sources.vkitti2 import VARIATIONS  # noqa: E402,F401  (the dataset's own names)
 
 
 def _vec(*xs: float) -> np.ndarray:
