@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -56,7 +57,7 @@ def test_partial_sections_keep_defaults(tmp_path):
 
 def test_params_are_frozen():
     p = Params()
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         p.splits["kitti"].n_images = 3  # type: ignore[misc]
 
 

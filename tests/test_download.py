@@ -14,7 +14,7 @@ import pytest
 
 from lix.config import DownloadConfig, ReaderConfig, SyntheticConfig
 from pipeline.download import extract, fetch
-from pipeline.errors import DataError
+from pipeline.errors import DataError, LixError
 from pipeline.prepare import acquire
 from pipeline.sources import create_reader
 
@@ -203,6 +203,6 @@ def test_acquire_local_directory_and_archive(synth_root, tmp_path):
 
 
 def test_nuimages_url_source_explains_itself(tmp_path):
-    with pytest.raises(Exception, match="set download.nuimages.source to 'local'"):
+    with pytest.raises(LixError, match="set download.nuimages.source to 'local'"):
         acquire("nuimages", tmp_path / "n", DownloadConfig(source="url"), SyntheticConfig(), ReaderConfig(),
                 cache_dir=tmp_path, progress=False)
