@@ -114,11 +114,7 @@ def depth_cmd(
     metrics = metrics or Path("data/metrics") / f"depth_{d}.json"
     part = _env_int("RANK", 0) if part is None else part
     num_parts = _env_int("WORLD_SIZE", 1) if num_parts is None else num_parts
-    if num_parts > 1 and "LOCAL_RANK" in os.environ and p.depth[d].device == "auto":
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.set_device(_env_int("LOCAL_RANK", 0))
+    # Each torchrun process's GPU comes from LOCAL_RANK in pipeline.depth.base.resolve_device.
     summary = generate_depth(d, root, out_dir, p.depth[d], p.reader[d], split=split, part=part,
                              num_parts=num_parts, progress=progress)
     out.print(f"[green]{d}[/] depth part {part}/{num_parts}: {summary['computed']} computed, "

@@ -1,10 +1,13 @@
 """Depth backends: Depth Anything batching and alignment,
-SGBM accuracy, 'auto' selection, and the resumable runner."""
+SGBM accuracy, 'auto' selection, the validity rule, devices, and the resumable runner."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
+
+import cv2
 
 import numpy as np
 import pytest
@@ -12,6 +15,9 @@ import torch
 
 from lix.config import DepthConfig, ReaderConfig
 from pipeline.depth import align, create_backend
+from pipeline.depth.base import disparity_to_depth, resolve_device, use_device
+from pipeline.depth.crestereo import CREStereoBackend
+from pipeline.depth.crestereo_net import CREStereo
 from pipeline.depth.depth_anything import DepthAnythingBackend, preprocess, target_size
 from pipeline.depth.metrics import depth_errors, summarise
 from pipeline.depth.run import finalize, generate_depth
@@ -108,8 +114,6 @@ def test_auto_selection_and_missing_weights(synth_root, tmp_path, monkeypatch):
     w.write_bytes(b"x")
     assert resolve("kitti", DepthConfig(crestereo_weights=str(w)), kitti, "000000")[0] == "crestereo"
     nu = create_reader("nuimages", synth_root / "nuimages")
-    name, _, reason = resolve("nuimages", DepthConfig(), nu, nu.ids()[0])
-    assert name == "ground_truth" and "not found" in reason
     model_dir = tmp_path / "da"
     _tiny_depth_anything().save_pretrained(model_dir)
     name, opts, _ = resolve("nuimages", DepthConfig(model_path=str(model_dir)), nu, nu.ids()[0])
@@ -170,3 +174,179 @@ def test_ground_truth_backend_needs_depth(synth_root):
     with pytest.raises(DataError, match="carries no depth"):
         create_backend("ground_truth").predict([f])
     assert ReaderConfig().version == "v1.0-train"
+
+
+# --- Ground truth never leaks into estimated depth ---------------------------------------------
+
+
+def _relative_from(depth, s=3.7, t=0.2):
+    """A relative inverse depth pred = s / Z + t made from metric depth (t where Z is 0: sky)."""
+    return np.where(depth > 0, s / np.maximum(depth, 1e-3) + t, t).astype(np.float32)
+
+
+def test_depth_anything_aligns_to_measurements_not_ground_truth(synth_root):
+    b = DepthAnythingBackend(network=_tiny_depth_anything(), device="cpu", input_size=70, alignment="auto",
+                             ground_classes=(1,))
+    # nuImages: the frame carries the dense side-car (ground truth) but nothing measured, so
+    # 'auto' must use the camera height, and the side-car must not change the output.
+    nu = create_reader("nuimages", synth_root / "nuimages")
+    f = nu.frame(nu.ids()[0])
+    assert f.depth is not None and f.disparity is None and f.camera_height is not None
+    b.raw = lambda images: [_relative_from(f.depth) for _ in images]
+    out = b.predict([f])[0]
+    near = (f.depth > 0) & (f.depth < 60)
+    assert np.median(np.abs(out[near] - f.depth[near]) / f.depth[near]) < 0.03  # the ground plane's scale
+    for other in (f.depth * 2.0 + 5.0, np.zeros_like(f.depth), None):  # a side-car that disagrees, or none
+        np.testing.assert_array_equal(b.predict([dataclasses.replace(f, depth=other)])[0], out)
+    ground = DepthAnythingBackend(network=b.net, device="cpu", input_size=70, alignment="ground",
+                                  ground_classes=(1,))
+    ground.raw = b.raw
+    np.testing.assert_array_equal(ground.predict([f])[0], out)
+    # 'sparse' asked for explicitly on a frame without measured sparse depth is an error, not the side-car.
+    sparse = DepthAnythingBackend(network=b.net, device="cpu", input_size=70, alignment="sparse")
+    sparse.raw = b.raw
+    with pytest.raises(DataError, match="needs measured sparse depth"):
+        sparse.predict([f])
+    # KITTI: LiDAR disparity is measured, so 'auto' fits to it; the side-car still does not count.
+    k = create_reader("kitti", synth_root / "kitti").frame("000001")
+    b.raw = lambda images: [_relative_from(k.depth) for _ in images]
+    out = b.predict([k])[0]
+    near = (k.depth > 0) & (k.depth < 60)
+    assert np.median(np.abs(out[near] - k.depth[near]) / k.depth[near]) < 0.03
+    np.testing.assert_array_equal(b.predict([dataclasses.replace(k, depth=k.depth * 2.0 + 5.0)])[0], out)
+
+
+# --- 'auto' resolution: no ground-truth fallback, no network unless hub ------------------------
+
+
+@pytest.fixture
+def no_hf(monkeypatch):
+    """An empty Hugging Face cache and a hub that records every question asked of it."""
+    import huggingface_hub
+
+    asked = []
+
+    def model_info(repo_id, *a, **k):
+        asked.append(repo_id)
+        return object()
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: None)
+    monkeypatch.setattr(huggingface_hub, "model_info", model_info)
+    return asked
+
+
+def test_auto_never_falls_back_to_ground_truth(synth_root, no_hf):
+    nu = create_reader("nuimages", synth_root / "nuimages")
+    assert nu.ground_truth_depth(nu.ids()[0]) is not None  # the side-car is there, and still not taken
+    with pytest.raises(LixError) as e:
+        resolve("nuimages", DepthConfig(), nu, nu.ids()[0])
+    msg = str(e.value)
+    assert "depth.nuimages.model_path" in msg and "backend: ground_truth" in msg
+    assert "not found in the Hugging Face cache" in msg
+    # vKITTI2's rendered depth is auto's first choice (the paper's), not a fallback.
+    v = create_reader("vkitti2", synth_root / "vkitti2")
+    name, _, reason = resolve("vkitti2", DepthConfig(), v, v.ids()[0])
+    assert name == "ground_truth" and reason == "auto: the source carries depth"
+    # Explicitly chosen, ground truth is still allowed.
+    assert resolve("nuimages", DepthConfig(backend="ground_truth"), nu, nu.ids()[0])[0] == "ground_truth"
+
+
+def test_auto_asks_the_hub_only_when_allowed(synth_root, no_hf):
+    nu = create_reader("nuimages", synth_root / "nuimages")
+    with pytest.raises(LixError, match="hub: false"):
+        resolve("nuimages", DepthConfig(), nu, nu.ids()[0])
+    assert no_hf == []
+    name, opts, reason = resolve("nuimages", DepthConfig(hub=True), nu, nu.ids()[0])
+    assert no_hf == ["depth-anything/Depth-Anything-V2-Small-hf"]
+    assert name == "depth_anything" and opts["local_only"] is False and "on the hub" in reason
+
+
+# --- One validity rule: 0 where nothing was measured or estimated, never clipped ----------------
+
+
+def test_disparity_to_depth_marks_out_of_range_invalid():
+    disp = np.array([[0.0, -1.0, 1.0, 0.5, 2.0, np.nan]], np.float32)
+    # fx * B = 100 * 0.5 = 50: depths 50, 100, 25 m; 100 m lies beyond max_depth = 60.
+    np.testing.assert_array_equal(disparity_to_depth(disp, 100.0, 0.5, max_depth=60.0),
+                                  np.array([[0, 0, 50, 0, 25, 0]], np.float32))
+    assert disparity_to_depth(disp, 100.0, 0.5, max_depth=100.0)[0, 3] == 100.0  # the bound itself is valid
+
+
+def test_depth_anything_out_of_range_and_sky_are_invalid(synth_root):
+    nu = create_reader("nuimages", synth_root / "nuimages")
+    f = nu.frame(nu.ids()[0])
+    net = _tiny_depth_anything()
+    far = DepthAnythingBackend(network=net, device="cpu", input_size=70, alignment="ground", ground_classes=(1,))
+    raw = far.raw([f.rgb])[0].astype(np.float64)
+    s, t = align.fit_to_ground(raw, f.label == 1, f.K, f.camera_up, f.camera_height)
+    inv = (raw - t) / s
+    z = np.where(inv > 0, 1.0 / np.where(inv > 0, inv, 1.0), 0.0)
+    max_depth = float(np.median(z[z > 0]))
+    assert (inv <= 0).any() and (z > max_depth).any()  # both kinds of invalid pixel occur
+    expected = np.where((z > 0) & (z <= max_depth), z, 0.0)
+    b = DepthAnythingBackend(network=net, device="cpu", input_size=70, alignment="ground", ground_classes=(1,),
+                             max_depth=max_depth)
+    np.testing.assert_allclose(b.predict([f])[0], expected, rtol=1e-5, atol=0)
+    # A relative prediction of the sky (inverse depth at the offset t) is 0, not max_depth.
+    b.raw = lambda images: [_relative_from(f.depth) for _ in images]
+    out = b.predict([f])[0]
+    assert (out[f.depth == 0] == 0).all() and (f.depth == 0).any()
+    # Metric variant: metres straight from the network, 0 beyond max_depth.
+    met = DepthAnythingBackend(network=_tiny_depth_anything(metric=True), device="cpu", input_size=70)
+    m = met.raw([f.rgb])[0]
+    met.max_depth = float(np.median(m))
+    np.testing.assert_array_equal(met.predict([f])[0], np.where((m > 0) & (m <= met.max_depth), m, 0))
+
+
+def _random_crestereo():
+    shapes = json.loads((Path(__file__).parent / "fixtures/reference/crestereo_state_dict.json").read_text())
+    g = torch.Generator().manual_seed(0)
+    net = CREStereo()
+    net.load_state_dict({k: torch.randn(v, generator=g) * 0.02 for k, v in shapes.items()}, strict=True)
+    return net.eval()
+
+
+def test_crestereo_out_of_range_is_invalid(synth_root):
+    f = create_reader("kitti", synth_root / "kitti").frame("000000")
+    b = CREStereoBackend(network=_random_crestereo(), device="cpu", iters=1)
+    d = b.disparity(f.rgb[None], f.right_rgb[None])[0].astype(np.float64)
+    z = np.where(d > 0, f.K[0, 0] * f.baseline / np.where(d > 0, d, 1.0), 0.0)
+    b.max_depth = float(np.median(z[z > 0]))
+    assert (d <= 0).any() and (z > b.max_depth).any()
+    np.testing.assert_allclose(b.predict([f])[0], np.where((z > 0) & (z <= b.max_depth), z, 0.0), rtol=1e-5, atol=0)
+
+
+def test_ground_truth_keeps_sky_invalid_and_drops_out_of_range(dataset_copy):
+    root = dataset_copy("vkitti2")
+    r = create_reader("vkitti2", root)
+    sid = r.ids()[0]
+    raw = cv2.imread(str(r.depth_path(sid)), cv2.IMREAD_UNCHANGED)
+    assert raw.dtype == np.uint16
+    raw[:3] = 65535  # vKITTI2's sky
+    raw[3, :10] = 30000  # 300 m: rendered, but beyond max_depth
+    cv2.imwrite(str(r.depth_path(sid)), raw)
+    out = create_backend("ground_truth", max_depth=250.0).predict([r.frame(sid)])[0]
+    expected = np.where((raw == 65535) | (raw > 25000), 0.0, raw / 100.0)
+    np.testing.assert_allclose(out, expected, rtol=1e-6, atol=0)
+    assert out.dtype == np.float32
+
+
+# --- Devices under torchrun -------------------------------------------------------------------
+
+
+def test_resolve_device_uses_local_rank(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("LOCAL_RANK", "2")  # torchrun's; read from the environment by default
+    assert resolve_device("auto") == torch.device("cuda", 2)
+    assert resolve_device("cuda") == torch.device("cuda", 2)
+    assert resolve_device("cuda", {"LOCAL_RANK": "3"}) == torch.device("cuda", 3)
+    assert resolve_device("auto", {"LOCAL_RANK": "1"}) == torch.device("cuda", 1)
+    assert resolve_device("cuda:0", {"LOCAL_RANK": "2"}) == torch.device("cuda", 0)  # explicit index stays
+    assert resolve_device("cuda", {}) == torch.device("cuda")
+    assert resolve_device("cpu", {"LOCAL_RANK": "2"}) == torch.device("cpu")
+    current = []
+    monkeypatch.setattr(torch.cuda, "set_device", current.append)
+    assert use_device("cuda") == torch.device("cuda", 2) and current == [torch.device("cuda", 2)]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto", {"LOCAL_RANK": "1"}) == torch.device("cpu")

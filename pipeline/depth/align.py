@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from pipeline.depth.base import valid_depth
 from pipeline.errors import DataError
 
 
@@ -66,8 +67,10 @@ def fit_to_ground(pred: np.ndarray, ground_mask: np.ndarray, K: np.ndarray, up: 
 
 
 def to_metric(pred: np.ndarray, s: float, t: float, max_depth: float = 250.0) -> np.ndarray:
-    """Invert pred = s / Z + t. Returns (H, W) float32 metres, 0 where not positive."""
+    """Invert pred = s / Z + t. Returns (H, W) float32 metres; 0 (invalid) where Z is not
+    positive (the sky: relative inverse depth near 0 maps to Z <= 0 or very far) or beyond
+    ``max_depth``, which is not clipped (pipeline.depth.base's validity rule)."""
     inv = (pred - t) / s
-    with np.errstate(divide="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore"):
         depth = np.where(inv > 0, 1.0 / np.maximum(inv, 1e-12), 0.0)
-    return np.where(depth > 0, np.minimum(depth, max_depth), 0.0).astype(np.float32)
+    return valid_depth(depth, max_depth)

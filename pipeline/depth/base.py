@@ -1,11 +1,28 @@
-"""One interface for every depth source, and the backend registry."""
+"""One interface for every depth source, the backend registry, and the validity rule.
+
+Validity rule (every backend, every output): a depth map is (H, W) float32 metres where a
+pixel holds a value only if the backend measured or estimated it and it lies in
+(0, max_depth]; everything else is 0 (invalid). In particular
+
+* disparity <= 0 (no match, a hole) is 0, and depth beyond ``max_depth`` is 0, never clipped
+  to ``max_depth``: a clipped value is a made-up surface at max_depth that later stages
+  (normals, the students' geometry) would take for a measurement;
+* Depth Anything: a relative prediction that maps to non-positive or beyond-range depth (the
+  sky, which relative inverse depth puts near 0) is 0;
+* CREStereo is dense by design (a disparity everywhere), so only the range rule removes pixels;
+* ground_truth: what the source marks as no surface (vKITTI2's sky, the side-car's 0) stays 0.
+
+Downstream, 0 means "no geometry here" (pipeline.depth_codec writes it as 0 in the PNGs).
+"""
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
+import torch
 
 from pipeline.errors import DataError
 from pipeline.registry import Registry
@@ -50,8 +67,42 @@ def batches_by_shape(shapes: Sequence[tuple], batch_size: int) -> list[list[int]
     return [idx[k : k + batch_size] for idx in groups.values() for k in range(0, len(idx), batch_size)]
 
 
+def valid_depth(depth: np.ndarray, max_depth: float) -> np.ndarray:
+    """The validity rule applied to (H, W) metres: values outside (0, max_depth] and non-finite
+    ones become 0. Returns float32 metres."""
+    depth = np.asarray(depth)
+    ok = np.isfinite(depth) & (depth > 0) & (depth <= max_depth)
+    return np.where(ok, depth, 0.0).astype(np.float32)
+
+
 def disparity_to_depth(disp: np.ndarray, fx: float, baseline: float, max_depth: float = 250.0) -> np.ndarray:
-    """depth = fx * B / d (metres) where d > 0, clipped to ``max_depth``; 0 elsewhere."""
-    with np.errstate(divide="ignore"):
+    """(H, W) disparity in pixels -> (H, W) float32 depth = fx * B / d in metres (fx in pixels,
+    B in metres) where d > 0 and the depth is at most ``max_depth``; 0 (invalid) elsewhere."""
+    with np.errstate(divide="ignore", invalid="ignore"):
         depth = np.where(disp > 0, fx * baseline / np.maximum(disp, 1e-6), 0.0)
-    return np.minimum(depth, max_depth).astype(np.float32)
+    return valid_depth(depth, max_depth)
+
+
+def resolve_device(device: str, env: Mapping[str, str] | None = None) -> torch.device:
+    """The torch device for a DepthConfig ``device`` ('auto', 'cpu', 'cuda' or 'cuda:N').
+
+    Under torchrun every process sees all GPUs, so a bare 'cuda' (or 'auto' on a CUDA
+    machine) means this process's GPU: ``cuda:{LOCAL_RANK}`` when ``env`` (default
+    os.environ) sets LOCAL_RANK, else the current CUDA device. An explicit 'cuda:N' is kept.
+    """
+    env = os.environ if env is None else env
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and env.get("LOCAL_RANK", "") != "":
+        return torch.device("cuda", int(env["LOCAL_RANK"]))
+    return torch.device(device)
+
+
+def use_device(device: str) -> torch.device:
+    """:func:`resolve_device`, and a CUDA result with an index becomes this process's current
+    device, so that library calls which take "the current GPU" (the bf16 check, cuBLAS/cuDNN
+    handles) use it too instead of opening a context on cuda:0 in every torchrun process."""
+    dev = resolve_device(device)
+    if dev.type == "cuda" and dev.index is not None:
+        torch.cuda.set_device(dev)
+    return dev

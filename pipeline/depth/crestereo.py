@@ -1,4 +1,9 @@
-"""CREStereo as a depth backend: the two-pass recipe, disparity -> depth = fx * B / d."""
+"""CREStereo as a depth backend: the two-pass recipe, disparity -> depth = fx * B / d.
+
+CREStereo is dense by design: it regresses a disparity for every pixel, occluded and
+textureless ones included, and has no confidence output. So the only pixels it leaves invalid
+(0) are those of base's validity rule: disparity <= 0 and depth beyond ``max_depth``.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +13,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from pipeline.depth.base import DepthBackend, batches_by_shape, disparity_to_depth, register_backend
+from pipeline.depth.base import DepthBackend, batches_by_shape, disparity_to_depth, register_backend, use_device
 from pipeline.depth.crestereo_net import CREStereo, infer_disparity
-from pipeline.depth.depth_anything import resolve_device
 from pipeline.errors import DataError
 from pipeline.sources.base import Frame
 
@@ -40,7 +44,7 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 class CREStereoBackend(DepthBackend):
     def __init__(self, weights: str | None = None, device: str = "auto", iters: int = 20, batch_size: int = 4,
                  max_depth: float = 250.0, network: CREStereo | None = None, **_):
-        self.device = resolve_device(device)
+        self.device = use_device(device)
         if network is None:
             network = CREStereo()
             try:
@@ -62,6 +66,7 @@ class CREStereoBackend(DepthBackend):
         return infer_disparity(self.net, to_t(left), to_t(right), self.iters).cpu().numpy()
 
     def predict(self, frames: Sequence[Frame]) -> list[np.ndarray]:
+        """(H, W) float32 metres per frame, 0 = invalid (d <= 0 or beyond max_depth)."""
         for f in frames:
             self.require_stereo(f)
         out: list[np.ndarray | None] = [None] * len(frames)

@@ -6,6 +6,13 @@ Preprocessing follows the model card: keep the aspect ratio, scale towards ``inp
 multiples of 14, bicubic resampling, ImageNet mean/std. The prediction is resized back to
 the input size. Relative predictions (inverse depth up to an affine map) become metric with
 :mod:`pipeline.depth.align`; metric variants are used as they are.
+
+Alignment uses only what the frame *measured*: sparse depth from ``Frame.disparity`` and
+``Frame.baseline`` (KITTI's LiDAR-derived disparity), or the camera height and orientation
+with the driveable-surface pixels. ``Frame.depth`` (dense ground truth: vKITTI2's render, the
+synthetic side-car) is never read here; it is what the output is scored against, and fitting
+to it would score the ground truth against itself. Output follows the validity rule of
+:mod:`pipeline.depth.base`: beyond ``max_depth`` or non-positive (the sky) is 0.
 """
 
 from __future__ import annotations
@@ -19,7 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.depth import align
-from pipeline.depth.base import DepthBackend, batches_by_shape, register_backend
+from pipeline.depth.base import (DepthBackend, batches_by_shape, disparity_to_depth, register_backend,
+                                 use_device, valid_depth)
 from pipeline.errors import DataError, LixError
 from pipeline.sources.base import Frame
 
@@ -50,12 +58,6 @@ def postprocess(pred: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(pred[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0]
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def load_model(model: str, model_path: str | None, local_only: bool):
     """DepthAnythingForDepthEstimation from a local directory or the Hugging Face cache/hub."""
     from transformers import AutoModelForDepthEstimation
@@ -69,8 +71,13 @@ def load_model(model: str, model_path: str | None, local_only: bool):
                        "or set depth.<dataset>.model_path to a directory holding config.json and the weights") from None
 
 
-def hub_weights_available(model: str, model_path: str | None) -> tuple[bool, bool]:
-    """(found, local_only): found in model_path or the HF cache (local), or reachable online."""
+def hub_weights_available(model: str, model_path: str | None, hub: bool = False) -> tuple[bool, bool]:
+    """(found, local_only): found in model_path or the Hugging Face cache (local_only True),
+    or, only when ``hub`` is True and HF_HUB_OFFLINE is unset, reachable on the hub (False).
+
+    Without ``hub`` nothing touches the network: a pipeline stage must not depend on (or
+    wait for) the hub to decide which backend it runs.
+    """
     if model_path:
         return Path(model_path, "config.json").is_file(), True
     try:
@@ -80,7 +87,7 @@ def hub_weights_available(model: str, model_path: str | None) -> tuple[bool, boo
             return True, True
     except Exception:  # noqa: BLE001 - a broken cache simply means "not cached"
         pass
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+    if not hub or os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
         return False, True
     try:
         from huggingface_hub import model_info
@@ -97,7 +104,7 @@ class DepthAnythingBackend(DepthBackend):
                  device: str = "auto", batch_size: int = 4, input_size: int = 518, alignment: str = "auto",
                  max_depth: float = 250.0, ground_classes: tuple[int, ...] = (), local_only: bool = True,
                  network=None, **_):
-        self.device = resolve_device(device)
+        self.device = use_device(device)
         self.net = (network if network is not None else load_model(model, model_path, local_only)).to(self.device)
         self.net.eval()
         self.metric = getattr(self.net.config, "depth_estimation_type", "relative") == "metric"
@@ -106,10 +113,13 @@ class DepthAnythingBackend(DepthBackend):
 
     @classmethod
     def available(cls, cfg, reader, probe_id):
-        ok, local = hub_weights_available(cfg.model, cfg.model_path)
+        ok, local = hub_weights_available(cfg.model, cfg.model_path, cfg.hub)
         where = cfg.model_path or cfg.model
-        return ok, f"weights {where}" if ok else f"Depth Anything weights {where!r} not found locally or online", \
-            {"local_only": local}
+        if ok:
+            return True, f"weights {where}" + ("" if local else " (on the hub)"), {"local_only": local}
+        looked = "in model_path" if cfg.model_path else "in the Hugging Face cache" + (
+            " or on the hub" if cfg.hub else " (hub: false, so the hub was not asked)")
+        return False, f"Depth Anything weights {where!r} not found {looked}", {"local_only": local}
 
     @torch.inference_mode()
     def raw(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -127,19 +137,19 @@ class DepthAnythingBackend(DepthBackend):
         return out  # type: ignore[return-value]
 
     def _metric(self, f: Frame, pred: np.ndarray) -> np.ndarray:
+        """(H, W) network output -> (H, W) float32 metres, 0 = invalid (base's validity rule)."""
         if self.metric:
-            return np.where(pred > 0, np.minimum(pred, self.max_depth), 0).astype(np.float32)
+            return valid_depth(pred, self.max_depth)
+        # Measured sparse depth only; f.depth is ground truth, kept for scoring (module docstring).
+        measured = f.disparity is not None and f.baseline is not None
         mode = self.alignment
         if mode == "auto":
-            mode = "sparse" if f.disparity is not None or f.depth is not None else "ground"
+            mode = "sparse" if measured else "ground"
         if mode == "sparse":
-            if f.disparity is not None and f.baseline is not None:
-                sparse = np.where(f.disparity > 0, f.K[0, 0] * f.baseline / np.maximum(f.disparity, 1e-6), 0)
-            elif f.depth is not None:
-                sparse = f.depth
-            else:
-                raise DataError(f.id, "alignment 'sparse' needs sparse metric depth, which this frame lacks")
-            s, t = align.fit_to_sparse(pred, sparse)
+            if not measured:
+                raise DataError(f.id, "alignment 'sparse' needs measured sparse depth (a sparse disparity map "
+                                "and the stereo baseline), which this frame lacks; use alignment 'ground'")
+            s, t = align.fit_to_sparse(pred, disparity_to_depth(f.disparity, f.K[0, 0], f.baseline, self.max_depth))
         elif mode == "ground":
             if f.camera_height is None or f.camera_up is None:
                 raise DataError(f.id, "alignment 'ground' needs the camera height and orientation")
