@@ -133,7 +133,7 @@ def test_missing_weights_error_for_nuimages_without_sidecar(dataset_copy, tmp_pa
         resolve("nuimages", DepthConfig(), nu, nu.ids()[0])
 
 
-def test_runner_resumes_shards_and_scores(synth_root, tmp_path):
+def test_runner_resumes_parts_and_scores(synth_root, tmp_path):
     out = tmp_path / "depth"
     cfg = DepthConfig(backend="sgbm", max_disparity=32)
     calls = []
@@ -166,6 +166,29 @@ def test_runner_resumes_shards_and_scores(synth_root, tmp_path):
     changed = generate_depth("kitti", synth_root / "kitti", out, DepthConfig(backend="sgbm", max_disparity=48),
                              progress=False)
     assert changed["computed"] == 8
+
+
+def test_runner_recomputes_changed_inputs_and_code(dataset_copy, tmp_path, monkeypatch):
+    """Under DVC the depth outputs persist, so the runner itself must notice what is stale: a
+    frame whose input changed, and every frame when the depth code changed."""
+    import shutil
+
+    from pipeline.depth import run
+    from pipeline.imageio import read_rgb, write_image
+
+    root = dataset_copy("kitti")
+    out, cfg = tmp_path / "depth", DepthConfig(backend="sgbm", max_disparity=32)
+    assert generate_depth("kitti", root, out, cfg, progress=False)["computed"] == 8
+    right = root / "training/image_3/000002_10.png"
+    write_image(right, np.roll(read_rgb(right), 2, axis=1))  # the scene moved: new disparities
+    again = generate_depth("kitti", root, out, cfg, progress=False)
+    assert again["computed"] == 1 and again["skipped"] == 7
+    monkeypatch.setattr(run, "code_digest", lambda: "another-version")
+    assert generate_depth("kitti", root, out, cfg, progress=False)["computed"] == 8
+    # A frame that left the split loses its map at finalize (persisted outputs hold no strays).
+    shutil.copy(out / "000001.png", out / "999999.png")
+    run.finalize("kitti", root, out, cfg, progress=False)
+    assert not (out / "999999.png").exists() and (out / "000001.png").exists()
 
 
 def test_ground_truth_backend_needs_depth(synth_root):

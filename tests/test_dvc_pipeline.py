@@ -124,3 +124,20 @@ def test_stage_deps_cover_the_code_they_run(repo):
         if missing:
             gaps[stage] = missing
     assert not gaps, f"stages run code their deps do not list: {gaps}"
+
+
+def test_interrupted_depth_stage_resumes_under_dvc(repo):
+    """DVC deletes a stage's outputs before running it unless they persist. The depth outputs
+    persist, so a `dvc repro` after an interruption computes only the frames not yet done. The
+    interruption is reproduced exactly: half the frames finished (maps + log lines), as the
+    stage's own command leaves them when stopped, then `dvc repro`."""
+    _run(["dvc", "repro"], repo)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["depth"]["kitti"]["block_size"] = 7  # the stage must run again
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    cmd = _stages(repo)["depth@kitti"][0].split()
+    half = _run([*cmd, "--part", "0", "--num-parts", "2"], repo)
+    assert "3 computed" in half
+    resumed = _run(["dvc", "repro", "depth@kitti"], repo)
+    assert _ran(resumed) == ["depth@kitti"]
+    assert "3 computed, 3 already done" in resumed
