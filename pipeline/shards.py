@@ -9,10 +9,21 @@ Layout under ``out_dir``:
         K (N, 3, 3) float32               id, depth_backend (N,) UTF-8 strings
       attributes: schema_version, dataset, split
     manifest.json          schema_version, dataset, class names, image size, per split the
-                           shards with sample counts and SHA-256 checksums
+                           shards with sample counts, byte sizes and SHA-256 checksums
 
 Each shard is written under a temporary name and renamed, so an interrupted run never leaves
 a shard that looks complete; the manifest is written last.
+
+Verification (``verify_shards``): by default "size" -- every shard is present, has the byte size
+the manifest records, opens as HDF5 with our schema version and fields, carries the manifest's
+dataset and split attributes, and holds the manifest's sample count in every field. That costs
+a stat and an HDF5 open per shard (milliseconds for a split), so the loader does it at every
+construction, on every DDP rank. It catches missing, truncated or grown shards, shards of another split or dataset and
+other schemas; it does not catch bytes changed in place (same size). "sha256" adds the full checksum (reads every
+byte once: 0.08 s vs 0.008 s for "size" on 59 MB of shards from the page cache, ~750 MB/s;
+real datasets hold gigabytes and a cold disk is slower): run it once after
+copying or downloading shards, or when in doubt. A manifest written before byte sizes were
+recorded is checked with "sha256".
 """
 
 from __future__ import annotations
@@ -91,7 +102,7 @@ def write_shard(path: Path, samples: list[Sample], dataset: str, split: str, com
             strings = h5py.string_dtype("utf-8")
             f.create_dataset("id", data=[s.id for s in samples], dtype=strings)
             f.create_dataset("depth_backend", data=[s.depth_backend for s in samples], dtype=strings)
-        entry = {"file": path.name, "count": n, "sha256": sha256_file(tmp)}
+        entry = {"file": path.name, "count": n, "bytes": tmp.stat().st_size, "sha256": sha256_file(tmp)}
     return entry
 
 
@@ -126,9 +137,15 @@ def read_manifest(out_dir: str | Path) -> dict:
                                "run `lix prepare shards` first, or rebuild shards of an older schema")
 
 
-def verify_shards(out_dir: str | Path, split: str) -> list[Path]:
-    """Check every shard of ``split`` against the manifest (presence, checksum, schema).
-    Returns the shard paths in order."""
+VERIFY_METHODS = ("size", "sha256")
+
+
+def verify_shards(out_dir: str | Path, split: str, method: str = "size") -> list[Path]:
+    """Check every shard of ``split`` against the manifest; ``method`` "size" (cheap, the
+    default) or "sha256" (also every byte), see the module docstring. Raises DataError naming
+    the shard at fault. Returns the shard paths in order."""
+    if method not in VERIFY_METHODS:
+        raise ValueError(f"verify method {method!r}; expected one of {VERIFY_METHODS}")
     out_dir = Path(out_dir)
     m = read_manifest(out_dir)
     if split not in m["splits"]:
@@ -138,11 +155,19 @@ def verify_shards(out_dir: str | Path, split: str) -> list[Path]:
         p = out_dir / e["file"]
         if not p.is_file():
             raise DataError(p, "shard listed in the manifest is missing")
-        if sha256_file(p) != e["sha256"]:
+        size = p.stat().st_size
+        if "bytes" in e and size != e["bytes"]:
+            raise DataError(p, f"size {size} bytes, the manifest says {e['bytes']} (truncated or modified shard)")
+        if (method == "sha256" or "bytes" not in e) and sha256_file(p) != e["sha256"]:
             raise DataError(p, "checksum does not match the manifest (truncated or modified shard)")
         with open_shard(p) as f:
-            if len(f["rgb"]) != e["count"]:
-                raise DataError(p, f"holds {len(f['rgb'])} samples, the manifest says {e['count']}")
+            attrs = {k: f.attrs.get(k) for k in ("dataset", "split")}
+            if attrs != {"dataset": m["dataset"], "split": split}:
+                raise DataError(p, f"shard of {attrs}, the manifest lists it under "
+                                   f"{{'dataset': {m['dataset']!r}, 'split': {split!r}}}")
+            for k in (*FIELDS, "id"):
+                if len(f[k]) != e["count"]:
+                    raise DataError(p, f"{k} holds {len(f[k])} samples, the manifest says {e['count']}")
         paths.append(p)
     return paths
 
