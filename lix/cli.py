@@ -144,19 +144,27 @@ def normals_cmd(
     split: Path = typer.Option(None, help="Split manifest (default data/splits/<dataset>.json)."),
     depth: Path = typer.Option(None, help="Depth maps from `lix prepare depth` (default data/depth/<dataset>)."),
     out_dir: Path = typer.Option(None, "--out", help="Output directory (default data/normals/<dataset>)."),
+    metrics: Path = typer.Option(None, help="Geometry-quality JSON: normals vs those of the source's ground-truth "
+                                 "depth, valid shares (default data/metrics/geometry_<dataset>.json)."),
     params: Path = ParamsOpt,
     progress: bool = ProgressOpt,
 ):
-    """SNE surface normals (SNE-RoadSeg) for every sample of the split, from its depth map."""
+    """Surface normals (normals.<dataset>.estimator) for every sample of the split, from its depth map,
+    and their geometry quality."""
     from lix.config import load_params
     from pipeline.prepare import compute_normals
 
     p = load_params(params)
     d = dataset.value
+    metrics = metrics or Path("data/metrics") / f"geometry_{d}.json"
     s = compute_normals(d, root or Path("data/raw") / d, split or Path("data/splits") / f"{d}.json",
                         depth or Path("data/depth") / d, out_dir or Path("data/normals") / d, p.normals[d],
-                        p.reader[d], progress=progress)
-    out.print(f"[green]{d}[/] normals for {s['frames']} frames ({s['valid_fraction']:.1%} of pixels valid)")
+                        p.reader[d], metrics_path=metrics, progress=progress)
+    vs = s["geometry"]["vs_reference"]
+    quality = (f"; vs ground truth: median {vs['median_deg']:.1f} deg, {vs['within_11.25']:.0%} within 11.25 deg"
+               if vs and vs.get("pixels") else "")
+    out.print(f"[green]{d}[/] normals for {s['frames']} frames ({s['valid_fraction']:.1%} of pixels valid{quality}); "
+              f"metrics {metrics}")
 
 
 @prepare_app.command("shards")

@@ -108,6 +108,11 @@ class DepthConfig:
     alignment: Literal["auto", "sparse", "ground"] = "auto"
     max_disparity: int = 64  # sgbm search range in pixels
     block_size: int = 5
+    # sgbm post-processing (pipeline/depth/sgbm.py): what SGBM did not measure stays invalid.
+    sgbm_lr_max_diff: float = 1.0  # left-right consistency tolerance (px)
+    sgbm_smoothing: float = 2000.0  # weight of the plane-preserving, edge-aware smoothing; 0 = off
+    sgbm_min_evidence: float = 1.0  # match evidence a pixel needs (noise units; sky has ~0); 0 = off
+    sgbm_fill_max_gap: int = 8  # fill row gaps up to this wide (px) inside one surface; 0 = off
 
     def __post_init__(self):
         _require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
@@ -118,6 +123,12 @@ class DepthConfig:
                  f"must be odd and >= 1, got {self.block_size}")
         _require(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"), "device",
                  f"expected auto, cpu or cuda[:N], got {self.device!r}")
+        _require(self.sgbm_lr_max_diff > 0, "sgbm_lr_max_diff", f"must be > 0 (pixels), got {self.sgbm_lr_max_diff}")
+        _require(self.sgbm_smoothing >= 0, "sgbm_smoothing", f"must be >= 0 (0 = off), got {self.sgbm_smoothing}")
+        _require(self.sgbm_min_evidence >= 0, "sgbm_min_evidence",
+                 f"must be >= 0 (0 = off), got {self.sgbm_min_evidence}")
+        _require(self.sgbm_fill_max_gap >= 0, "sgbm_fill_max_gap",
+                 f"must be >= 0 (pixels; 0 = off), got {self.sgbm_fill_max_gap}")
 
 
 @dataclass(frozen=True)

@@ -78,9 +78,18 @@ def build_split(dataset: str, root: str | Path, out: str | Path, split_cfg, read
 
 
 def compute_normals(dataset: str, root, split_path, depth_dir, out_dir, normals_cfg, reader_options, *,
-                    progress: bool = True) -> dict:
-    """SNE normals for every sample of the split, from the depth stage's maps; written as
-    uint16 PNGs (see pipeline.normals.encode_normals) into a directory renamed into place."""
+                    metrics_path=None, progress: bool = True) -> dict:
+    """Surface normals (``normals_cfg.estimator``) for every sample of the split, from the depth
+    stage's maps; written as uint16 PNGs (see pipeline.normals.encode_normals) into a directory
+    renamed into place.
+
+    With ``metrics_path``, also the geometry quality (pipeline.geometry_quality): the normals
+    against those of the best depth the source carries (``reader.ground_truth_depth``; same
+    estimator and max_depth), on pixels valid in both, and the valid shares of the estimated
+    normals and depth; written atomically as JSON.
+    """
+    import json
+
     from pipeline.atomic import atomic_path
     from pipeline.splits import sample_ids
     from pipeline.depth_codec import read_depth
@@ -90,16 +99,44 @@ def compute_normals(dataset: str, root, split_path, depth_dir, out_dir, normals_
     reader = create_reader(dataset, root, reader_options)
     ids = sample_ids(reader, split_path)
     valid_px = total_px = 0
+    parts = []
+
+    def normals(depth, sid):
+        return surface_normals(depth, reader.intrinsics(sid), max_depth=normals_cfg.max_depth,
+                               return_mask=True, estimator=normals_cfg.estimator)
+
     with atomic_path(out_dir) as tmp, progress_bar(f"normals {dataset}", len(ids), progress) as advance:
         for sid in ids:
             depth = read_depth(depth_dir, sid)
-            n, ok = surface_normals(depth, reader.intrinsics(sid), max_depth=normals_cfg.max_depth,
-                                    return_mask=True, estimator=normals_cfg.estimator)
+            n, ok = normals(depth, sid)
             write_image(tmp / f"{sid}.png", encode_normals(n, ok))
             valid_px += int(ok.sum())
             total_px += ok.size
+            if metrics_path:
+                from pipeline.geometry_quality import frame_geometry
+
+                gt = reader.ground_truth_depth(sid)
+                ref = normals(gt, sid) if gt is not None else (None, None)
+                parts.append(frame_geometry(n, ok, *ref, depth_valid=depth > 0))
             advance()
-    return {"frames": len(ids), "valid_fraction": valid_px / max(total_px, 1)}
+    summary = {"frames": len(ids), "valid_fraction": valid_px / max(total_px, 1)}
+    if metrics_path:
+        from pipeline.atomic import write_json
+        from pipeline.geometry_quality import summarise_geometry
+
+        manifest = Path(depth_dir) / "manifest.json"
+        backends: dict[str, int] = {}
+        if manifest.is_file():
+            for b in json.loads(manifest.read_text()).get("backend", {}).values():
+                backends[b] = backends.get(b, 0) + 1
+        metrics = {"dataset": dataset, "estimator": normals_cfg.estimator, "max_depth": normals_cfg.max_depth,
+                   "depth_backend": backends,
+                   "reference": "normals of the source's ground-truth depth (vKITTI2 rendered depth, synthetic "
+                                "side-car), same estimator",
+                   **summarise_geometry(parts)}
+        write_json(metrics_path, metrics)
+        summary["geometry"] = metrics
+    return summary
 
 
 def build_shards(dataset: str, root, split_path, depth_dir, normals_dir, out_dir, shards_cfg, reader_options, *,
