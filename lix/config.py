@@ -136,7 +136,7 @@ class NormalsConfig:
     """SNE surface normals from the depth stage's maps."""
 
     max_depth: float = 200.0  # depth beyond this (m) gets no normal
-    estimator: Literal["sne", "median4"] = "median4"  # sne: SNE-RoadSeg's exact fusion; median4: see pipeline.normals
+    estimator: Literal["sne", "median4"] = "sne"  # sne: SNE-RoadSeg's exact fusion; median4: see pipeline.normals
 
     def __post_init__(self):
         _require(self.max_depth > 0, "max_depth", f"must be > 0, got {self.max_depth}")

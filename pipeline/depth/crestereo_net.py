@@ -115,19 +115,39 @@ class LocalFeatureTransformer(nn.Module):
                 nn.init.xavier_uniform_(p)
 
     def forward(self, feat0, feat1):
+        # Sequential, as in CREStereo (megvii-research/CREStereo nets/attention/transformer.py and
+        # the PyTorch port): in a 'cross' layer feat1 attends to the feat0 *already updated* by the
+        # same layer, not to the old one. The public weights were trained with this order.
         for layer, name in zip(self.layers, self.layer_names):
             if name == "self":
-                feat0, feat1 = layer(feat0, feat0), layer(feat1, feat1)
+                feat0 = layer(feat0, feat0)
+                feat1 = layer(feat1, feat1)
             else:
-                feat0, feat1 = layer(feat0, feat1), layer(feat1, feat0)
+                feat0 = layer(feat0, feat1)
+                feat1 = layer(feat1, feat0)
         return feat0, feat1
 
 
+def pe_log_factor(d_model: int) -> float:
+    """The exponent factor of CREStereo's positional encoding: frequencies are exp(k * factor).
+
+    CREStereo (megvii-research/CREStereo nets/attention/position_encoding.py; the PyTorch port's
+    ``temp_bug_fix=False`` branch) writes ``-math.log(10000.0) / d_model // 2``. By Python's
+    precedence that is ``(-log(10000) / d_model) // 2``, a floor division of a small negative
+    number: -1.0 for every d_model > log(10000) / 2 ~ 4.6, so the frequencies are exp(-k) for
+    k = 0, 2, 4, ... LoFTR later corrected it to ``-log(10000) / (d_model // 2)`` (zju3dv/LoFTR
+    issue 41), but the public CREStereo weights were trained with the uncorrected factor, so the
+    features they expect are the ones it gives; we keep it.
+    """
+    return (-math.log(10000.0) / d_model) // 2
+
+
 def sine_position_encoding(d_model: int, height: int, width: int, device=None) -> torch.Tensor:
-    """LoFTR's 2-D sine encoding, (1, d_model, H, W): channels cycle sin x, cos x, sin y, cos y."""
+    """CREStereo's 2-D sine encoding, (1, d_model, H, W): channels cycle sin x, cos x, sin y, cos y
+    with x, y = 1, 2, ... and frequencies exp(k * pe_log_factor(d_model)), k = 0, 2, 4, ..."""
     y = torch.arange(1, height + 1, device=device, dtype=torch.float32)[:, None].expand(height, width)
     x = torch.arange(1, width + 1, device=device, dtype=torch.float32)[None, :].expand(height, width)
-    div = torch.exp(torch.arange(0, d_model // 2, 2, device=device).float() * (-math.log(10000.0) / (d_model // 2)))
+    div = torch.exp(torch.arange(0, d_model // 2, 2, device=device).float() * pe_log_factor(d_model))
     div = div[:, None, None]
     pe = torch.zeros(d_model, height, width, device=device)
     pe[0::4], pe[1::4] = torch.sin(x * div), torch.cos(x * div)
