@@ -50,17 +50,29 @@ def test_crestereo_odd_sizes_batching_determinism(crestereo):
     torch.testing.assert_close(infer_disparity(crestereo, left, right, iters=2), batch, atol=0, rtol=0)
 
 
-def test_crestereo_checkpoint_files(tmp_path, crestereo):
-    path = tmp_path / "crestereo_eth3d.pth"
-    torch.save({"state_dict": crestereo.state_dict()}, path)
-    b = CREStereoBackend(weights=str(path), device="cpu", iters=1)
-    for k, v in crestereo.state_dict().items():
-        assert torch.equal(b.net.state_dict()[k], v)
+def test_crestereo_checkpoint_files(tmp_path):
+    """Checkpoints made from the public layout (not from our model's own state dict) load as
+    they are: a plain torch file with DataParallel's 'module.' prefix, a nested
+    {'state_dict': ...}, and safetensors; their tensors arrive unchanged."""
+    from safetensors.torch import save_file
+
+    sd = _reference_state_dict(seed=1)
+    files = {"plain.pth": {f"module.{k}": v for k, v in sd.items()}, "nested.pth": {"state_dict": sd}}
+    for name, obj in files.items():
+        torch.save(obj, tmp_path / name)
+    save_file(sd, str(tmp_path / "w.safetensors"))
+    for name in (*files, "w.safetensors"):
+        loaded = CREStereoBackend(weights=str(tmp_path / name), device="cpu", iters=1).net.state_dict()
+        assert loaded.keys() == sd.keys()
+        assert all(torch.equal(loaded[k], v) for k, v in sd.items()), name
     with pytest.raises(DataError, match="CREStereo weights not found"):
         load_state_dict(tmp_path / "missing.pth")
     torch.save({"fnet.conv1.weight": torch.zeros(1)}, tmp_path / "bad.pth")
     with pytest.raises(DataError, match="does not match the CREStereo architecture"):
         CREStereoBackend(weights=str(tmp_path / "bad.pth"), device="cpu")
+    (tmp_path / "corrupt.pth").write_bytes(b"PK\x03\x04 not a checkpoint")
+    with pytest.raises(DataError, match="not a loadable weights file"):
+        load_state_dict(tmp_path / "corrupt.pth")
 
 
 # ----------------------------------------------------------------------------- fidelity to the official code
