@@ -42,7 +42,8 @@ def repo(tmp_path_factory):
     if shutil.which("dvc") is None or shutil.which("lix") is None:
         pytest.skip("dvc and the lix console script must be installed")
     d = tmp_path_factory.mktemp("dvcrepo")
-    shutil.copytree(REPO / "pipeline", d / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
+    for package in ("pipeline", "lix"):  # the stages' code deps
+        shutil.copytree(REPO / package, d / package, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "dvc.yaml", d / "dvc.yaml")
     shutil.copy(REPO / ".gitignore", d / ".gitignore")
     params = yaml.safe_load((REPO / "params.yaml").read_text())  # DVC wants every key a stage names

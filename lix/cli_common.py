@@ -1,0 +1,37 @@
+"""What every ``lix`` command module shares: consoles, the dataset choice, common options, and
+turning a LixError into one red line."""
+
+from __future__ import annotations
+
+import functools
+from enum import Enum
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from pipeline.errors import LixError
+from pipeline.sources import DATASETS
+
+err = Console(stderr=True)
+out = Console()
+
+
+Dataset = Enum("Dataset", {d: d for d in DATASETS}, type=str)  # the registered readers
+DatasetOpt = typer.Option(..., "--dataset", "-d", help=f"Which dataset: {', '.join(DATASETS)}.")
+ParamsOpt = typer.Option(Path("params.yaml"), "--params", help="The parameter file (params.yaml).")
+ProgressOpt = typer.Option(True, "--progress/--no-progress", help="Show progress bars.")
+
+
+def user_errors(fn):
+    """Print a LixError as one red line and exit with status 2 instead of a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except LixError as e:
+            err.print(f"[bold red]error:[/] {e}", markup=True, highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper

@@ -1,0 +1,192 @@
+"""``lix prepare ...``: the data-preparation commands (one per DVC stage), thin over pipeline/."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+
+from lix.cli_common import Dataset, DatasetOpt, ParamsOpt, ProgressOpt, out, user_errors
+
+prepare_app = typer.Typer(help="Data preparation: download, splits, depth, normals, shards (the DVC stages).",
+                          no_args_is_help=True)
+
+
+@prepare_app.command("download")
+@user_errors
+def download_cmd(
+    dataset: Dataset = DatasetOpt,
+    root: Path = typer.Option(None, help="Where the dataset goes (default data/raw/<dataset>)."),
+    params: Path = ParamsOpt,
+    cache: Path = typer.Option(Path("data/downloads"), help="Where downloaded archives are kept."),
+    workers: int = typer.Option(min(2, os.cpu_count() or 1), help="Processes for synthesising."),
+    progress: bool = ProgressOpt,
+):
+    """Put a dataset in its native layout: synthesise it (default), download it, or take local files."""
+    from lix.config import load_params
+    from pipeline.prepare import acquire
+
+    p = load_params(params)
+    d = dataset.value
+    root = root or Path("data/raw") / d
+    acquire(d, root, p.download[d], p.synthetic[d], p.reader[d], cache_dir=cache, workers=workers,
+            progress=progress)
+    out.print(f"[green]{d}[/] ready at {root} (source: {p.download[d].source})")
+
+
+@prepare_app.command("splits")
+@user_errors
+def splits_cmd(
+    dataset: Dataset = DatasetOpt,
+    root: Path = typer.Option(None, help="Dataset root (default data/raw/<dataset>)."),
+    out_path: Path = typer.Option(None, "--out", help="Manifest to write (default data/splits/<dataset>.json)."),
+    params: Path = ParamsOpt,
+    progress: bool = ProgressOpt,
+):
+    """Draw the seeded train/val split and write its manifest of sample ids."""
+    from lix.config import load_params
+    from pipeline.prepare import build_split
+
+    p = load_params(params)
+    d = dataset.value
+    root = root or Path("data/raw") / d
+    out_path = out_path or Path("data/splits") / f"{d}.json"
+    split = build_split(d, root, out_path, p.splits[d], p.reader[d], progress=progress)
+    out.print(f"[green]{d}[/] split: {len(split['train'])} train / {len(split['val'])} val -> {out_path}")
+
+
+def _env_int(name: str, default: int) -> int:
+    return int(os.environ.get(name, default))
+
+
+@prepare_app.command("depth")
+@user_errors
+def depth_cmd(
+    dataset: Dataset = DatasetOpt,
+    root: Path = typer.Option(None, help="Dataset root (default data/raw/<dataset>)."),
+    split: Path = typer.Option(None, help="Split manifest: only its samples get depth (default: all samples)."),
+    out_dir: Path = typer.Option(None, "--out", help="Output directory (default data/depth/<dataset>)."),
+    metrics: Path = typer.Option(None, help="Depth-quality metrics JSON (default data/metrics/depth_<dataset>.json)."),
+    params: Path = ParamsOpt,
+    part: int = typer.Option(None, help="This process's part of the frames (default: torchrun's RANK, else 0)."),
+    num_parts: int = typer.Option(None, help="Number of parts (default: torchrun's WORLD_SIZE, else 1)."),
+    progress: bool = ProgressOpt,
+):
+    """Dense metric depth for every sample: CreStereo / SGBM (stereo), Depth Anything (mono), or the
+    depth the source carries. Resumable; with several parts, rank 0 merges and scores."""
+    from lix.config import load_params
+    from pipeline.depth.run import finalize, generate_depth
+
+    p = load_params(params)
+    d = dataset.value
+    root = root or Path("data/raw") / d
+    out_dir = out_dir or Path("data/depth") / d
+    metrics = metrics or Path("data/metrics") / f"depth_{d}.json"
+    part = _env_int("RANK", 0) if part is None else part
+    num_parts = _env_int("WORLD_SIZE", 1) if num_parts is None else num_parts
+    # Each torchrun process's GPU comes from LOCAL_RANK in pipeline.depth.base.resolve_device.
+    summary = generate_depth(d, root, out_dir, p.depth[d], p.reader[d], split=split, part=part,
+                             num_parts=num_parts, progress=progress)
+    out.print(f"[green]{d}[/] depth part {part}/{num_parts}: {summary['computed']} computed, "
+              f"{summary['skipped']} already done, backend {summary['backend']} ({summary['reason']})")
+    if num_parts > 1 and "WORLD_SIZE" in os.environ:
+        import torch.distributed as dist
+
+        dist.init_process_group("gloo")
+        dist.barrier()
+        if dist.get_rank() != 0:
+            dist.destroy_process_group()
+            return
+        dist.destroy_process_group()
+    elif num_parts > 1:
+        out.print("other parts may still be running; merge with [bold]--part 0 --num-parts 1[/] when all are done")
+        return
+    m = finalize(d, root, out_dir, p.depth[d], p.reader[d], split=split, metrics_path=metrics,
+                 reason=summary["reason"], progress=progress)
+    out.print(f"[green]{d}[/] depth metrics -> {metrics}: {m['vs_ground_truth'] or m['vs_sparse_lidar']}")
+
+
+@prepare_app.command("normals")
+@user_errors
+def normals_cmd(
+    dataset: Dataset = DatasetOpt,
+    root: Path = typer.Option(None, help="Dataset root (default data/raw/<dataset>)."),
+    split: Path = typer.Option(None, help="Split manifest (default data/splits/<dataset>.json)."),
+    depth: Path = typer.Option(None, help="Depth maps from `lix prepare depth` (default data/depth/<dataset>)."),
+    out_dir: Path = typer.Option(None, "--out", help="Output directory (default data/normals/<dataset>)."),
+    metrics: Path = typer.Option(None, help="Geometry-quality JSON: normals vs those of the source's ground-truth "
+                                 "depth, valid shares (default data/metrics/geometry_<dataset>.json)."),
+    params: Path = ParamsOpt,
+    progress: bool = ProgressOpt,
+):
+    """Surface normals (normals.<dataset>.estimator) for every sample of the split, from its depth map,
+    and their geometry quality."""
+    from lix.config import load_params
+    from pipeline.prepare import compute_normals
+
+    p = load_params(params)
+    d = dataset.value
+    metrics = metrics or Path("data/metrics") / f"geometry_{d}.json"
+    s = compute_normals(d, root or Path("data/raw") / d, split or Path("data/splits") / f"{d}.json",
+                        depth or Path("data/depth") / d, out_dir or Path("data/normals") / d, p.normals[d],
+                        p.reader[d], metrics_path=metrics, progress=progress)
+    vs = s["geometry"]["vs_reference"]
+    quality = (f"; vs ground truth: median {vs['median_deg']:.1f} deg, {vs['within_11.25']:.0%} within 11.25 deg"
+               if vs and vs.get("pixels") else "")
+    out.print(f"[green]{d}[/] normals for {s['frames']} frames ({s['valid_fraction']:.1%} of pixels valid{quality}); "
+              f"metrics {metrics}")
+
+
+@prepare_app.command("shards")
+@user_errors
+def shards_cmd(
+    dataset: Dataset = DatasetOpt,
+    root: Path = typer.Option(None, help="Dataset root (default data/raw/<dataset>)."),
+    split: Path = typer.Option(None, help="Split manifest (default data/splits/<dataset>.json)."),
+    depth: Path = typer.Option(None, help="Depth maps (default data/depth/<dataset>)."),
+    normals: Path = typer.Option(None, help="Normal maps (default data/normals/<dataset>)."),
+    out_dir: Path = typer.Option(None, "--out", help="Shard directory (default data/shards/<dataset>)."),
+    preview: Path = typer.Option(None, help="Preview PNG (default data/previews/<dataset>.png)."),
+    metrics: Path = typer.Option(None, help="Shard counts JSON (default data/metrics/shards_<dataset>.json)."),
+    params: Path = ParamsOpt,
+    progress: bool = ProgressOpt,
+):
+    """Write the train/val splits as HDF5 shards with a manifest, plus a preview grid."""
+    from lix.config import load_params
+    from pipeline.prepare import build_shards
+
+    p = load_params(params)
+    d = dataset.value
+    preview = preview or Path("data/previews") / f"{d}.png"
+    s = build_shards(d, root or Path("data/raw") / d, split or Path("data/splits") / f"{d}.json",
+                     depth or Path("data/depth") / d, normals or Path("data/normals") / d,
+                     out_dir or Path("data/shards") / d, p.shards[d], p.reader[d], preview_path=preview,
+                     metrics_path=metrics or Path("data/metrics") / f"shards_{d}.json", progress=progress)
+    out.print(f"[green]{d}[/] shards: {s['train_samples']} train / {s['val_samples']} val in "
+              f"{s['train_shards'] + s['val_shards']} files ({s['bytes'] / 2**20:.1f} MiB); preview {preview}")
+
+
+@prepare_app.command("preview")
+@user_errors
+def preview_cmd(
+    dataset: Dataset = DatasetOpt,
+    shards: Path = typer.Option(None, help="Shard directory (default data/shards/<dataset>)."),
+    out_path: Path = typer.Option(None, "--out", help="PNG to write (default data/previews/<dataset>.png)."),
+    rows: int = typer.Option(3, min=1, help="Samples per split."),
+):
+    """A preview grid (RGB | depth | normals | labels) of the first samples of each split, from the shards."""
+    from pipeline.preview import preview_from_shards
+
+    d = dataset.value
+    path = preview_from_shards(shards or Path("data/shards") / d, out_path or Path("data/previews") / f"{d}.png", rows)
+    out.print(f"[green]{d}[/] preview -> {path}")
+
+
+@prepare_app.command("check-params")
+@user_errors
+def check_params_cmd(params: Path = ParamsOpt):
+    """Validate params.yaml and print the resolved values."""
+    from lix.config import load_params
+
+    out.print(load_params(params))
