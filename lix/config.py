@@ -116,7 +116,9 @@ class DepthConfig:
 
     def __post_init__(self):
         _require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
-        _require(self.max_depth > 0, "max_depth", f"must be > 0, got {self.max_depth}")
+        # The depth PNGs hold metres * 256 in 16 bits (pipeline.depth_codec): 255.996 m at most.
+        _require(0 < self.max_depth <= 255.99, "max_depth", f"must be in (0, 255.99] m (the depth PNG's range), "
+                 f"got {self.max_depth}")
         _require(self.iters >= 1, "iters", f"must be >= 1, got {self.iters}")
         _require(self.input_size % 14 == 0, "input_size", f"must be a multiple of 14, got {self.input_size}")
         _require(self.block_size % 2 == 1 and self.block_size >= 1, "block_size",

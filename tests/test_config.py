@@ -41,6 +41,10 @@ def _load(tmp_path, text):
     ("download:\n  kitti: {source: ftp}\n", "download.kitti.source", "one of 'synthetic', 'url', 'local'"),
     ("download:\n  nuimages: {source: local}\n", "download.nuimages.local_path", "required"),
     ("download:\n  kitti: {sha256: {a.zip: xyz}}\n", "download.kitti.sha256.a.zip", "64 hex digits"),
+    ("depth:\n  kitti: {max_depth: 300.0}\n", "depth.kitti.max_depth", "the depth PNG's range"),
+    ("splits:\n  vkitti2: {group_by: layout}\n", "splits.vkitti2.group_by", "one of 'none', 'frame', 'scene'"),
+    ("normals:\n  kitti: {estimator: sobel}\n", "normals.kitti.estimator", "one of 'sne', 'median4'"),
+    ("datasets: [kitti, cityscapes]\n", "datasets", "unknown dataset(s) ['cityscapes']"),
 ])
 def test_invalid_values_name_the_key(tmp_path, text, key, problem):
     with pytest.raises(ConfigError) as e:
