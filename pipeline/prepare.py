@@ -167,6 +167,8 @@ def build_shards(dataset: str, root, split_path, depth_dir, normals_dir, out_dir
     names = ("train", "val")
     size = common_crop([png_size(Path(depth_dir) / f"{i}.png") for n in names for i in split[n]])
     entries, first = {}, {}
+    n_classes = len(reader.class_names)
+    pixels = {n: np.zeros(n_classes + 1, dtype=np.int64) for n in names}  # last bin: ignore (255)
     total = sum(len(split[n]) for n in names)
     with atomic_path(out_dir) as tmp, progress_bar(f"shards {dataset}", total, progress) as advance:
         tmp.mkdir()
@@ -174,6 +176,7 @@ def build_shards(dataset: str, root, split_path, depth_dir, normals_dir, out_dir
             def samples(name=name):
                 for k, sid in enumerate(split[name]):
                     s = crop(load(sid), size)
+                    pixels[name] += np.bincount(np.minimum(s.label.ravel(), n_classes), minlength=n_classes + 1)
                     if k < shards_cfg.preview_rows:
                         first.setdefault(name, []).append(s)
                     advance()
@@ -185,10 +188,15 @@ def build_shards(dataset: str, root, split_path, depth_dir, normals_dir, out_dir
     summary = {"dataset": dataset, "image_size": list(size),
                **{f"{n}_samples": manifest["splits"][n]["count"] for n in names},
                **{f"{n}_shards": len(manifest["splits"][n]["shards"]) for n in names},
-               "bytes": sum((Path(out_dir) / e["file"]).stat().st_size for n in names for e in entries[n])}
+               "bytes": sum((Path(out_dir) / e["file"]).stat().st_size for n in names for e in entries[n]),
+               # Share of the split's pixels per class of the label space (zeros included) and
+               # ignored (255); per split they sum to 1.
+               "class_pixel_share": {n: {c: float(pixels[n][k] / max(pixels[n].sum(), 1))
+                                         for k, c in enumerate(reader.class_names)} for n in names},
+               "ignore_pixel_share": {n: float(pixels[n][-1] / max(pixels[n].sum(), 1)) for n in names}}
     if preview_path:
         rows = [(f"{n} {s.id}", s) for n in names for s in first.get(n, [])]
-        write_preview(preview_path, rows, len(reader.class_names))
+        write_preview(preview_path, rows, reader.class_names)
     if metrics_path:
         write_json(metrics_path, summary)
     return summary

@@ -21,6 +21,25 @@ def palette(n: int) -> np.ndarray:
     return pal
 
 
+def class_palette(classes: int | Sequence[str]) -> np.ndarray:
+    """(256, 3) uint8 colours of a label space's train ids, 255 (ignore) black: each dataset's
+    own colours where the class names are one of ours (KITTI: Cityscapes; vKITTI2: its
+    colors.txt; nuImages: the devkit's colour of a representative category), else
+    :func:`palette`. ``classes`` is the list of class names, or just their number."""
+    from pipeline.sources import kitti, nuimages, vkitti2
+
+    if isinstance(classes, int):
+        return palette(classes)
+    names = tuple(classes)
+    known = {kitti.CLASS_NAMES: kitti.CLASS_COLORS, nuimages.CLASS_NAMES: nuimages.CLASS_COLORS,
+             vkitti2.CLASS_NAMES: tuple(vkitti2.OFFICIAL_COLORS[n] for n in vkitti2.CLASS_NAMES)}
+    if names not in known:
+        return palette(len(names))
+    pal = np.zeros((256, 3), dtype=np.uint8)
+    pal[: len(names)] = known[names]
+    return pal
+
+
 def depth_colour(depth: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """Turbo colour map of inverse depth (near = red), invalid black. (H, W, 3) uint8."""
     inv = np.where(valid, 1.0 / np.maximum(depth, 1e-3), 0.0)
@@ -45,9 +64,11 @@ def label_overlay(rgb: np.ndarray, label: np.ndarray, pal: np.ndarray, alpha: fl
     return out
 
 
-def preview_grid(rows: Sequence[tuple[str, Sample]], n_classes: int) -> np.ndarray:
-    """One row per (caption, sample): RGB | depth | normals | labels, 2 px white gutters."""
-    pal = palette(n_classes)
+def preview_grid(rows: Sequence[tuple[str, Sample]], classes: int | Sequence[str]) -> np.ndarray:
+    """One row per (caption, sample): RGB | depth | normals | labels, 2 px white gutters.
+    ``classes``: the class names (coloured as their dataset does, see :func:`class_palette`)
+    or their number."""
+    pal = class_palette(classes)
     lines = []
     for caption, s in rows:
         tiles = [s.rgb, depth_colour(s.depth, s.depth > 0), normal_colour(s.normals, s.normal_valid),
@@ -61,8 +82,8 @@ def preview_grid(rows: Sequence[tuple[str, Sample]], n_classes: int) -> np.ndarr
     return np.concatenate(sum(([ln, gap] for ln in lines), [])[:-1], axis=0)
 
 
-def write_preview(path: str | Path, rows: Sequence[tuple[str, Sample]], n_classes: int) -> Path:
-    write_image(path, preview_grid(rows, n_classes))
+def write_preview(path: str | Path, rows: Sequence[tuple[str, Sample]], classes: int | Sequence[str]) -> Path:
+    write_image(path, preview_grid(rows, classes))
     return Path(path)
 
 
@@ -75,4 +96,4 @@ def preview_from_shards(shard_dir: str | Path, out_path: str | Path, rows: int =
     for split in m["splits"]:
         samples = itertools.chain.from_iterable(iter_samples(p) for p in verify_shards(shard_dir, split))
         picked += [(f"{split} {s.id}", s) for s in itertools.islice(samples, rows)]
-    return write_preview(out_path, picked, len(m["class_names"]))
+    return write_preview(out_path, picked, m["class_names"])

@@ -1,5 +1,7 @@
 """Geometry matters in the synthetic data: classes that share colour distributions are
-separated far better by depth/normal features than by colour.
+separated far better by depth/normal features than by colour. That holds for the street's
+surfaces and structures and for its people: a pedestrian's clothes are the paint of a pole,
+a rider and a pedestrian dress alike.
 
 A k-nearest-neighbour classifier per pixel is trained on each feature set for pairs of
 look-alike classes: colour (RGB) versus geometry (the 3-D point from the written depth and
@@ -52,7 +54,9 @@ def _knn_accuracy(X, labels, image, a, b, rng, n_per_class=2000, k=7):
 @pytest.fixture(scope="module")
 def pixels(tmp_path_factory):
     root = tmp_path_factory.mktemp("geo") / "kitti"
-    generate("kitti", root, n_images=24, width=320, height=96, seed=11, workers=2, progress=False)
+    # 64 frames: riders cover several hundred pixels per half (the k-NN needs > 300 per class),
+    # and the accuracies vary little from one set of streets to another.
+    generate("kitti", root, n_images=64, width=320, height=96, seed=11, workers=2, progress=False)
     r = create_reader("kitti", root)
     rgb, geo, lab = zip(*(_features(r, i) for i in r.ids()))
     image = np.concatenate([np.full(len(x), i) for i, x in enumerate(lab)])
@@ -60,12 +64,16 @@ def pixels(tmp_path_factory):
 
 
 # (class a, class b, least geometry accuracy, least margin over colour). Measured with
-# seed 11: colour 0.48-0.52 on every pair (chance: no colour shortcut); geometry 0.93
-# (road/terrain), 0.94 (building/fence), 0.93 (wall/fence), 0.80 (road/sidewalk: a 15 cm
-# curb), 0.76 (sidewalk/terrain), 0.65 (building/wall: both vertical, along the road).
+# seed 11 (64 frames; seeds 12 and 13 in brackets): colour 0.44-0.59 on every pair (chance: no
+# colour shortcut); geometry 0.94 (0.95, 0.95) road/terrain, 0.94 (0.94, 0.97) building/fence,
+# 0.94 (0.90, 0.90) wall/fence, 0.89 (0.90, 0.90) road/sidewalk (a 15 cm curb), 0.90 (0.91,
+# 0.93) sidewalk/terrain, 0.62 (0.79, 0.73) building/wall (both vertical, along the road);
+# people: 0.73 (0.68, 0.77) person/pole (thin uprights both; the pole is taller, at the kerb,
+# colour 0.59: only skin gives a pedestrian away), 0.82 (0.83, 0.84) rider/pole.
 @pytest.mark.parametrize("a,b,min_geo,min_gap", [
     ("road", "terrain", 0.85, 0.3), ("building", "fence", 0.85, 0.3), ("wall", "fence", 0.85, 0.3),
     ("road", "sidewalk", 0.7, 0.15), ("sidewalk", "terrain", 0.7, 0.15), ("building", "wall", 0.6, 0.08),
+    ("person", "pole", 0.65, 0.12), ("rider", "pole", 0.75, 0.2),
 ])
 def test_geometry_separates_look_alike_classes(pixels, a, b, min_geo, min_gap):
     rgb, geo, lab, image, names = pixels
@@ -76,3 +84,18 @@ def test_geometry_separates_look_alike_classes(pixels, a, b, min_geo, min_gap):
     assert acc_rgb <= 0.65, "colour alone should not separate look-alike classes"
     assert acc_geo >= min_geo
     assert acc_geo - acc_rgb >= min_gap
+
+
+def test_riders_and_pedestrians_dress_alike(pixels):
+    """A rider and a pedestrian draw their clothes from one distribution: colour gives no
+    shortcut between them. Per-pixel geometry separates them only weakly (0.60, 0.52, 0.62 for
+    seeds 11-13, colour 0.50-0.52): both are human figures of the same size, and what makes a
+    rider - the two-wheeler beneath, the lane - is context a per-pixel k-NN on 3-D points does
+    not see (a segmentation network, looking at neighbourhoods, does)."""
+    rgb, geo, lab, image, names = pixels
+    ia, ib = names.index("rider"), names.index("person")
+    acc_rgb = _knn_accuracy(rgb, lab, image, ia, ib, np.random.default_rng(0))
+    acc_geo = _knn_accuracy(geo, lab, image, ia, ib, np.random.default_rng(0))
+    print(f"rider/person: colour {acc_rgb:.3f}  geometry {acc_geo:.3f}")
+    assert acc_rgb <= 0.6, "riders and pedestrians should not be told apart by colour"
+    assert acc_geo >= acc_rgb - 0.02

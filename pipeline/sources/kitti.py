@@ -30,11 +30,14 @@ CITYSCAPES_IDS = (7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 
 ID_TO_TRAIN = lut_from_pairs({cid: tid for tid, cid in enumerate(CITYSCAPES_IDS)})
 # Cityscapes colours by label id (for semantic_rgb); ids not listed are black.
 CITYSCAPES_COLORS = {
+    4: (111, 74, 0), 5: (81, 0, 81),  # static, dynamic (void: street clutter, ignored in training)
     7: (128, 64, 128), 8: (244, 35, 232), 11: (70, 70, 70), 12: (102, 102, 156), 13: (190, 153, 153),
     17: (153, 153, 153), 19: (250, 170, 30), 20: (220, 220, 0), 21: (107, 142, 35), 22: (152, 251, 152),
     23: (70, 130, 180), 24: (220, 20, 60), 25: (255, 0, 0), 26: (0, 0, 142), 27: (0, 0, 70),
     28: (0, 60, 100), 31: (0, 80, 100), 32: (0, 0, 230), 33: (119, 11, 32),
 }
+# Colour of each train id (CLASS_NAMES order): the Cityscapes colours, for previews.
+CLASS_COLORS = tuple(CITYSCAPES_COLORS[cid] for cid in CITYSCAPES_IDS)
 SIDECAR_DIR = "lix_depth_sidecar"
 
 

@@ -47,6 +47,10 @@ _PREFIX_TO_TRAIN = {
     "movable_object.debris": 9, "movable_object.pushable_pullable": 9, "static_object.bicycle_rack": 9,
     "vehicle.ego": IGNORE,
 }
+# Colour of each train id for previews: the devkit's colour (nuscenes.utils.color_map) of a
+# representative category; background (unannotated) black.
+CLASS_COLORS = ((0, 0, 0), (0, 207, 191), (255, 158, 0), (255, 99, 71), (255, 69, 0), (0, 0, 230), (220, 20, 60),
+                (112, 128, 144), (47, 79, 79), (210, 105, 30))
 SIDECAR_DIR = "lix_depth_sidecar"
 
 

@@ -14,17 +14,25 @@ from pipeline.sources.synthetic.classes import C, N_INTERNAL
 from pipeline.depth_codec import depth_to_cm
 from pipeline.sources.synthetic.common import frame_rng, lut, run_jobs
 from pipeline.sources.synthetic.render import render
-from pipeline.sources.synthetic.scene import KITTI_STYLE, make_camera, sample_scene, scaled_intrinsics
+from pipeline.sources.synthetic.scene import (KITTI_POPULATION, KITTI_STYLE, make_camera, sample_scene,
+                                              scaled_intrinsics)
 
 FULL_SIZE = (1242, 375)
 FULL_K = (721.5377, 721.5377, 609.5593, 172.854)  # fx, fy, cx, cy of the KITTI 2015 rectified cameras
 BASELINE = 0.5327  # metres between image_2 and image_3
 CAM2_OFFSET = 0.0622  # camera 2 sits this far right of camera 0 (sets P_rect_02's Tx)
 
+# Cityscapes label ids. Tram rails set in the road are road (Cityscapes labels only rails a car
+# cannot drive on as "rail track"); a tram is "train" (on rails). Cityscapes has no class for
+# temporary street clutter: barriers, cones, bags and wheeled bins are "dynamic" (5) and racks
+# "static" (4), void ids that the 19-class train space ignores; a bicycle parked in a rack is
+# still a bicycle.
 CITYSCAPES_FROM_INTERNAL = lut({
     C.SKY: 23, C.ROAD: 7, C.LANE_MARKING: 7, C.SIDEWALK: 8, C.CURB: 8, C.TERRAIN: 22, C.BUILDING: 11,
     C.WALL: 12, C.FENCE: 13, C.POLE: 17, C.TRAFFIC_SIGN: 20, C.TRAFFIC_LIGHT: 19, C.VEGETATION: 21,
-    C.TREE: 21, C.CAR: 26, C.VAN: 26, C.TRUCK: 27,
+    C.TREE: 21, C.CAR: 26, C.VAN: 26, C.TRUCK: 27, C.PERSON: 24, C.RIDER: 25, C.BICYCLE: 33,
+    C.MOTORCYCLE: 32, C.BUS: 28, C.TRAM: 31, C.RAIL: 7, C.BARRIER: 5, C.TRAFFIC_CONE: 5, C.DEBRIS: 5,
+    C.PUSHABLE: 5, C.BICYCLE_RACK: 4,
 }, N_INTERNAL)
 _COLOR_LUT = np.zeros((256, 3), dtype=np.uint8)
 for _id, _rgb in CITYSCAPES_COLORS.items():
@@ -82,7 +90,7 @@ def lidar_mask(depth: np.ndarray, K: np.ndarray) -> np.ndarray:
 def render_frame(job: KittiJob):
     """The left and right renders of one frame and K: a pure function of the job."""
     rng = frame_rng(job.seed, "kitti", job.index)
-    scene, cam_x = sample_scene(rng)
+    scene, cam_x = sample_scene(rng, population=KITTI_POPULATION)
     K = intrinsics(job.width, job.height)
     cam = make_camera(rng, K, job.width, job.height, cam_x, KITTI_STYLE)
     return K, render(scene, cam, rng), render(scene, cam.shifted(BASELINE), rng)

@@ -22,7 +22,8 @@ from pipeline.sources.synthetic.classes import C
 from pipeline.depth_codec import depth_to_cm
 from pipeline.sources.synthetic.common import frame_rng, run_jobs
 from pipeline.sources.synthetic.render import render
-from pipeline.sources.synthetic.scene import NUIMAGES_STYLE, make_camera, sample_scene, scaled_intrinsics
+from pipeline.sources.synthetic.scene import (NUIMAGES_POPULATION, NUIMAGES_STYLE, make_camera, sample_scene,
+                                              scaled_intrinsics)
 
 FULL_SIZE = (1600, 900)
 FULL_K = (1266.417, 1266.417, 816.267, 491.507)  # CAM_FRONT of a nuScenes car
@@ -38,9 +39,42 @@ def camera_to_ego_quaternion(R_wc: np.ndarray) -> list[float]:
     q = Quaternion(matrix=WORLD_TO_EGO @ R_wc, atol=1e-6)
     return [float(v) for v in q.elements]
 LOG_NAME = "n013-2018-08-01-16-33-08+0800"
-OBJECT_CATEGORY = {C.CAR: "vehicle.car", C.VAN: "vehicle.car", C.TRUCK: "vehicle.truck"}
-SURFACE_CLASSES = (C.ROAD, C.LANE_MARKING)
-ATTRIBUTES = ("vehicle.moving", "vehicle.parked", "vehicle.stopped")
+# The renderer's object kinds (ObjectInfo.kind) -> nuImages category. A cyclist is one object,
+# the cycle with its rider (nuScenes: "if there is a rider, include the rider in the box");
+# each section of a bendy bus is its own object; a rack includes the bicycles parked in it.
+# Trams have no nuImages category and are never placed in nuImages scenes.
+OBJECT_CATEGORY = {
+    "car": "vehicle.car", "van": "vehicle.car", "truck": "vehicle.truck", "bus.rigid": "vehicle.bus.rigid",
+    "bus.bendy": "vehicle.bus.bendy", "pedestrian.adult": "human.pedestrian.adult",
+    "pedestrian.child": "human.pedestrian.child", "bicycle": "vehicle.bicycle", "motorcycle": "vehicle.motorcycle",
+    "barrier": "movable_object.barrier", "trafficcone": "movable_object.trafficcone",
+    "debris": "movable_object.debris", "pushable_pullable": "movable_object.pushable_pullable",
+    "bicycle_rack": "static_object.bicycle_rack",
+}
+SURFACE_CLASSES = (C.ROAD, C.LANE_MARKING, C.RAIL)
+# nuImages' attribute table (nuScenes' eight plus four of its own).
+ATTRIBUTES = ("cycle.with_rider", "cycle.without_rider", "pedestrian.moving", "pedestrian.sitting_lying_down",
+              "pedestrian.standing", "vehicle.moving", "vehicle.parked", "vehicle.stopped",
+              "vehicle_light.emergency.flashing", "vehicle_light.emergency.not_flashing",
+              "vertical_position.off_ground", "vertical_position.on_ground")
+
+
+def object_attributes(category: str, state: str) -> list[str]:
+    """The attribute names nuImages gives an object of ``category`` in ``state``: vehicles
+    their activity, cycles their rider status, pedestrians theirs; movable and static objects
+    none."""
+    if category in ("vehicle.bicycle", "vehicle.motorcycle"):
+        names = [f"cycle.{state}"]
+    elif category.startswith("vehicle."):
+        names = [f"vehicle.{state}"]
+    elif category.startswith("human.pedestrian."):
+        names = [f"pedestrian.{state}"]
+    else:
+        names = []
+    for n in names:
+        if n not in ATTRIBUTES:
+            raise KeyError(f"no nuImages attribute {n!r} for a {category} that is {state!r}")
+    return names
 
 
 def token(*parts) -> str:
@@ -66,10 +100,20 @@ class NuJob:
 def render_frame(job: NuJob):
     """(K, camera, render) of one frame: a pure function of the job."""
     rng = frame_rng(job.seed, "nuimages", job.index)
-    scene, cam_x = sample_scene(rng, n_vehicles=12)
+    scene, cam_x = sample_scene(rng, n_vehicles=12, population=NUIMAGES_POPULATION)
     K = scaled_intrinsics(*FULL_K, job.width / FULL_SIZE[0], job.height / FULL_SIZE[1])
     cam = make_camera(rng, K, job.width, job.height, cam_x, NUIMAGES_STYLE)
     return K, cam, render(scene, cam, rng)
+
+
+def annotate(out) -> tuple[np.ndarray, list[tuple[int, str, list[str], np.ndarray]]]:
+    """The driveable-surface mask and, per visible object, (id, category, attributes, mask)."""
+    annotations = []
+    for obj in np.unique(out.obj[out.obj > 0]):
+        info = out.objects[int(obj)]
+        category = OBJECT_CATEGORY[info.kind]
+        annotations.append((int(obj), category, object_attributes(category, info.state), out.obj == obj))
+    return np.isin(out.cls, SURFACE_CLASSES), annotations
 
 
 def _frame(job: NuJob) -> dict:
@@ -79,13 +123,11 @@ def _frame(job: NuJob) -> dict:
     sd_token = token("sample_data", job.seed, job.index)
     write_image(Path(job.root) / filename, out.rgb)
     write_image(Path(job.root) / SIDECAR_DIR / f"{sd_token}.png", depth_to_cm(out.depth, 0))
-    surface = np.isin(out.cls, SURFACE_CLASSES)
+    surface, annotations = annotate(out)
     objects = []
-    for obj in np.unique(out.obj[out.obj > 0]):
-        m = out.obj == obj
-        cls = C(int(np.bincount(out.cls[m]).argmax()))
+    for obj, category, attributes, m in annotations:
         ys, xs = np.nonzero(m)
-        objects.append({"category": OBJECT_CATEGORY[cls], "mask": encode_mask(m),
+        objects.append({"category": category, "attributes": attributes, "mask": encode_mask(m),
                         "bbox": [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1],
                         "token": token("object_ann", job.seed, job.index, int(obj))})
     return {"index": job.index, "sd_token": sd_token, "filename": filename, "timestamp": timestamp,
@@ -128,7 +170,7 @@ def write_nuimages(root: Path, n_images: int, width: int, height: int, seed: int
         for o in f["objects"]:
             tables["object_ann"].append({
                 "token": o["token"], "sample_data_token": sd, "category_token": cat_token[o["category"]],
-                "attribute_tokens": [attr_token["vehicle.parked"]], "bbox": o["bbox"], "mask": o["mask"]})
+                "attribute_tokens": [attr_token[a] for a in o["attributes"]], "bbox": o["bbox"], "mask": o["mask"]})
     tables["category"] = [{"token": cat_token[n], "name": n, "description": f"synthetic {n}"} for n in CATEGORIES]
     tables["attribute"] = [{"token": attr_token[n], "name": n, "description": n} for n in ATTRIBUTES]
     tables["sensor"] = [sensor]

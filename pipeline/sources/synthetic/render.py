@@ -62,6 +62,30 @@ class Sphere:
 
 
 @dataclass
+class Cylinder:
+    """Capped cone frustum around the segment p0 -> p1, radius r0 at p0 and r1 at p1 (either
+    may be 0): limbs, wheels (a short fat axis), tubes, cones, bins."""
+
+    p0: np.ndarray
+    p1: np.ndarray
+    r0: float
+    r1: float
+    cls: int
+    mat: Material
+    obj: int = 0
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What one object id is, independent of any dataset's taxonomy (the writers map it):
+    ``kind`` e.g. "car", "bus.bendy", "pedestrian.child", "bicycle", "trafficcone";
+    ``state`` e.g. "moving", "parked", "standing", "with_rider" ("" when none applies)."""
+
+    kind: str
+    state: str = ""
+
+
+@dataclass
 class Lighting:
     sun: np.ndarray  # unit vector from surface towards the sun (world frame)
     ambient: float
@@ -92,19 +116,22 @@ class Scene:
     prims: list = field(default_factory=list)
     lighting: Lighting | None = None
     n_objects: int = 0
+    objects: dict = field(default_factory=dict)  # object id -> ObjectInfo
 
 
 @dataclass
 class Render:
     """Rendered frame. depth: (H, W) float32 z-depth in metres, inf = sky.
     cls, obj: (H, W) internal class / object id (0 = none). normal: (H, W, 3) camera-frame
-    unit normals facing the camera (0 for sky). rgb: (H, W, 3) uint8."""
+    unit normals facing the camera (0 for sky). rgb: (H, W, 3) uint8. objects: the scene's
+    object id -> ObjectInfo."""
 
     rgb: np.ndarray
     depth: np.ndarray
     cls: np.ndarray
     obj: np.ndarray
     normal: np.ndarray
+    objects: dict = field(default_factory=dict)
 
 
 def rotation(yaw: float, pitch: float, roll: float = 0.0) -> np.ndarray:
@@ -170,13 +197,63 @@ def _hit_sphere(s: Sphere, o: np.ndarray, d: np.ndarray):
     return t, (p - s.centre) / s.radius
 
 
-_HIT = {Quad: _hit_quad, Box: _hit_box, Sphere: _hit_sphere}
+def _hit_cylinder(c: Cylinder, o: np.ndarray, d: np.ndarray):
+    """Side: |w|^2 = r(s)^2 with s the coordinate along the axis, w the offset across it and
+    r(s) = r0 + k s; a quadratic in t. Caps: the planes s = 0 and s = L inside their radius."""
+    axis = c.p1 - c.p0
+    length = float(np.linalg.norm(axis))
+    e = axis / length
+    k = (c.r1 - c.r0) / length
+    q = o - c.p0
+    qs = float(q @ e)
+    q_perp = q - qs * e
+    ds = d @ e
+    rq = c.r0 + k * qs  # r(s) at t = 0
+    a = np.einsum("ij,ij->i", d, d) - ds * ds - (k * ds) ** 2
+    b = 2.0 * (d @ q_perp - k * ds * rq)
+    cc = float(q_perp @ q_perp) - rq * rq
+    disc = b * b - 4.0 * a * cc
+    with np.errstate(divide="ignore", invalid="ignore"):
+        root = np.sqrt(disc)
+        cands = [(-b - root) / (2.0 * a), (-b + root) / (2.0 * a)]
+        side_ok = []
+        for t in cands:
+            s = qs + t * ds
+            side_ok.append((disc >= 0) & (np.abs(a) > 1e-12) & (s >= 0) & (s <= length))
+        caps = []
+        for s_cap, r_cap in ((0.0, c.r0), (length, c.r1)):
+            t = (s_cap - qs) / ds
+            w = q_perp[None, :] + t[:, None] * (d - ds[:, None] * e)
+            caps.append((t, (r_cap > 0) & (np.einsum("ij,ij->i", w, w) <= r_cap * r_cap)))
+    ts = np.stack([np.where(ok & (t > _EPS), t, np.inf) for t, ok in zip(cands, side_ok)]
+                  + [np.where(ok & (t > _EPS), t, np.inf) for t, ok in caps], axis=1)
+    which = ts.argmin(axis=1)
+    t = ts[np.arange(len(d)), which]
+    hit = np.isfinite(t)
+    tt = np.where(hit, t, 0.0)
+    w = q_perp[None, :] + tt[:, None] * (d - ds[:, None] * e)
+    r = rq + k * ds * tt
+    normal = w - (k * r)[:, None] * e
+    normal /= np.maximum(np.linalg.norm(normal, axis=1, keepdims=True), 1e-12)
+    cap = which >= 2
+    normal[cap] = e
+    return t, normal
+
+
+_HIT = {Quad: _hit_quad, Box: _hit_box, Sphere: _hit_sphere, Cylinder: _hit_cylinder}
 
 
 def _corners(prim) -> np.ndarray:
     """World-space points whose convex hull contains the primitive. (N, 3)"""
     if isinstance(prim, Quad):
         return np.stack([prim.p0, prim.p0 + prim.u, prim.p0 + prim.v, prim.p0 + prim.u + prim.v])
+    if isinstance(prim, Cylinder):  # the end discs reach r * sqrt(1 - e_j^2) along axis j
+        e = (prim.p1 - prim.p0) / np.linalg.norm(prim.p1 - prim.p0)
+        reach = np.sqrt(np.clip(1.0 - e * e, 0.0, 1.0))
+        ends = np.stack([prim.p0 - prim.r0 * reach, prim.p0 + prim.r0 * reach, prim.p1 - prim.r1 * reach,
+                         prim.p1 + prim.r1 * reach])
+        lo, hi = ends.min(0), ends.max(0)
+        return np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
     lo, hi = (prim.lo, prim.hi) if isinstance(prim, Box) else (prim.centre - prim.radius, prim.centre + prim.radius)
     return np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
 
@@ -258,8 +335,12 @@ def render(scene: Scene, cam: Camera, noise_rng: np.random.Generator | None = No
     lt = scene.lighting
     p = o + np.where(hit, best, 0.0)[:, None] * d
     dn = d / np.linalg.norm(d, axis=1, keepdims=True)
-    for k in np.unique(idx[hit]):
-        m = idx == k
+    # Shade the pixels of one primitive at a time (index groups from one sort, not a mask per
+    # primitive: scenes with people and bicycles hold hundreds of small primitives).
+    hit_px = np.flatnonzero(hit)
+    order = hit_px[np.argsort(idx[hit_px], kind="stable")]
+    firsts, starts = np.unique(idx[order], return_index=True)
+    for k, m in zip(firsts, np.split(order, starts[1:])):
         prim = scene.prims[k]
         cls[m] = prim.cls
         obj[m] = prim.obj
@@ -292,4 +373,5 @@ def render(scene: Scene, cam: Camera, noise_rng: np.random.Generator | None = No
         cls=cls.reshape(h, w),
         obj=obj.reshape(h, w),
         normal=normal_cam.astype(np.float32).reshape(h, w, 3),
+        objects=dict(scene.objects),
     )

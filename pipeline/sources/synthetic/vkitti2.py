@@ -31,6 +31,12 @@ _CATEGORY_OF_INTERNAL = {
     C.TERRAIN: "Terrain", C.BUILDING: "Building", C.WALL: "GuardRail", C.FENCE: "Misc", C.POLE: "Pole",
     C.TRAFFIC_SIGN: "TrafficSign", C.TRAFFIC_LIGHT: "TrafficLight", C.VEGETATION: "Vegetation",
     C.TREE: "Tree", C.CAR: "Car", C.VAN: "Van", C.TRUCK: "Truck",
+    # vKITTI2 scenes are sampled without road users beyond cars, vans and trucks and without
+    # street clutter (as the real dataset, whose clones of KITTI sequences have no pedestrians,
+    # cyclists, buses or trams), so these never occur; were they drawn, vKITTI2 has no class
+    # for them and they would be Undefined (ignored), never a colour colors.txt lacks.
+    C.RAIL: "Road", **{c: "Undefined" for c in (C.PERSON, C.RIDER, C.BICYCLE, C.MOTORCYCLE, C.BUS, C.TRAM,
+                                                C.BARRIER, C.TRAFFIC_CONE, C.DEBRIS, C.PUSHABLE, C.BICYCLE_RACK)},
 }
 _COLOR_OF_INTERNAL = np.array([OFFICIAL_COLORS[_CATEGORY_OF_INTERNAL[C(i)]] for i in range(N_INTERNAL)],
                               dtype=np.uint8)
