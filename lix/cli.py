@@ -7,10 +7,12 @@ from __future__ import annotations
 import typer
 
 from lix.cli_prepare import prepare_app
+from lix.cli_train import train_app
 
 app = typer.Typer(help="LIX: geometry-aware knowledge distillation for semantic segmentation.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
 app.add_typer(prepare_app, name="prepare")
+app.add_typer(train_app)  # lix train, lix evaluate
 
 
 if __name__ == "__main__":

@@ -160,6 +160,61 @@ class ShardsConfig:
         _require(self.preview_rows >= 1, "preview_rows", f"must be >= 1, got {self.preview_rows}")
 
 
+@dataclass(frozen=True)
+class TrainConfig:
+    """Supervised training of the RGB + X teacher and the RGB-only student (lix/train.py).
+    The paper's recipe is the commented preset above ``train:`` in params.yaml."""
+
+    model: str = "mfnet"  # a registered model (lix.models): mfnet | sne_roadseg
+    depth: int = 152  # ResNet depth of sne_roadseg's encoders (18, 34, 50, 101, 152); unused by mfnet
+    pretrained: Optional[str] = None  # a local torchvision ImageNet checkpoint for the encoders; null = random init
+    x: Literal["depth", "normals"] = "depth"  # the teacher's geometry input (the student takes RGB only)
+    x_encoding: Literal["inverse", "log", "official"] = "inverse"  # depth -> X (lix/inputs.py)
+    depth_near: float = 3.0  # metres: inverse = min(1, depth_near / depth); log: 1 at and below
+    depth_far: float = 100.0  # metres: log encoding only, 0 at and beyond
+    rgb_norm: Literal["none", "imagenet"] = "none"  # none = RGB / 255 (the official nets); imagenet with pretrained
+    epochs: int = 2  # maximum epochs (the paper: up to 500 with early stopping)
+    patience: int = 10  # stop after this many evaluations without a better val mIoU; 0 = never
+    eval_every: int = 1  # epochs between validations (the last epoch is always validated)
+    batch_size: int = 8  # per process (the global batch is batch_size * world size)
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    # mfnet: lr * 0.95^epoch (official MFNet); sne_roadseg: lr * 0.9^(epoch // 25) (official
+    # SNE-RoadSeg); constant. Stepped once per epoch.
+    schedule: Literal["mfnet", "sne_roadseg", "constant"] = "mfnet"
+    crop: Optional[tuple[int, int]] = None  # (H, W) training crop; null = the stored image size
+    scale: tuple[float, float] = (0.75, 1.5)  # random rescale range
+    flip: float = 0.5  # horizontal flip probability
+    photometric: float = 0.5  # probability of each photometric distortion (RGB only)
+    num_workers: int = 0  # DataLoader worker processes (persistent); 0 = load in the main process
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda[:N]; under torchrun each rank takes cuda:LOCAL_RANK
+    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    channels_last: bool = True  # NHWC memory format on CUDA (ignored on CPU)
+    compile: bool = False  # torch.compile the model for training
+    sync_bn: bool = True  # SyncBatchNorm under multi-GPU DDP (torch's SyncBN is CUDA-only; ignored on CPU)
+
+    def __post_init__(self):
+        _require(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
+        _require(self.patience >= 0, "patience", f"must be >= 0 (0 = no early stopping), got {self.patience}")
+        _require(self.eval_every >= 1, "eval_every", f"must be >= 1, got {self.eval_every}")
+        _require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        _require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        _require(0 <= self.momentum < 1, "momentum", f"must be in [0, 1), got {self.momentum}")
+        _require(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
+        _require(self.depth_near > 0, "depth_near", f"must be > 0 (metres), got {self.depth_near}")
+        _require(self.depth_far > self.depth_near, "depth_far",
+                 f"must be > depth_near ({self.depth_near}), got {self.depth_far}")
+        _require(self.crop is None or min(self.crop) >= 1, "crop", f"must be positive (H, W), got {self.crop}")
+        _require(0 < self.scale[0] <= self.scale[1], "scale", f"must be 0 < min <= max, got {list(self.scale)}")
+        _require(0 <= self.flip <= 1, "flip", f"must be a probability in [0, 1], got {self.flip}")
+        _require(0 <= self.photometric <= 1, "photometric", f"must be a probability in [0, 1], got {self.photometric}")
+        _require(self.num_workers >= 0, "num_workers", f"must be >= 0, got {self.num_workers}")
+        _require(self.device in ("auto", "cpu") or self.device.startswith("cuda"), "device",
+                 f"expected auto, cpu or cuda[:N], got {self.device!r}")
+
+
 def _per_dataset(cls, **overrides):
     return field(default_factory=lambda: {d: cls(**overrides.get(d, {})) for d in DATASETS})
 
@@ -174,12 +229,13 @@ class Params:
     depth: dict[str, DepthConfig] = _per_dataset(DepthConfig)
     normals: dict[str, NormalsConfig] = _per_dataset(NormalsConfig)
     shards: dict[str, ShardsConfig] = _per_dataset(ShardsConfig)
+    train: dict[str, TrainConfig] = _per_dataset(TrainConfig)
 
     def __post_init__(self):
         bad = [d for d in self.datasets if d not in DATASETS]
         _require(not bad and len(self.datasets) >= 1, "datasets",
                  f"unknown dataset(s) {bad}; allowed: {list(DATASETS)}" if bad else "must name at least one dataset")
-        for section in ("synthetic", "download", "reader", "splits", "depth", "normals", "shards"):
+        for section in ("synthetic", "download", "reader", "splits", "depth", "normals", "shards", "train"):
             got = getattr(self, section)
             unknown = sorted(set(got) - set(DATASETS))
             _require(not unknown, section, f"unknown dataset(s) {unknown}; allowed: {list(DATASETS)}")

@@ -85,7 +85,7 @@ def test_params_yaml_writes_out_every_key():
 
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     p = load_params(ROOT / "params.yaml")
-    for section in ("synthetic", "download", "reader", "splits", "depth", "normals", "shards"):
+    for section in ("synthetic", "download", "reader", "splits", "depth", "normals", "shards", "train"):
         for d in p.datasets:
             fields = {f.name for f in dataclasses.fields(getattr(p, section)[d])}
             wanted = {f for f in fields if d in ONLY_FOR.get((section, f), {d})}

@@ -1,0 +1,67 @@
+"""``lix train`` and ``lix evaluate``: thin over lix/train.py (parse, call, report)."""
+
+from __future__ import annotations
+
+import dataclasses
+from enum import Enum
+from pathlib import Path
+
+import typer
+
+from lix.cli_common import Dataset, DatasetOpt, ParamsOpt, ProgressOpt, out, user_errors
+
+train_app = typer.Typer(help="Training and evaluation of the teacher and the student.")
+
+
+class Role(str, Enum):
+    teacher = "teacher"
+    student = "student"
+
+
+@train_app.command("train")
+@user_errors
+def train_cmd(
+    dataset: Dataset = DatasetOpt,
+    out_dir: Path = typer.Option(..., "--out", help="Run directory: checkpoints, dvclive logs, metrics."),
+    role: Role = typer.Option(..., "--role", help="teacher (RGB + train.<dataset>.x) or student (RGB only)."),
+    model: str = typer.Option(None, "--model", help="A registered model (mfnet, sne_roadseg); "
+                                                    "default train.<dataset>.model."),
+    shards: Path = typer.Option(None, "--shards", help="Shard directory (default data/shards/<dataset>)."),
+    params: Path = ParamsOpt,
+    resume: bool = typer.Option(True, "--resume/--no-resume",
+                                help="Go on from <out>/last.pt when it exists (refused if the config changed)."),
+    progress: bool = ProgressOpt,
+):
+    """Train the teacher or the student on a dataset's shards (torchrun for several processes)."""
+    from lix.config import load_params
+    from lix.train import fit
+
+    p = load_params(params)
+    d = dataset.value
+    cfg = p.train[d] if model is None else dataclasses.replace(p.train[d], model=model)
+    summary = fit(shards or Path("data/shards") / d, out_dir, cfg, dataset=d, role=role.value, resume=resume,
+                  progress=progress)
+    best = summary["best_miou"]
+    out.print(f"[green]{d}[/] {role.value} ({cfg.model}): {summary['epochs']} epochs, stopped: {summary['stopped']}, "
+              f"best val mIoU {100 * best:.2f} % at epoch {summary['best_epoch']} -> {out_dir}")
+
+
+@train_app.command("evaluate")
+@user_errors
+def evaluate_cmd(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="best.pt / last.pt, or an exported model.safetensors."),
+    dataset: Dataset = DatasetOpt,
+    out_dir: Path = typer.Option(..., "--out", help="Where metrics.json, confusion.png, predictions.png go."),
+    shards: Path = typer.Option(None, "--shards", help="Shard directory (default data/shards/<dataset>)."),
+    rows: int = typer.Option(4, help="Val samples in the qualitative grid."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda[:N]."),
+    progress: bool = ProgressOpt,
+):
+    """Val metrics of a trained model, its confusion matrix and a qualitative grid."""
+    from lix.train import evaluate_checkpoint
+
+    d = dataset.value
+    m = evaluate_checkpoint(checkpoint, shards or Path("data/shards") / d, out_dir, rows=rows, device=device,
+                            progress=progress)
+    out.print(f"[green]{d}[/] {m['role']} ({m['model']}): val mIoU {100 * m['miou']:.2f} %, "
+              f"mFsc {100 * m['mfsc']:.2f} %, pixel acc {100 * m['pixel_acc']:.2f} % -> {out_dir}")
