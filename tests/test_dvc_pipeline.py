@@ -24,7 +24,9 @@ TINY = {
     "depth": {"vkitti2": {"backend": "ground_truth"}, "kitti": {"backend": "sgbm", "max_disparity": 32},
               "nuimages": {"backend": "ground_truth"}},
     "shards": {d: {"samples_per_shard": 2} for d in ("vkitti2", "kitti", "nuimages")},
+    "train": {d: {"epochs": 1, "batch_size": 2} for d in ("vkitti2", "kitti", "nuimages")},
 }
+PREP = ("download", "splits", "depth", "normals", "shards")
 
 
 def _run(cmd, cwd):
@@ -54,13 +56,21 @@ def repo(tmp_path_factory):
     _run(["git", "init", "-q"], d)
     _run(["dvc", "init", "-q"], d)
     _run(["dvc", "config", "core.analytics", "false"], d)
+    # A repository with history, as a clone is (dvclive asks git for the current revision).
+    _run(["git", "add", "-A"], d)
+    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "scratch"], d)
     return d
 
 
 def test_repro_noop_and_targeted_rerun(repo):
     first = _run(["dvc", "repro"], repo)
-    stages = ("download", "splits", "depth", "normals", "shards")
-    assert _ran(first) == sorted(f"{s}@{d}" for s in stages for d in ("vkitti2", "kitti", "nuimages"))
+    datasets = ("vkitti2", "kitti", "nuimages")
+    assert _ran(first) == sorted([f"{s}@{d}" for s in PREP for d in datasets]
+                                 + [f"{s}@{d}-{r}" for s in ("train", "evaluate") for d in datasets
+                                    for r in ("teacher", "student")])
+    for d in datasets:
+        for r in ("teacher", "student"):
+            assert (repo / "data/eval" / d / r / "metrics.json").is_file()
     for d in ("vkitti2", "kitti", "nuimages"):
         assert (repo / "data/shards" / d / "manifest.json").is_file()
         assert (repo / "data/previews" / f"{d}.png").is_file()
@@ -71,11 +81,17 @@ def test_repro_noop_and_targeted_rerun(repo):
     params["normals"]["kitti"]["max_depth"] = 50.0
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     third = _run(["dvc", "repro"], repo)
-    assert _ran(third) == ["normals@kitti", "shards@kitti"]
+    assert _ran(third) == sorted(["normals@kitti", "shards@kitti"]
+                                 + [f"{s}@kitti-{r}" for s in ("train", "evaluate") for r in ("teacher", "student")])
+
+    params["train"]["kitti"]["lr"] = 0.02  # a train.* key reruns only training and what follows
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    fourth = _run(["dvc", "repro"], repo)
+    assert _ran(fourth) == sorted(f"{s}@kitti-{r}" for s in ("train", "evaluate") for r in ("teacher", "student"))
 
     params["shards"]["kitti"]["samples_per_shard"] = 3
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
-    alone = _run(["dvc", "repro", "shards@kitti"], repo)
+    alone = _run(["dvc", "repro", "--single-item", "shards@kitti"], repo)
     assert _ran(alone) == ["shards@kitti"]
     assert len(list((repo / "data/shards/kitti").glob("train-*.h5"))) == 2  # 4 train samples, 3 per shard
 
@@ -83,20 +99,36 @@ def test_repro_noop_and_targeted_rerun(repo):
 # Package markers and the root command table hold no stage logic, and lix/config.py only
 # validates: every value a stage reads is written out in params.yaml (tests/test_config.py), whose
 # keys each stage lists. Every other project module a stage imports must be under one of its deps.
-# lix/cli_train.py: mounted by the root table, so every `lix` command imports it; its functions
-# import lix/train.py lazily, only when `lix train` / `lix evaluate` run.
-NOT_CODE_DEPS = {"pipeline/__init__.py", "lix/__init__.py", "lix/cli.py", "lix/config.py", "lix/cli_train.py"}
+# The root table imports every command group, so a stage also imports the other groups' modules
+# (lix/cli_*.py), whose commands import their code lazily: only its own group counts.
+NOT_CODE_DEPS = {"pipeline/__init__.py", "lix/__init__.py", "lix/cli.py", "lix/config.py"}
+COMMAND_GROUP = {"train": "lix/cli_train.py", "evaluate": "lix/cli_train.py"}  # else lix/cli_prepare.py
 
 
 def _stages(repo):
-    """{stage@dataset: (cmd, deps)} from dvc.yaml, foreach expanded over params.yaml datasets."""
+    """{stage@item: (cmd, deps)} from dvc.yaml: foreach over params.yaml datasets, and matrix
+    stages over datasets x their other axes (named stage@dataset-role, as DVC names them)."""
+    import itertools
+
     spec = yaml.safe_load((repo / "dvc.yaml").read_text())
     datasets = yaml.safe_load((repo / "params.yaml").read_text())["datasets"]
     out = {}
     for name, st in spec["stages"].items():
-        for d in datasets:
-            sub = lambda s: s.replace("${item}", d)  # noqa: E731
-            out[f"{name}@{d}"] = (sub(st["do"]["cmd"]), [sub(p) for p in st["do"].get("deps", [])])
+        if "foreach" in st:
+            for d in datasets:
+                sub = lambda s: s.replace("${item}", d)  # noqa: E731
+                out[f"{name}@{d}"] = (sub(st["do"]["cmd"]), [sub(p) for p in st["do"].get("deps", [])])
+            continue
+        axes = {k: (datasets if v == "${datasets}" else v) for k, v in st["matrix"].items()}
+        for values in itertools.product(*axes.values()):
+            item = dict(zip(axes, values))
+
+            def sub(s, item=item):
+                for k, v in item.items():
+                    s = s.replace("${item.%s}" % k, str(v))
+                return s
+
+            out[f"{name}@{'-'.join(map(str, values))}"] = (sub(st["cmd"]), [sub(p) for p in st.get("deps", [])])
     return out
 
 
@@ -120,9 +152,11 @@ def test_stage_deps_cover_the_code_they_run(repo):
     _run(["dvc", "repro"], repo)
     gaps = {}
     for stage, (cmd, deps) in _stages(repo).items():
-        if not stage.endswith("@kitti"):
-            continue  # the same code per dataset; one is enough
-        missing = sorted(f for f in _imported_files(cmd, repo) - NOT_CODE_DEPS
+        if "@kitti" not in stage or stage.endswith("-student"):
+            continue  # the same code per dataset and role; one is enough
+        own = COMMAND_GROUP.get(stage.split("@")[0], "lix/cli_prepare.py")
+        other_groups = {str(p.relative_to(REPO)) for p in (REPO / "lix").glob("cli_*.py")} - {own, "lix/cli_common.py"}
+        missing = sorted(f for f in _imported_files(cmd, repo) - NOT_CODE_DEPS - other_groups
                          if not any(f == d or f.startswith(d.rstrip("/") + "/") for d in deps))
         if missing:
             gaps[stage] = missing
