@@ -75,6 +75,8 @@ def main() -> None:
     ap.add_argument("--device", default=None)
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--warmup", type=int, default=None)
+    ap.add_argument("--json", default=None, help="also write the ratios as lix report's overhead.json: "
+                                                 "{model: {method: {time_ratio, memory_ratio}}, \"machine\": ...}")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
@@ -90,7 +92,9 @@ def main() -> None:
     steps = args.steps or (20 if cuda else 5)
     warmup = args.warmup if args.warmup is not None else (5 if cuda else 2)
     methods = args.methods or [r["name"] for r in method_table()]
-    print(f"# distill_step on {describe_machine(device)}; preset {preset}; median of {steps} steps after {warmup}")
+    machine = describe_machine(device)
+    print(f"# distill_step on {machine}; preset {preset}; median of {steps} steps after {warmup}")
+    ratios: dict = {}
     for model in args.models:
         xc, batch, h, w, kw = PRESETS[preset][model]
         print(f"\n## {model} {kw or ''} batch {batch} at {w}x{h}, teacher RGB + {'depth' if xc == 1 else 'normals'}")
@@ -108,6 +112,13 @@ def main() -> None:
             base = base or r
             print(f"| {name} | {r['ms']:.1f} | {r['ms'] / base['ms']:.2f} | {r['peak_bytes'] / 2**20:.0f} MiB | "
                   f"{r['peak_bytes'] / max(base['peak_bytes'], 1):.2f} |", flush=True)
+            if method is not None:
+                ratios.setdefault(model, {})[method] = {"time_ratio": r["ms"] / base["ms"],
+                                                        "memory_ratio": r["peak_bytes"] / max(base["peak_bytes"], 1)}
+    if args.json:
+        from pipeline.atomic import write_json
+
+        write_json(args.json, {**ratios, "machine": f"{machine}; preset {preset}"})
 
 
 if __name__ == "__main__":

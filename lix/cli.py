@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import typer
 
+from lix.cli_cross import cross_app
 from lix.cli_distill import distill_app
 from lix.cli_prepare import prepare_app
 from lix.cli_report import report_app
+from lix.cli_sweep import sweep_app
 from lix.cli_train import train_app
 
 app = typer.Typer(help="LIX: geometry-aware knowledge distillation for semantic segmentation.",
@@ -17,6 +19,8 @@ app.add_typer(prepare_app, name="prepare")
 app.add_typer(train_app)  # lix train, lix evaluate
 app.add_typer(distill_app)  # lix distill
 app.add_typer(report_app)  # lix report
+app.add_typer(sweep_app)  # lix sweep
+app.add_typer(cross_app)  # lix cross-evaluate
 
 
 if __name__ == "__main__":

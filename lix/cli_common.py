@@ -35,3 +35,26 @@ def user_errors(fn):
             raise typer.Exit(2) from None
 
     return wrapper
+
+
+SeedOpt = typer.Option(None, "--seed", help="Random seed of the run (default train.<dataset>.seed).")
+EvaluateOpt = typer.Option(True, "--evaluate/--no-evaluate",
+                           help="After training, evaluate best.pt on the val split into the run directory "
+                                "(metrics.json, confusion.png, predictions.png).")
+
+
+def record_failure(out_dir: Path, exc: BaseException) -> None:
+    """Leave ``<out_dir>/failed.json`` ({"error", "type"}) so that a sweep's report shows the run
+    as failed, with why, instead of as missing; the exception still propagates (the command
+    exits non-zero). Written atomically; a run that succeeds later removes it."""
+    import json
+
+    from pipeline.atomic import atomic_path
+
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_path(out_dir / "failed.json") as tmp:
+            tmp.write_text(json.dumps({"error": str(exc) or type(exc).__name__, "type": type(exc).__name__},
+                                      indent=2) + "\n")
+    except OSError:  # the failure itself may be an unwritable directory: keep the original error
+        pass

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from lix.cli_common import Dataset, ParamsOpt, ProgressOpt, out, user_errors
+from lix.cli_common import Dataset, EvaluateOpt, ParamsOpt, ProgressOpt, SeedOpt, out, user_errors
 
 distill_app = typer.Typer(help="Distillation of the teacher into the RGB-only student.")
 
@@ -35,17 +35,22 @@ def print_methods() -> None:
 @user_errors
 def distill_cmd(
     dataset: Dataset = typer.Option(None, "--dataset", "-d", help="Which dataset (its shards and teacher)."),
-    method: str = typer.Option(None, "--method", "-m", help="A registered method (see --list)."),
-    out_dir: Path = typer.Option(None, "--out", help="Run directory (default data/runs/<dataset>/distill/<method>)."),
+    method: str = typer.Option(None, "--method", "-m", help="A registered method (see --list), 'student' (the CE "
+                                                            "alone, the teacher only monitored), or a variant "
+                                                            "<method>~<key>=<value>[,...] (e.g. lix~beta=4)."),
+    out_dir: Path = typer.Option(None, "--out", help="Run directory (default data/runs/<dataset>/<model>/<method>/"
+                                                     "seed<k>)."),
     teacher: Path = typer.Option(None, "--teacher", help="The teacher's checkpoint (default "
-                                 "data/runs/<dataset>/teacher/<distill.teacher>.pt)."),
+                                 "data/runs/<dataset>/<model>/teacher/seed<k>/<distill.teacher>.pt)."),
     model: str = typer.Option(None, "--model", help="Student family; must match the teacher's "
-                                                    "(default train.<dataset>.model)."),
+                                                    "(default train.<dataset>.model). arch.<model> applies."),
+    seed: int = SeedOpt,
     hyper: str = typer.Option(None, "--hyper", help='JSON overrides of the method\'s hyper-parameters, on top '
                                                     'of distill.hyper.<method>, e.g. \'{"temperature": 2}\'.'),
     shards: Path = typer.Option(None, "--shards", help="Shard directory (default data/shards/<dataset>)."),
     params: Path = ParamsOpt,
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Go on from <out>/last.pt when it exists."),
+    evaluate: bool = EvaluateOpt,
     list_methods: bool = typer.Option(False, "--list", help="Print every method with its reference, loss terms "
                                                             "and hyper-parameters, and exit."),
     progress: bool = ProgressOpt,
@@ -54,7 +59,8 @@ def distill_cmd(
     if list_methods:
         print_methods()
         return
-    from lix.config import load_params
+    from lix.cli_train import evaluate_run
+    from lix.config import PLAIN_STUDENT, load_params, variant_hyper
     from lix.distill.train import distill_fit
     from pipeline.errors import ConfigError
 
@@ -62,12 +68,15 @@ def distill_cmd(
         raise ConfigError("--dataset/--method", "both are required (or --list)")
     p = load_params(params)
     d = dataset.value
-    cfg = p.train[d]
-    if model is not None:
-        cfg = dataclasses.replace(cfg, model=model)
+    cfg = p.train_config(d, model, seed)
     if p.distill.epochs is not None:
         cfg = dataclasses.replace(cfg, epochs=p.distill.epochs)
-    kw = dict(p.distill.hyper.get(method, {}))
+    try:
+        base, pairs = variant_hyper(method)
+    except ValueError as e:
+        raise ConfigError("--method", str(e)) from None
+    kw = dict(p.distill.hyper.get(base, {})) if base != PLAIN_STUDENT else {}
+    kw |= pairs
     if hyper:
         try:
             extra = json.loads(hyper)
@@ -76,10 +85,20 @@ def distill_cmd(
         if not isinstance(extra, dict):
             raise ConfigError("--hyper", f"expected a JSON object, got {hyper!r}")
         kw |= extra
-    teacher = teacher or Path("data/runs") / d / "teacher" / f"{p.distill.teacher}.pt"
-    out_dir = out_dir or Path("data/runs") / d / "distill" / method
-    summary = distill_fit(shards or Path("data/shards") / d, out_dir, cfg, dataset=d, method=method,
-                          teacher_checkpoint=teacher, hyper=kw, resume=resume, progress=progress)
-    out.print(f"[green]{d}[/] {method} student ({cfg.model}): {summary['epochs']} epochs, stopped: "
-              f"{summary['stopped']}, best val mIoU {100 * summary['best_miou']:.2f} % at epoch "
-              f"{summary['best_epoch']} -> {out_dir}")
+    run_root = Path("data/runs") / d / cfg.model
+    teacher = teacher or run_root / "teacher" / f"seed{cfg.seed}" / f"{p.distill.teacher}.pt"
+    out_dir = out_dir or run_root / method / f"seed{cfg.seed}"
+    shard_dir = shards or Path("data/shards") / d
+    try:
+        summary = distill_fit(shard_dir, out_dir, cfg, dataset=d, method=base, teacher_checkpoint=teacher,
+                              hyper=kw, resume=resume, progress=progress)
+        out.print(f"[green]{d}[/] {method} ({cfg.model}, seed {cfg.seed}): {summary['epochs']} epochs, stopped: "
+                  f"{summary['stopped']}, best val mIoU {100 * summary['best_miou']:.2f} % at epoch "
+                  f"{summary['best_epoch']} -> {out_dir}")
+        if evaluate:
+            evaluate_run(out_dir, shard_dir, progress)
+    except Exception as e:
+        from lix.cli_common import record_failure
+
+        record_failure(out_dir, e)
+        raise

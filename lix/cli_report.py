@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from lix.cli_common import out, user_errors
+from lix.cli_common import ProgressOpt, out, user_errors
 
 report_app = typer.Typer(help="The experiment matrix's runs as a report in the paper's layout.")
 
@@ -16,14 +16,29 @@ report_app = typer.Typer(help="The experiment matrix's runs as a report in the p
 def report_cmd(
     runs: Path = typer.Option(..., "--runs", help="Runs root: <runs>/<dataset>/<model>/<method>/seed<k>/metrics.json "
                                                   "(or failed.json), optional <runs>/overhead.json."),
-    out_dir: Path = typer.Option(..., "--out", help="Where README.md, summary.json and beta_sweep_<dataset>.png go."),
-    plots: bool = typer.Option(True, "--plots/--no-plots", help="Draw the fixed-beta sweep plots."),
+    out_dir: Path = typer.Option(..., "--out", help="Where README.md, summary.json and the pictures (PNG) go."),
+    plots: bool = typer.Option(True, "--plots/--no-plots", help="Draw the pictures (curves, CKA over training, "
+                                                            "beta sweep; with --shards the qualitative grid and "
+                                                            "the DWC maps)."),
+    cross: Path = typer.Option(None, "--cross", help="Cross-dataset evaluations root (<cross>/<source>-to-<target>/"
+                                                     "<model>/<method>/seed<k>/metrics.json), if any."),
+    overhead: Path = typer.Option(None, "--overhead", help="benchmarks/distill_step.py --json output (default "
+                                                           "<runs>/overhead.json when present)."),
+    shards: Path = typer.Option(None, "--shards", help="Shards root (<shards>/<dataset>): the val images of the "
+                                                       "qualitative grid and the DWC maps."),
+    device: str = typer.Option("cpu", help="cpu or cuda[:N] for the pictures' forward passes."),
+    progress: bool = ProgressOpt,
 ):
     """Tables in the paper's layout (mean ± std over seeds), per-class IoU, ablations, overhead,
     paired seed comparisons: README.md and summary.json."""
     from lix.report import write_report
 
-    s = write_report(runs, out_dir, plots=plots)
+    if not runs.is_dir():
+        from pipeline.errors import DataError
+
+        raise DataError(runs, "runs root not found (run the matrix first: dvc repro or lix sweep)")
+    s = write_report(runs, out_dir, plots=plots, shards_root=shards, device=device, cross_root=cross,
+                     overhead=overhead)
     c = s["counts"]
     out.print(f"[green]report[/]: {c['finished']} finished, {c['failed']} failed, {c['missing']} missing run(s) "
               f"over {len(s['datasets'])} dataset(s) -> {out_dir / 'README.md'}", soft_wrap=True)

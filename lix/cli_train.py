@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 from enum import Enum
 from pathlib import Path
 
 import typer
 
-from lix.cli_common import Dataset, DatasetOpt, ParamsOpt, ProgressOpt, out, user_errors
+from lix.cli_common import (Dataset, DatasetOpt, EvaluateOpt, ParamsOpt, ProgressOpt, SeedOpt, out, record_failure,
+                            user_errors)
 
 train_app = typer.Typer(help="Training and evaluation of the teacher and the student.")
 
@@ -25,11 +25,13 @@ def train_cmd(
     out_dir: Path = typer.Option(..., "--out", help="Run directory: checkpoints, dvclive logs, metrics."),
     role: Role = typer.Option(..., "--role", help="teacher (RGB + train.<dataset>.x) or student (RGB only)."),
     model: str = typer.Option(None, "--model", help="A registered model (mfnet, sne_roadseg); "
-                                                    "default train.<dataset>.model."),
+                                                    "default train.<dataset>.model. arch.<model> applies."),
+    seed: int = SeedOpt,
     shards: Path = typer.Option(None, "--shards", help="Shard directory (default data/shards/<dataset>)."),
     params: Path = ParamsOpt,
     resume: bool = typer.Option(True, "--resume/--no-resume",
                                 help="Go on from <out>/last.pt when it exists (refused if the config changed)."),
+    evaluate: bool = EvaluateOpt,
     progress: bool = ProgressOpt,
 ):
     """Train the teacher or the student on a dataset's shards (torchrun for several processes)."""
@@ -38,12 +40,31 @@ def train_cmd(
 
     p = load_params(params)
     d = dataset.value
-    cfg = p.train[d] if model is None else dataclasses.replace(p.train[d], model=model)
-    summary = fit(shards or Path("data/shards") / d, out_dir, cfg, dataset=d, role=role.value, resume=resume,
-                  progress=progress)
-    best = summary["best_miou"]
-    out.print(f"[green]{d}[/] {role.value} ({cfg.model}): {summary['epochs']} epochs, stopped: {summary['stopped']}, "
-              f"best val mIoU {100 * best:.2f} % at epoch {summary['best_epoch']} -> {out_dir}")
+    cfg = p.train_config(d, model, seed)
+    shard_dir = shards or Path("data/shards") / d
+    try:
+        summary = fit(shard_dir, out_dir, cfg, dataset=d, role=role.value, resume=resume, progress=progress)
+        best = summary["best_miou"]
+        out.print(f"[green]{d}[/] {role.value} ({cfg.model}, seed {cfg.seed}): {summary['epochs']} epochs, stopped: "
+                  f"{summary['stopped']}, best val mIoU {100 * best:.2f} % at epoch {summary['best_epoch']} -> {out_dir}")
+        if evaluate:
+            evaluate_run(out_dir, shard_dir, progress)
+    except Exception as e:
+        record_failure(out_dir, e)
+        raise
+
+
+def evaluate_run(out_dir: Path, shard_dir: Path, progress: bool) -> dict:
+    """Evaluate ``<out_dir>/best.pt`` into ``out_dir`` (lix train/distill --evaluate); rank 0 only."""
+    import os
+
+    from lix.train import evaluate_checkpoint
+
+    if int(os.environ.get("RANK", "0")) != 0:
+        return {}
+    m = evaluate_checkpoint(out_dir / "best.pt", shard_dir, out_dir, progress=progress)
+    out.print(f"val mIoU {100 * m['miou']:.2f} %, mFsc {100 * m['mfsc']:.2f} % -> {out_dir / 'metrics.json'}")
+    return m
 
 
 @train_app.command("evaluate")

@@ -218,24 +218,90 @@ class TrainConfig:
 @dataclass(frozen=True)
 class DistillConfig:
     """Distillation of the teacher into the RGB-only student (lix/distill/). The student's recipe
-    (model, optimiser, schedule, epochs, augmentation) is ``train.<dataset>``; this section says
-    which methods and with which hyper-parameters."""
+    (model, optimiser, schedule, epochs, augmentation) is ``train.<dataset>`` (with
+    ``arch.<model>``); this section says with which teacher checkpoint and hyper-parameters."""
 
-    methods: tuple[str, ...] = ("lix",)  # what the distill stage of `dvc repro` runs per dataset
-    teacher: Literal["best", "last"] = "best"  # which checkpoint of data/runs/<dataset>/teacher
+    teacher: Literal["best", "last"] = "best"  # which checkpoint of the teacher's run directory
     epochs: Optional[int] = None  # distillation epochs; null = train.<dataset>.epochs
     # method -> hyper-parameter overrides (`lix distill --list` shows each method's keys and
-    # defaults); every method in `methods` needs an entry ({} = the defaults), so its DVC stage
+    # defaults); every method the sweep runs needs an entry ({} = the defaults), so its DVC stage
     # can depend on exactly its own key.
     hyper: dict[str, dict[str, Any]] = field(default_factory=lambda: {"lix": {}})
 
     def __post_init__(self):
-        _require(len(self.methods) >= 1, "methods", "must name at least one method")
-        _require(len(set(self.methods)) == len(self.methods), "methods", f"names a method twice: {list(self.methods)}")
-        missing = [m for m in self.methods if m not in self.hyper]
-        _require(not missing, "hyper", f"needs an entry for each method in methods (use {{}} for the defaults); "
-                                       f"missing: {missing}")
         _require(self.epochs is None or self.epochs >= 1, "epochs", f"must be >= 1 or null, got {self.epochs}")
+
+
+VARIANT_SEP = "~"  # <method>~<key>=<value>[,<key>=<value>...]: DVC stage names cannot hold "@"
+PLAIN_STUDENT = "student"  # the sweep's name for the RGB-only student trained with the CE alone
+
+
+def parse_variant(name: str) -> tuple[str, dict[str, str]]:
+    """``"lix~controller=fixed,beta=2"`` -> ``("lix", {"controller": "fixed", "beta": "2"})``; a
+    name without ``~`` has no pairs. ValueError on a malformed name (values are strings here;
+    :func:`variant_hyper` types them)."""
+    base, sep, rest = name.partition(VARIANT_SEP)
+    if not sep:
+        return name, {}
+    pairs: dict[str, str] = {}
+    for part in rest.split(","):
+        key, eq, value = part.partition("=")
+        key, value = key.strip(), value.strip()
+        if not eq or not key or not value or key in pairs:
+            raise ValueError(f"malformed variant {name!r} at {part!r}: expected <method>~<key>=<value>[,...]")
+        pairs[key] = value
+    if not base:
+        raise ValueError(f"malformed variant {name!r}: no method before {VARIANT_SEP!r}")
+    return base, pairs
+
+
+def variant_hyper(name: str) -> tuple[str, dict[str, Any]]:
+    """(base method, typed overrides) of a variant name: each value read as YAML (``4`` -> 4,
+    ``0.5`` -> 0.5, ``true`` -> True, ``fixed`` -> "fixed")."""
+    base, pairs = parse_variant(name)
+    return base, {k: yaml.safe_load(v) for k, v in pairs.items()}
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """The experiment matrix of dvc.yaml: every dataset of ``datasets`` x ``models`` x ``seeds``
+    gets a teacher, and a student per entry of ``methods`` (``student`` = CE only; any method of
+    ``lix distill --list``) and of ``ablations`` (``<method>~<key>=<value>[,...]``, e.g.
+    ``lix~controller=fixed,beta=4``: the method with those hyper-parameters)."""
+
+    models: tuple[str, ...] = ("mfnet",)
+    seeds: tuple[int, ...] = (0,)
+    methods: tuple[str, ...] = (PLAIN_STUDENT, "lix")
+    ablations: tuple[str, ...] = ()
+    cross: tuple[str, ...] = ()  # <source>-to-<target> pairs scored by the cross stage
+
+    def __post_init__(self):
+        for key in ("models", "seeds", "methods", "ablations", "cross"):
+            v = getattr(self, key)
+            _require(len(set(v)) == len(v), key, f"names an entry twice: {list(v)}")
+        _require(len(self.models) >= 1, "models", "must name at least one model")
+        _require(len(self.seeds) >= 1, "seeds", "must name at least one seed")
+        _require(all(s >= 0 for s in self.seeds), "seeds", f"must be >= 0, got {list(self.seeds)}")
+        bad = [m for m in self.methods if VARIANT_SEP in m]
+        _require(not bad, "methods", f"{bad}: variants go under sweep.ablations")
+        for a in self.ablations:
+            try:
+                base, pairs = parse_variant(a)
+            except ValueError as e:
+                raise ConfigError("ablations", str(e)) from None
+            _require(bool(pairs) and base != PLAIN_STUDENT, "ablations",
+                     f"{a!r}: expected <method>~<key>=<value>[,...] of a distillation method")
+        for pair in self.cross:
+            src, sep, tgt = pair.partition("-to-")
+            _require(bool(sep) and src in DATASETS and tgt in DATASETS and src != tgt, "cross",
+                     f"{pair!r}: expected <source>-to-<target> of two different datasets of {list(DATASETS)}")
+
+
+_ARCH_KEYS_FIXED = ("model", "seed")  # set by the sweep's axes, never by an arch entry
+
+
+def _per_dataset(cls, **overrides):
+    return field(default_factory=lambda: {d: cls(**overrides.get(d, {})) for d in DATASETS})
 
 
 def _per_dataset(cls, **overrides):
@@ -254,6 +320,10 @@ class Params:
     shards: dict[str, ShardsConfig] = _per_dataset(ShardsConfig)
     train: dict[str, TrainConfig] = _per_dataset(TrainConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    # model -> overrides of train.<dataset> for that architecture (its batch size, lr, schedule,
+    # depth...), applied whenever a run trains that model.
+    arch: dict[str, dict[str, Any]] = field(default_factory=lambda: {"mfnet": {}})
+    sweep: SweepConfig = field(default_factory=SweepConfig)
 
     def __post_init__(self):
         bad = [d for d in self.datasets if d not in DATASETS]
@@ -266,6 +336,31 @@ class Params:
             # A section may name a subset of datasets; the rest keep their defaults.
             defaults = Params.__dataclass_fields__[section].default_factory()
             object.__setattr__(self, section, {**defaults, **got})
+        train_keys = [f.name for f in dataclasses.fields(TrainConfig)]
+        for model, over in self.arch.items():
+            _require(isinstance(over, dict), f"arch.{model}", f"expected a mapping of train keys, got {over!r}")
+            for k in over:
+                _require(k in train_keys and k not in _ARCH_KEYS_FIXED, f"arch.{model}.{k}",
+                         f"not a train key an architecture may set; allowed: "
+                         f"{[t for t in train_keys if t not in _ARCH_KEYS_FIXED]}")
+        missing = [m for m in self.sweep.models if m not in self.arch]
+        _require(not missing, "arch", f"needs an entry for each model in sweep.models ({{}} = train.<dataset> "
+                                      f"as it is); missing: {missing}")
+        needed = [m for m in self.sweep.methods if m != PLAIN_STUDENT]
+        needed += [parse_variant(a)[0] for a in self.sweep.ablations]
+        missing = sorted({m for m in needed if m not in self.distill.hyper})
+        _require(not missing, "distill.hyper", f"needs an entry for each method the sweep runs (use {{}} for "
+                                               f"the defaults); missing: {missing}")
+
+    def train_config(self, dataset: str, model: str | None = None, seed: int | None = None) -> TrainConfig:
+        """``train.<dataset>`` for ``model`` (default its own ``model``) with ``arch.<model>``'s
+        overrides, and ``seed`` when given; validated as a whole (errors name ``arch.<model>``)."""
+        base = self.train[dataset]
+        model = model or base.model
+        values = {**dataclasses.asdict(base), **self.arch.get(model, {}), "model": model}
+        if seed is not None:
+            values["seed"] = seed
+        return from_dict(TrainConfig, values, f"arch.{model}" if model in self.arch else f"train.{dataset}")
 
 
 # --------------------------------------------------------------------------- loading

@@ -1,7 +1,7 @@
 """Apply a trained RGB-only student to a folder of images: label maps in the dataset's colours
 and overlays.
 
-    predict_folder("data/runs/kitti/distill/lix/best.pt", "my_images/", "predictions/")
+    predict_folder("data/runs/kitti/mfnet/lix/seed0/best.pt", "my_images/", "predictions/")
 
 For each readable image ``<name>.<ext>`` (png, jpg, jpeg, bmp; any size: the models pad to
 their stride and crop the logits back) the output folder gets ``<name>_label.png`` (uint8 class

@@ -15,9 +15,9 @@ Input layout (the contract the experiment matrix writes)
   ``per_class_f1`` (class name -> value, null where undefined), ``dataset``, ``role``, ``model``,
   ``x`` (the teacher's geometry), ``matrix``.
 * ``<method>`` is ``teacher``, ``student``, a registered distillation method (``lix distill
-  --list``), or an ablation of one: ``<method>@<key>=<value>[,<key>=<value>...]`` (e.g.
-  ``lix@beta=4``, ``dwld@dwc_inputs=softmax``, ``arfd@kernel=gaussian,consistency=cosine``,
-  ``lix@controller=fixed,beta=2``). The directory name carries the ablation; the run's
+  --list``), or an ablation of one: ``<method>~<key>=<value>[,<key>=<value>...]`` (e.g.
+  ``lix~beta=4``, ``dwld~dwc_inputs=softmax``, ``arfd~kernel=gaussian,consistency=cosine``,
+  ``lix~controller=fixed,beta=2``). The directory name carries the ablation; the run's
   hyper-parameters are the method's defaults, updated by ``config.json``'s ``distill.hyper``
   (the overrides the run was started with) and then by the name's pairs.
 * ``seed<k>``: k a non-negative integer. A seed directory with ``metrics.json`` is finished
@@ -52,6 +52,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from lix.config import VARIANT_SEP
 from pipeline.errors import DataError
 
 LAYOUT = "<runs_root>/<dataset>/<model>/<method>/seed<k>/metrics.json"
@@ -101,19 +102,13 @@ class Run:
 
 
 def parse_method(name: str) -> tuple[str, dict[str, str]]:
-    """``"lix@controller=fixed,beta=2"`` -> ``("lix", {"controller": "fixed", "beta": "2"})``;
-    a name without ``@`` has no pairs. Raises ValueError on a malformed name."""
-    base, sep, rest = name.partition("@")
-    if not sep:
-        return name, {}
-    pairs: dict[str, str] = {}
-    for part in rest.split(","):
-        key, eq, value = part.partition("=")
-        key, value = key.strip(), value.strip()
-        if not eq or not key or not value or key in pairs:
-            raise ValueError(part)
-        pairs[key] = value
-    if not base or not pairs:
+    """``"lix~controller=fixed,beta=2"`` -> ``("lix", {"controller": "fixed", "beta": "2"})``;
+    a name without ``~`` has no pairs. Raises ValueError on a malformed name
+    (lix.config.parse_variant: the one parser the CLI, the sweep and the report share)."""
+    from lix.config import parse_variant
+
+    base, pairs = parse_variant(name)
+    if not pairs and VARIANT_SEP in name:
         raise ValueError(name)
     return base, pairs
 
@@ -174,7 +169,7 @@ def scan_runs(runs_root: str | Path) -> list[Run]:
                 try:
                     parse_method(method.name)
                 except ValueError:
-                    raise DataError(method, "an ablation directory is named <method>@<key>=<value>[,<key>=<value>...]"
+                    raise DataError(method, "an ablation directory is named <method>~<key>=<value>[,<key>=<value>...]"
                                     ) from None
                 for sd in _subdirs(method):
                     m = _SEED.match(sd.name)
@@ -189,15 +184,18 @@ def _subdirs(p: Path) -> list[Path]:
     return sorted(c for c in p.iterdir() if c.is_dir() and not c.name.startswith("."))
 
 
-def read_overhead(runs_root: str | Path) -> dict | None:
-    """``<runs_root>/overhead.json`` as {model: {method: {"time_ratio", "memory_ratio"}}}, or None."""
-    path = Path(runs_root) / "overhead.json"
+def read_overhead(runs_root: str | Path, path: str | Path | None = None) -> dict | None:
+    """``path`` (default ``<runs_root>/overhead.json``; benchmarks/distill_step.py --json writes
+    it) as {model: {method: {"time_ratio", "memory_ratio"}}}, or None when absent. A top-level
+    ``"machine"`` string (where it was measured) is kept under the key ``"machine"``."""
+    path = Path(path) if path is not None else Path(runs_root) / "overhead.json"
     if not path.is_file():
         return None
     try:
         data = _read_json(path)
     except (OSError, ValueError) as e:
         raise DataError(path, f"unreadable: {e}") from None
+    machine = data.pop("machine", None) if isinstance(data, dict) and isinstance(data.get("machine"), str) else None
     if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
         raise DataError(path, 'expected {model: {method: {"time_ratio": float, "memory_ratio": float}}}')
     result = {}
@@ -206,6 +204,8 @@ def read_overhead(runs_root: str | Path) -> dict | None:
         for method, r in methods.items():
             r = r if isinstance(r, dict) else {}
             result[model][method] = {k: _finite(r.get(k)) for k in ("time_ratio", "memory_ratio")}
+    if machine:
+        result["machine"] = machine
     return result
 
 
@@ -386,13 +386,13 @@ def build_summary(runs: list[Run], overhead: dict | None = None, runs_root: str 
         groups: dict[tuple[str, str], list[Run]] = {}
         for r in ds_runs:
             groups.setdefault((r.model, r.method), []).append(r)
-        main_methods = sorted({m for (_, m) in groups if "@" not in m}, key=_method_order)
-        abl_methods = sorted({m for (_, m) in groups if "@" in m})
+        main_methods = sorted({m for (_, m) in groups if VARIANT_SEP not in m}, key=_method_order)
+        abl_methods = sorted({m for (_, m) in groups if VARIANT_SEP in m})
 
         # main table
         main = []
         expected = {model: {r.seed for (mo, me), rs in groups.items() if mo == model and me != "teacher"
-                            and "@" not in me for r in rs} for model in models}
+                            and VARIANT_SEP not in me for r in rs} for model in models}
         for method in main_methods:
             cells = {}
             for model in models:
@@ -484,7 +484,7 @@ def _row_key(fam: str, row: dict) -> tuple:
 def _add_references(abl: dict, by_method: dict, groups: dict, models: list[str]) -> None:
     """The main run of a method stands for its default setting in the ablation tables (marked
     ``source: main run``), unless an ablation run already covers that setting; the fixed-β sweep's
-    reference is ``<method>@controller=dwc`` or the main run when its controller is the DWC."""
+    reference is ``<method>~controller=dwc`` or the main run when its controller is the DWC."""
     for fam, axes in _FAMILY_AXES.items():
         for base in sorted({r["base"] for r in abl[fam]}):
             if base not in by_method:
@@ -652,8 +652,9 @@ def _table_models(d: dict, rows: list[dict]) -> list[str]:
     return [m for m in d["models"] if any(m in r["cells"] for r in rows)]
 
 
-def render_markdown(summary: dict) -> str:
-    """The report (README.md) from ``build_summary``'s result."""
+def render_markdown(summary: dict, out_dir: Path | None = None, runs_root: Path | None = None) -> str:
+    """The report (README.md) from ``build_summary``'s result; with ``out_dir`` and
+    ``runs_root``, the pictures section links each run's confusion matrix relative to the report."""
     L: list[str] = ["# LIX experiment report", ""]
     c = summary["counts"]
     L += [f"Generated by `lix report` from `{summary['runs_root']}` ({summary['layout']}): "
@@ -666,6 +667,8 @@ def render_markdown(summary: dict) -> str:
           summary["paper_note"], ""]
     for ds, d in summary["datasets"].items():
         L += _dataset_section(ds, d, summary.get("plots", []))
+        L += _pictures_section(ds, d, out_dir, runs_root)
+    L += _cross_section(summary.get("cross") or {})
     if summary["overhead"]:
         L += _overhead_section(summary["overhead"])
     if summary["problems"]:
@@ -720,6 +723,43 @@ def _dataset_section(ds: str, d: dict, plots: list[str]) -> list[str]:
         L += [f"### {name}, {d['model_display'][model]}: per-class IoU (%), mean over the finished seeds", ""]
         L += _table([*head, "LIX − student (pp)"], rows) + [""]
     L += _ablation_sections(ds, d, plots)
+    return L
+
+
+FIGURE_CAPTION = {
+    "curves": "Training curves per method (train loss, val mIoU; mean over seeds, min–max band)",
+    "cka": "Linear CKA between the student's and the teacher's features over training, plain student vs the "
+           "distilled ones (the paper's Fig. 5; mean over the taps, 16 val images)",
+    "grid": "The same val images for every method: RGB | ground truth | teacher | student | best baseline | LIX",
+    "dwc": "The dynamic weight controller: the student's confidence in the true class, the mean weight over "
+           "the non-target logits, and the class given the most weight, per pixel",
+}
+
+
+def _pictures_section(ds: str, d: dict, out_dir: Path | None, runs_root: Path | None) -> list[str]:
+    import os
+
+    figs = d.get("figures") or {}
+    L: list[str] = []
+    for model in d["models"]:
+        items = figs.get(model) or {}
+        confusions = []
+        if out_dir is not None and runs_root is not None:
+            for method in ("teacher", "student", "lix"):
+                row = next((r for r in d["main"] if r["method"] == method), None)
+                ok = row["cells"][model]["seeds"]["ok"] if row and model in row["cells"] else []
+                png = Path(runs_root) / ds / model / method / f"seed{ok[0]}" / "confusion.png" if ok else None
+                if png is not None and png.is_file():
+                    rel = os.path.relpath(png, out_dir)
+                    confusions.append(f"[{DISPLAY.get(method, method)} (seed {ok[0]})]({Path(rel).as_posix()})")
+        if not items and not confusions:
+            continue
+        L += [f"### {d['display']}, {d['model_display'][model]}: pictures", ""]
+        for name in ("curves", "cka", "grid", "dwc"):
+            if name in items:
+                L += [f"{FIGURE_CAPTION[name]}:", "", f"![{name}]({items[name]})", ""]
+        if confusions:
+            L += ["Confusion matrices: " + ", ".join(confusions) + ".", ""]
     return L
 
 
@@ -808,6 +848,8 @@ def _axis_label(row: dict, axis: str) -> str:
 
 
 def _overhead_section(overhead: dict) -> list[str]:
+    machine = overhead.get("machine")
+    overhead = {k: v for k, v in overhead.items() if k != "machine"}
     models = sorted(overhead)
     methods = sorted({m for v in overhead.values() for m in v}, key=_method_order)
     rows = []
@@ -820,7 +862,8 @@ def _overhead_section(overhead: dict) -> list[str]:
     head = ["KD type", "algorithm"] + [f"{display_model(m)} {w}" for m in models for w in ("time", "memory")]
     return ["## Training overhead", "",
             "One distillation step (teacher forward included) relative to the plain student step "
-            "(benchmarks/distill_step.py): time and peak memory ratios.", "", *_table(head, rows), ""]
+            "(benchmarks/distill_step.py): time and peak memory ratios"
+            + (f", measured on {machine}." if machine else "."), "", *_table(head, rows), ""]
 
 
 # ----------------------------------------------------------------------------- plot
@@ -871,14 +914,127 @@ def plot_beta_sweep(d: dict, path: str | Path) -> Path:
 
 
 # ----------------------------------------------------------------------------- entry point
-def write_report(runs_root: str | Path, out_dir: str | Path, *, plots: bool = True) -> dict:
+def _first_ok_seed(d: dict, model: str, method: str) -> int | None:
+    row = next((r for r in d["main"] if r["method"] == method), None)
+    if row is None:
+        return None
+    ok = row["cells"][model]["seeds"]["ok"] if model in row["cells"] else []
+    return int(ok[0]) if ok else None
+
+
+def scan_cross(cross_root: str | Path | None) -> dict:
+    """The cross-dataset evaluations under ``<cross_root>/<source>-to-<target>/<model>/<method>/
+    seed<k>/metrics.json`` (lix cross-evaluate) as {pair: {"source", "target", "common_classes",
+    "rows": [{"method", "display", "model", "cells": aggregate(...)}]}}; {} without any."""
+    out: dict = {}
+    root = Path(cross_root) if cross_root else None
+    if root is None or not root.is_dir():
+        return out
+    for pair_dir in _subdirs(root):
+        src, sep, tgt = pair_dir.name.partition("-to-")
+        if not sep:
+            continue
+        rows, common = [], None
+        for model_dir in _subdirs(pair_dir):
+            for method_dir in sorted(_subdirs(model_dir), key=lambda p: _method_order(p.name)):
+                runs = []
+                for seed_dir in _subdirs(method_dir):
+                    m = _SEED.match(seed_dir.name)
+                    if m:
+                        run = read_run(seed_dir, tgt, model_dir.name, method_dir.name, int(m.group(1)))
+                        runs.append(run)
+                        if run.status == "ok" and common is None:
+                            common = list(run.metrics.get("common_classes") or [])
+                if runs:
+                    rows.append({"method": method_dir.name, "display": display_name(method_dir.name),
+                                 "model": model_dir.name, "cells": aggregate(runs)})
+        if rows:
+            for model in {r["model"] for r in rows}:
+                mark_best([r["cells"] for r in rows if r["model"] == model], ("miou", "mfsc"))
+            out[pair_dir.name] = {"source": src, "target": tgt, "common_classes": common or [], "rows": rows}
+    return out
+
+
+def _cross_section(cross: dict) -> list[str]:
+    if not cross:
+        return []
+    L = ["## Cross-dataset generalisation", "",
+         "Students trained on the source dataset, scored on the target's val split over the classes the two "
+         "label spaces share (mapping: `lix/cross_dataset.py`); a prediction of a class without counterpart "
+         "counts as wrong. Mean ± std over seeds (%).", ""]
+    for pair, c in cross.items():
+        L += [f"### {display_dataset(c['source'])} → {display_dataset(c['target'])}", "",
+              f"Common classes ({len(c['common_classes'])}): {', '.join(c['common_classes']) or '–'}.", ""]
+        rows = [[r["display"], display_model(r["model"]), fmt_value(r["cells"], "miou"), fmt_value(r["cells"], "mfsc"),
+                 fmt_n(r["cells"])] for r in c["rows"]]
+        L += _table(["algorithm", "model", "mIoU", "mFsc", "n"], rows) + [""]
+    return L
+
+
+def draw_figures(summary: dict, runs_root: Path, shards_root: Path | None, out: Path,
+                 device: str = "cpu") -> list[Path]:
+    """The pictures of each dataset and model (lix/figures.py) into ``out``, recorded in
+    ``summary["datasets"][ds]["figures"][model]`` (name -> file) for the markdown: training
+    curves, the teacher-student CKA over training (Fig. 5), and, with ``shards_root``, the
+    qualitative grid (RGB | GT | teacher | student | best baseline | LIX, the same val images for
+    every method, seed of the first finished LIX run) and the DWC's weight and confidence maps.
+    A figure that cannot be drawn (a run without checkpoint, unreadable shards) is noted in
+    ``summary["notes"]``, never fatal: the tables matter more than one picture."""
+    import logging
+
+    from lix import figures
+
+    log = logging.getLogger(__name__)
+    written: list[Path] = []
+    for ds, d in summary["datasets"].items():
+        d["figures"] = {}
+        for model in d["models"]:
+            figs: dict[str, str] = {}
+            tag = f"{ds}_{model}"
+
+            def attempt(name: str, fn, *args, **kw):
+                try:
+                    p = fn(*args, **kw)
+                except Exception as e:  # noqa: BLE001 - a picture must not sink the report
+                    summary["notes"].append(f"{ds}/{model}: the {name} figure was not drawn ({e})")
+                    log.warning("%s/%s: %s figure not drawn: %s", ds, model, name, e)
+                    return
+                if p is not None:
+                    figs[name] = Path(p).name
+                    written.append(Path(p))
+
+            attempt("curves", figures.training_curves, runs_root, ds, model, out / f"curves_{tag}.png")
+            attempt("cka", figures.cka_curves, runs_root, ds, model, out / f"cka_{tag}.png",
+                    methods=[m for m in ("student", "lix", "dwld", "arfd")
+                             if any(r["method"] == m for r in d["main"])])
+            if shards_root is not None and (Path(shards_root) / ds).is_dir():
+                best = d["paired"][model].get("best_baseline")
+                columns = ["teacher", "student", *([best] if best else []), "lix"]
+                seed = _first_ok_seed(d, model, "lix")
+                seed = seed if seed is not None else _first_ok_seed(d, model, "student")
+                if seed is not None:
+                    attempt("grid", figures.qualitative_grid, runs_root, shards_root, ds, model, columns,
+                            out / f"grid_{tag}.png", seed=seed, device=device)
+                lix_seed = _first_ok_seed(d, model, "lix")
+                if lix_seed is not None:
+                    attempt("dwc", figures.dwc_maps, runs_root, shards_root, ds, model, out / f"dwc_{tag}.png",
+                            seed=lix_seed, device=device)
+            d["figures"][model] = figs
+    return written
+
+
+def write_report(runs_root: str | Path, out_dir: str | Path, *, plots: bool = True,
+                 shards_root: str | Path | None = None, device: str = "cpu",
+                 cross_root: str | Path | None = None, overhead: str | Path | None = None) -> dict:
     """Scan ``runs_root`` (layout in the module docstring), write ``README.md``, ``summary.json``
-    and the β-sweep plots into ``out_dir`` atomically, and return the summary. Plots of an earlier
-    report that this one no longer has are removed."""
+    and the pictures (β-sweep plots; with ``plots``, lix/figures.py's figures, see
+    :func:`draw_figures`) into ``out_dir`` atomically, and return the summary. Pictures of an
+    earlier report that this one no longer has are removed."""
     from pipeline.atomic import write_json, write_text
 
     runs = scan_runs(runs_root)
-    summary = build_summary(runs, read_overhead(runs_root), runs_root=str(runs_root))
+    summary = build_summary(runs, read_overhead(runs_root, overhead), runs_root=str(runs_root))
+    summary["cross"] = scan_cross(cross_root)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
@@ -886,10 +1042,12 @@ def write_report(runs_root: str | Path, out_dir: str | Path, *, plots: bool = Tr
         for ds, d in summary["datasets"].items():
             if "beta_sweep" in d["ablations"]:
                 written.append(plot_beta_sweep(d, out / f"beta_sweep_{ds}.png"))
-    for stale in out.glob("beta_sweep_*.png"):
+        written += draw_figures(summary, Path(runs_root), Path(shards_root) if shards_root else None, out, device)
+    for stale in out.glob("*.png"):
         if stale not in written:
             stale.unlink()
     summary["plots"] = sorted(p.name for p in written)
+    summary["notes"] = sorted(set(summary["notes"]))
     write_json(out / "summary.json", summary)
-    write_text(out / "README.md", render_markdown(summary))
+    write_text(out / "README.md", render_markdown(summary, Path(out_dir), Path(runs_root)))
     return summary

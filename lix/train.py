@@ -7,8 +7,9 @@
 writes to ``out_dir``: ``last.pt`` and ``best.pt`` (lix/checkpoint.py: model, optimizer,
 scheduler, epoch, step, every RNG state, the loader's seed/epoch, the resolved config, the
 metric history), ``model.safetensors`` (the best weights, no pickle), ``config.json`` (the
-resolved run config), ``metrics.json`` (best val mIoU and where the run stopped) and
-``dvclive/`` (per epoch: loss terms, val metrics, lr, throughput). A rerun resumes from
+resolved run config), ``summary.json`` (best val mIoU and where the run stopped) and
+``dvclive/`` (per epoch: loss terms, val metrics, lr, throughput); ``evaluate_checkpoint`` adds
+``metrics.json`` (the full val metrics of ``best.pt``) and its pictures. A rerun resumes from
 ``last.pt`` (exactly: on CPU, 2 + 2 epochs give the weights of 4) and refuses a config that
 would change the run; ``RESUMABLE_KEYS`` (epochs, patience, ...) may change.
 
@@ -297,6 +298,9 @@ class Task:
     inputs: Inputs
     extra: dict[str, nn.Module] = dataclasses.field(default_factory=dict)
     config: dict = dataclasses.field(default_factory=dict)
+    # monitor(student) -> {name: value}: extra val measurements logged at each evaluation as
+    # val/<name> (lix/distill/monitor.py: the teacher-student feature CKA of the paper's Fig. 5).
+    monitor: Callable[[nn.Module], dict[str, float]] | None = None
 
 
 def supervised_task(model: nn.Module, inputs: Inputs, d: DistInfo, **_) -> Task:
@@ -438,7 +442,7 @@ def fit(shard_dir: str | Path, out_dir: str | Path, cfg: TrainConfig, *, dataset
     exists (a config that changes the run is refused with ConfigMismatch); False starts afresh.
     ``task_factory(model, inputs, d, cfg=, train_loader=, out_dir=, resumed=)`` says what the
     run trains (default: the model, supervised; lix/distill/train.py: a distilled student).
-    Returns the summary written to ``metrics.json``."""
+    Returns the summary written to ``summary.json``."""
     if role not in ROLES:
         raise ConfigError("role", f"expected one of {ROLES}, got {role!r}")
     out_dir = Path(out_dir)
@@ -469,10 +473,10 @@ def _fit(shard_dir: Path, out_dir: Path, cfg: TrainConfig, dataset: str, role: s
     last, best_path = out_dir / "last.pt", out_dir / "best.pt"
     resumed = resume and last.is_file()
     if not resumed and d.is_main:  # a fresh run: no file of an earlier run may pass for one of this run
-        for name in ("last.pt", "best.pt", "model.safetensors", "metrics.json"):
+        for name in ("last.pt", "best.pt", "model.safetensors", "summary.json", "metrics.json", "failed.json"):
             (out_dir / name).unlink(missing_ok=True)
-    task = task_factory(model, inputs, d, cfg=cfg, train_loader=train_loader, out_dir=out_dir, resumed=resumed,
-                        progress=progress)
+    task = task_factory(model, inputs, d, cfg=cfg, train_loader=train_loader, val_loader=val_loader,
+                        out_dir=out_dir, resumed=resumed, progress=progress)
     config |= task.config
     optimizer = build_optimizer(cfg, task.module)
     scheduler = build_scheduler(cfg, optimizer)
@@ -532,6 +536,8 @@ def _fit(shard_dir: Path, out_dir: Path, cfg: TrainConfig, dataset: str, role: s
                 metrics = scalar_metrics(evaluate(plain, val_loader, inputs, len(class_names), d=d, amp=amp,
                                                   channels_last=channels_last, progress=progress))
                 record |= {f"val/{k}": v for k, v in metrics.items()} | {"val/seconds": time.perf_counter() - t0}
+                if task.monitor is not None:
+                    record |= {f"val/{k}": v for k, v in task.monitor(plain).items()}
                 improved = metrics["miou"] > best["miou"]
                 if improved:
                     best, bad_evals = {"miou": metrics["miou"], "epoch": epoch}, 0
@@ -558,7 +564,7 @@ def _fit(shard_dir: Path, out_dir: Path, cfg: TrainConfig, dataset: str, role: s
                "seconds_per_epoch": (sum(h["train/seconds"] for h in history) / len(history)) if history else None,
                "last": history[-1] if history else None}
     if d.is_main:
-        _write_json(out_dir / "metrics.json", summary)
+        _write_json(out_dir / "summary.json", summary)
     _barrier(d)
     return summary
 

@@ -91,30 +91,98 @@ def test_params_yaml_writes_out_every_key():
             wanted = {f for f in fields if d in ONLY_FOR.get((section, f), {d})}
             assert set(raw[section][d]) == wanted, f"{section}.{d}: missing {sorted(wanted - set(raw[section][d]))}"
     assert set(raw["distill"]) == {f.name for f in dataclasses.fields(p.distill)}
+    assert set(raw["sweep"]) == {f.name for f in dataclasses.fields(p.sweep)}
 
 
 def test_distill_section_lists_every_registered_method():
-    """Each method has its own hyper entry, so `-S distill.methods=[...]` runs any of them and its
-    DVC stage depends on its own key; the entries are valid hyper-parameters of the method."""
+    """Each method has its own hyper entry (plus the plain student's, empty), so
+    `-S sweep.methods=[...]` runs any of them and its DVC stage depends on its own key; the
+    entries are valid hyper-parameters of the method."""
+    from lix.config import PLAIN_STUDENT
     from lix.distill import DISTILLERS, hyper_defaults
     from lix.distill.base import _register_all
 
     _register_all()
     p = load_params(ROOT / "params.yaml")
-    assert set(p.distill.hyper) == set(DISTILLERS)
+    assert set(p.distill.hyper) == set(DISTILLERS) | {PLAIN_STUDENT}
+    assert p.distill.hyper[PLAIN_STUDENT] == {}
     for method, hyper in p.distill.hyper.items():
-        assert set(hyper) <= set(hyper_defaults(method)) | {"taps"}, method
+        if method != PLAIN_STUDENT:
+            assert set(hyper) <= set(hyper_defaults(method)) | {"taps"}, method
 
 
-def test_distill_methods_need_their_hyper_entry(tmp_path):
+def _write_params(tmp_path, edit):
     import yaml
 
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    raw["distill"]["methods"] = ["lix", "kd"]
-    del raw["distill"]["hyper"]["kd"]
+    edit(raw)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    return tmp_path / "params.yaml"
+
+
+def test_sweep_methods_and_ablations_need_their_hyper_entry(tmp_path):
+    def methods(raw):
+        raw["sweep"]["methods"] = ["student", "lix", "kd"]
+        del raw["distill"]["hyper"]["kd"]
+
     with pytest.raises(ConfigError, match=r"distill\.hyper.*missing: \['kd'\]"):
-        load_params(tmp_path / "params.yaml")
+        load_params(_write_params(tmp_path, methods))
+
+    def ablations(raw):
+        raw["sweep"]["ablations"] = ["dkd~beta=2"]
+        del raw["distill"]["hyper"]["dkd"]
+
+    with pytest.raises(ConfigError, match=r"distill\.hyper.*missing: \['dkd'\]"):
+        load_params(_write_params(tmp_path, ablations))
+
+
+@pytest.mark.parametrize("bad, key", [("lix~", "sweep.ablations"), ("lix", "sweep.ablations"),
+                                      ("student~beta=2", "sweep.ablations")])
+def test_malformed_ablations_are_refused(tmp_path, bad, key):
+    def edit(raw):
+        raw["sweep"]["ablations"] = [bad]
+
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_params(_write_params(tmp_path, edit))
+
+
+def test_variant_names_parse_to_typed_hyper_parameters():
+    from lix.config import parse_variant, variant_hyper
+
+    assert variant_hyper("lix~controller=fixed,beta=4") == ("lix", {"controller": "fixed", "beta": 4})
+    assert variant_hyper("arfd~bandwidth=0.5,exact_distances=true") == ("arfd", {"bandwidth": 0.5,
+                                                                                 "exact_distances": True})
+    assert parse_variant("kd") == ("kd", {})
+    for bad in ("lix~beta", "~beta=2", "lix~beta=2,beta=3"):
+        with pytest.raises(ValueError):
+            parse_variant(bad)
+
+
+def test_arch_overrides_apply_per_model_and_are_checked(tmp_path):
+    p = load_params(ROOT / "params.yaml")
+    sne = p.train_config("kitti", "sne_roadseg", seed=3)
+    assert (sne.model, sne.batch_size, sne.schedule, sne.seed) == ("sne_roadseg", p.arch["sne_roadseg"]["batch_size"],
+                                                                   "sne_roadseg", 3)
+    assert p.train_config("kitti") == p.train["kitti"]
+
+    def unknown(raw):
+        raw["arch"]["mfnet"] = {"batchsize": 4}
+
+    with pytest.raises(ConfigError, match=r"arch\.mfnet\.batchsize"):
+        load_params(_write_params(tmp_path, unknown))
+
+    def bad_value(raw):
+        raw["arch"]["mfnet"] = {"batch_size": 0}
+
+    with pytest.raises(ConfigError, match=r"arch\.mfnet\.batch_size"):
+        load_params(_write_params(tmp_path, bad_value)).train_config("kitti", "mfnet")
+
+    def missing(raw):
+        raw["sweep"]["models"] = ["mfnet", "sne_roadseg"]
+        del raw["arch"]["sne_roadseg"]
+
+    with pytest.raises(ConfigError, match=r"arch.*missing: \['sne_roadseg'\]"):
+        load_params(_write_params(tmp_path, missing))
 
 
 def test_backend_defaults_agree_with_depth_config():

@@ -141,7 +141,7 @@ def test_cli_list_and_distill(train_shards, teacher, tmp_path):
     assert len(DISTILLERS) == 20  # 17 baselines (16 of the paper + IntRA-KD), DWLD, ARFD, LIX
 
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["train"]["kitti"] |= {"epochs": 1, "batch_size": 2, "device": "cpu", "num_workers": 0}
+    params["train"]["kitti"] |= {"epochs": 1, "batch_size": 2, "device": "cpu", "num_workers": 0, "crop": None}
     pfile = tmp_path / "params.yaml"
     pfile.write_text(yaml.safe_dump(params))
     out = tmp_path / "run"
@@ -149,12 +149,44 @@ def test_cli_list_and_distill(train_shards, teacher, tmp_path):
                             "--shards", str(train_shards), "--out", str(out), "--params", str(pfile),
                             "--hyper", '{"temperature": 2}', "--no-progress"])
     assert r.exit_code == 0, r.output
-    assert "kitti kd student (mfnet): 1 epochs" in r.output
+    assert "kitti kd (mfnet, seed 0): 1 epochs" in r.output
     assert load_checkpoint(out / "last.pt")["config"]["distill"]["hyper"] == {"temperature": 2}
+    assert json.loads((out / "metrics.json").read_text())["role"] == "student"  # evaluated in the run dir
+    # an ablation variant: the name's pairs are typed hyper-parameters on top of distill.hyper.<method>
+    var = tmp_path / "variant"
+    r = runner.invoke(app, ["distill", "--dataset", "kitti", "--method", "kd~temperature=3", "--teacher", str(teacher),
+                            "--shards", str(train_shards), "--out", str(var), "--params", str(pfile), "--no-progress",
+                            "--no-evaluate"])
+    assert r.exit_code == 0, r.output
+    d = load_checkpoint(var / "last.pt")["config"]["distill"]
+    assert d["method"] == "kd" and d["hyper"] == {"temperature": 3}
+    assert not (var / "metrics.json").exists()
     r = runner.invoke(app, ["distill", "--dataset", "kitti", "--method", "kd", "--teacher", str(teacher),
                             "--shards", str(train_shards), "--out", str(out), "--params", str(pfile),
                             "--hyper", "{temperature: 2}", "--no-progress"])
     assert r.exit_code == 2 and "--hyper" in r.output and "Traceback" not in r.output
+
+
+def test_plain_student_is_the_ce_alone_with_the_teacher_monitored(train_shards, teacher, student, tmp_path):
+    """method "student": the same run as lix train --role student (same seed: same weights), plus
+    the teacher-student feature CKA logged at each validation (the paper's Fig. 5)."""
+    summary = distill_fit(train_shards, tmp_path, cfg(), dataset="kitti", method="student",
+                          teacher_checkpoint=teacher, progress=False)
+    ckpt = load_checkpoint(tmp_path / "best.pt")
+    assert ckpt["config"]["distill"]["method"] == "student" and ckpt["extra"] == {}
+    plain = load_checkpoint(student)
+    for k, v in plain["model"].items():
+        assert torch.equal(v, ckpt["model"][k]), k
+    assert summary["best_miou"] == pytest.approx(plain["best"]["miou"], abs=1e-12)
+    live = json.loads((tmp_path / "dvclive" / "metrics.json").read_text())
+    cka = live["val"]["cka"]
+    assert set(cka) == {"rgb4", "fused", "decoder", "mean"}
+    assert all(0.0 <= v <= 1.0 for v in cka.values())
+    assert cka["mean"] == pytest.approx((cka["rgb4"] + cka["fused"] + cka["decoder"]) / 3)
+    assert (tmp_path / "dvclive" / "plots" / "metrics" / "val" / "cka" / "mean.tsv").is_file()
+    with pytest.raises(ConfigError, match=r"distill\.hyper\.student"):
+        distill_fit(train_shards, tmp_path / "bad", cfg(), dataset="kitti", method="student",
+                    teacher_checkpoint=teacher, hyper={"temperature": 2}, progress=False)
 
 
 DDP_DISTILL = """

@@ -24,24 +24,34 @@ TINY = {
     "depth": {"vkitti2": {"backend": "ground_truth"}, "kitti": {"backend": "sgbm", "max_disparity": 32},
               "nuimages": {"backend": "ground_truth"}},
     "shards": {d: {"samples_per_shard": 2} for d in ("vkitti2", "kitti", "nuimages")},
-    "train": {d: {"epochs": 1, "batch_size": 2} for d in ("vkitti2", "kitti", "nuimages")},
+    "train": {d: {"epochs": 1, "batch_size": 2, "crop": None} for d in ("vkitti2", "kitti", "nuimages")},
 }
 PREP = ("download", "splits", "depth", "normals", "shards")
 # Two of the three datasets keep this test's DVC mechanics (foreach/matrix over params.yaml's
 # datasets, no-op, targeted reruns) inside the suite's time budget; every reader, nuImages'
 # included, is tested end to end on its own in test_readers.py / test_shards.py.
 PIPELINE_DATASETS = ("vkitti2", "kitti")
-DISTILL = ("distill", "evaluate_distill")
 
 
-def _run(cmd, cwd):
+def _run(cmd, cwd, ok=True):
     res = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stdout + res.stderr
+    if ok:
+        assert res.returncode == 0, res.stdout + res.stderr
     return res.stdout + res.stderr
 
 
 def _ran(log):
-    return sorted(set(re.findall(r"Running stage '([^']+)'", log)))
+    """Stages a `dvc repro` ran, or a `lix sweep` started."""
+    return sorted(set(re.findall(r"Running stage '([^']+)'", log)) | set(re.findall(r"^start\s+(\S+)$", log, re.M)))
+
+
+def _runs(datasets, methods=("student", "lix"), seed=0):
+    return [f"teacher@{d}-mfnet-{seed}" for d in datasets] + [f"student@{d}-mfnet-{m}-{seed}" for d in datasets
+                                                               for m in methods]
+
+
+def _write_params(repo, params):
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
 
 
 @pytest.fixture(scope="module")
@@ -53,12 +63,14 @@ def repo(tmp_path_factory):
         shutil.copytree(REPO / package, d / package, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "dvc.yaml", d / "dvc.yaml")
     shutil.copy(REPO / ".gitignore", d / ".gitignore")
+    (d / "data/cross").mkdir(parents=True)  # tracked, so the report can depend on it when empty
+    shutil.copy(REPO / "data/cross/README.md", d / "data/cross/README.md")
     params = yaml.safe_load((REPO / "params.yaml").read_text())  # DVC wants every key a stage names
     for section, per_dataset in TINY.items():
         for dataset, values in per_dataset.items():
             params[section][dataset] = {**params[section][dataset], **values}
     params["datasets"] = list(PIPELINE_DATASETS)
-    (d / "params.yaml").write_text(yaml.safe_dump(params))
+    _write_params(d, params)
     _run(["git", "init", "-q"], d)
     _run(["dvc", "init", "-q"], d)
     _run(["dvc", "config", "core.analytics", "false"], d)
@@ -69,45 +81,97 @@ def repo(tmp_path_factory):
 
 
 def test_repro_noop_and_targeted_rerun(repo):
-    first = _run(["dvc", "repro"], repo)
+    # the documented parallel runner does the first pass; DVC then agrees that all is done
+    first = _run(["lix", "sweep", "-j", "2"], repo)
     datasets = PIPELINE_DATASETS
-    assert _ran(first) == sorted([f"{s}@{d}" for s in PREP for d in datasets]
-                                 + [f"{s}@{d}-{r}" for s in ("train", "evaluate") for d in datasets
-                                    for r in ("teacher", "student")]
-                                 + [f"{s}@{d}-lix" for s in DISTILL for d in datasets])
+    assert _ran(first) == sorted([f"{s}@{d}" for s in PREP for d in datasets] + _runs(datasets) + ["report"])
     for d in datasets:
         for r in ("teacher", "student", "lix"):
-            assert (repo / "data/eval" / d / r / "metrics.json").is_file()
-    for d in datasets:
+            run = repo / "data/runs" / d / "mfnet" / r / "seed0"
+            assert (run / "metrics.json").is_file() and (run / "best.pt").is_file()
         assert (repo / "data/shards" / d / "manifest.json").is_file()
         assert (repo / "data/previews" / f"{d}.png").is_file()
+    report = (repo / "data/report/README.md").read_text()
+    assert "vKITTI2" in report and "LIX" in report
+    for d in datasets:  # the pictures from real runs: curves, Fig. 5's CKA, the same-image grid, the DWC
+        for fig in ("curves", "cka", "grid", "dwc"):
+            assert (repo / "data/report" / f"{fig}_{d}_mfnet.png").is_file(), (fig, d)
+            assert f"({fig}_{d}_mfnet.png)" in report
     second = _run(["dvc", "repro"], repo)
     assert _ran(second) == [] and "up to date" in second
 
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["normals"]["kitti"]["max_depth"] = 50.0
-    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    _write_params(repo, params)
     third = _run(["dvc", "repro"], repo)
-    kitti_training = sorted([f"{s}@kitti-{r}" for s in ("train", "evaluate") for r in ("teacher", "student")]
-                            + [f"{s}@kitti-lix" for s in DISTILL])
-    assert _ran(third) == sorted(["normals@kitti", "shards@kitti"] + kitti_training)
+    assert _ran(third) == sorted(["normals@kitti", "shards@kitti", *_runs(["kitti"]), "report"])
 
     params["train"]["kitti"]["lr"] = 0.02  # a train.* key reruns only training and what follows
-    (repo / "params.yaml").write_text(yaml.safe_dump(params))
-    fourth = _run(["dvc", "repro"], repo)
-    assert _ran(fourth) == kitti_training
-
     params["distill"]["hyper"]["lix"] = {"w_arfd": 0.5}  # a method's hyper-parameters rerun its runs only
-    params["distill"]["hyper"]["kd"] = {"temperature": 2.0}  # kd is not in distill.methods: nothing
-    (repo / "params.yaml").write_text(yaml.safe_dump(params))
-    fifth = _run(["dvc", "repro"], repo)
-    assert _ran(fifth) == sorted(f"{s}@{d}-lix" for s in DISTILL for d in datasets)
+    params["distill"]["hyper"]["kd"] = {"temperature": 2.0}  # kd is not in sweep.methods: nothing
+    _write_params(repo, params)
+    fourth = _run(["dvc", "repro"], repo)
+    assert _ran(fourth) == sorted([*_runs(["kitti"]), "student@vkitti2-mfnet-lix-0", "report"])
 
     params["shards"]["kitti"]["samples_per_shard"] = 3
-    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    _write_params(repo, params)
     alone = _run(["dvc", "repro", "--single-item", "shards@kitti"], repo)
     assert _ran(alone) == ["shards@kitti"]
     assert len(list((repo / "data/shards/kitti").glob("train-*.h5"))) == 2  # 4 train samples, 3 per shard
+
+
+def test_sweep_isolates_failures_and_resumes_after_an_interruption(repo):
+    """A failing run is reported, its dependants skipped, everything else runs and the report
+    shows it as failed; after Ctrl-C a rerun runs only what had not finished."""
+    import json
+    import signal
+    import time
+
+    _run(["dvc", "repro"], repo)  # everything up to date first
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["sweep"]["methods"] = ["student", "lix", "kd", "at"]
+    params["distill"]["hyper"]["kd"] = {"no_such_key": 1}  # kd fails: an unknown hyper-parameter
+    params["sweep"]["ablations"] = ["dkd~beta=4"]
+    _write_params(repo, params)
+    res = subprocess.run(["lix", "sweep", "-j", "2"], cwd=repo, capture_output=True, text=True, timeout=600)
+    log = res.stdout + res.stderr
+    assert res.returncode == 1, log
+    kd = [f"student@{d}-mfnet-kd-0" for d in PIPELINE_DATASETS]
+    at = [f"student@{d}-mfnet-at-0" for d in PIPELINE_DATASETS]
+    ablations = [f"ablation@{d}-mfnet-dkd~beta=4-0" for d in PIPELINE_DATASETS]
+    assert _ran(log) == sorted(kd + at + ablations + ["report"])  # nothing finished reran
+    for stage in kd:
+        assert re.search(rf"failed\s+{re.escape(stage)}", log)
+    failed = json.loads((repo / "data/runs/kitti/mfnet/kd/seed0/failed.json").read_text())
+    assert "no_such_key" in failed["error"]
+    summary = json.loads((repo / "data/report/summary.json").read_text())
+    assert summary["counts"]["failed"] == 2
+    assert (repo / "data/runs/kitti/mfnet/at/seed0/metrics.json").is_file()
+    assert (repo / "data/runs/kitti/mfnet/dkd~beta=4/seed0/metrics.json").is_file()
+
+    # fix kd (the ablations depend on every hyper entry, so they are out of date too), start the
+    # sweep, interrupt it (Ctrl-C) once the first kd run is recorded, then resume
+    params["distill"]["hyper"]["kd"] = {}
+    _write_params(repo, params)
+    planned = sorted(kd + ablations + ["report"])
+    dry = _run(["lix", "sweep", "--dry"], repo)
+    assert sorted(ln.split()[-1] for ln in dry.splitlines() if ln.strip().startswith("run ")) == planned
+    proc = subprocess.Popen(["lix", "sweep", "-j", "1"], cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not any(s in (repo / "dvc.lock").read_text() for s in kd):
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    interrupted = proc.communicate(timeout=120)[0]
+    # what DVC recorded as finished (the sweep may be stopped between DVC's commit and its own
+    # "done" line; DVC's record is what counts)
+    status = subprocess.run(["dvc", "status", "--json"], cwd=repo, capture_output=True, text=True, timeout=300)
+    remaining = set(json.loads(status.stdout or "{}"))
+    finished = set(planned) - remaining
+    assert remaining <= set(planned) and finished & set(kd) and remaining, interrupted  # a real interruption
+    resumed = _run(["lix", "sweep"], repo)
+    assert _ran(resumed) == sorted(remaining)  # nothing that finished runs again
+    assert _ran(_run(["lix", "sweep"], repo)) == []
 
 
 # Package markers and the root command table hold no stage logic, and lix/config.py only
@@ -116,8 +180,8 @@ def test_repro_noop_and_targeted_rerun(repo):
 # The root table imports every command group, so a stage also imports the other groups' modules
 # (lix/cli_*.py), whose commands import their code lazily: only its own group counts.
 NOT_CODE_DEPS = {"pipeline/__init__.py", "lix/__init__.py", "lix/cli.py", "lix/config.py"}
-COMMAND_GROUP = {"train": "lix/cli_train.py", "evaluate": "lix/cli_train.py", "evaluate_distill": "lix/cli_train.py",
-                 "distill": "lix/cli_distill.py"}  # else lix/cli_prepare.py
+COMMAND_GROUP = {"teacher": "lix/cli_train.py", "student": "lix/cli_distill.py", "ablation": "lix/cli_distill.py",
+                 "report": "lix/cli_report.py"}  # else lix/cli_prepare.py
 
 
 def _stages(repo):
@@ -143,6 +207,9 @@ def _stages(repo):
             for d in datasets:
                 sub = lambda s: s.replace("${item}", d)  # noqa: E731
                 out[f"{name}@{d}"] = (sub(st["do"]["cmd"]), [sub(p) for p in st["do"].get("deps", [])])
+            continue
+        if "matrix" not in st:
+            out[name] = (st["cmd"], list(st.get("deps", [])))
             continue
         axes = {k: values(v) for k, v in st["matrix"].items()}
         for values_ in itertools.product(*axes.values()):
@@ -177,12 +244,12 @@ def _imported_files(cmd, cwd):
 def test_stage_deps_cover_the_code_they_run(repo):
     # The stage commands need their inputs, not up-to-date outputs: after the test above they all
     # exist (a repro here would only retrain kitti after its last shards change).
-    if not (repo / "data/runs/kitti/teacher/best.pt").is_file():
+    if not (repo / "data/runs/kitti/mfnet/teacher/seed0/best.pt").is_file():
         _run(["dvc", "repro"], repo)
     gaps = {}
     for stage, (cmd, deps) in _stages(repo).items():
-        if "@kitti" not in stage or stage.endswith("-student"):
-            continue  # the same code per dataset and role; one is enough
+        if stage != "report" and ("@kitti" not in stage or stage.endswith("-student-0")):
+            continue  # the same code per dataset and method; one is enough
         own = COMMAND_GROUP.get(stage.split("@")[0], "lix/cli_prepare.py")
         other_groups = {str(p.relative_to(REPO)) for p in (REPO / "lix").glob("cli_*.py")} - {own, "lix/cli_common.py"}
         missing = sorted(f for f in _imported_files(cmd, repo) - NOT_CODE_DEPS - other_groups

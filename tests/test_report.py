@@ -78,9 +78,9 @@ def runs(tmp_path_factory):
     for beta, base in ((2, 0.55), (8, 0.57)):
         for seed in (0, 1):
             m = _metrics("kitti", "mfnet", f"b{beta}", seed, base)
-            _write(root, "kitti", "mfnet", f"lix@controller=fixed,beta={beta}", seed, m)
-            known.setdefault(("kitti", "mfnet", f"lix@controller=fixed,beta={beta}"), {})[seed] = m
-    _write(root, "kitti", "mfnet", "dwld@dwc_inputs=softmax", 0, _metrics("kitti", "mfnet", "dw", 0, 0.5),
+            _write(root, "kitti", "mfnet", f"lix~controller=fixed,beta={beta}", seed, m)
+            known.setdefault(("kitti", "mfnet", f"lix~controller=fixed,beta={beta}"), {})[seed] = m
+    _write(root, "kitti", "mfnet", "dwld~dwc_inputs=softmax", 0, _metrics("kitti", "mfnet", "dw", 0, 0.5),
            hyper={"dwc_inputs": "softmax"})
     (root / "overhead.json").write_text(json.dumps({"mfnet": {"kd": {"time_ratio": 1.07, "memory_ratio": 1.02},
                                                               "lix": {"time_ratio": 1.234, "memory_ratio": 1.5}}}))
@@ -127,8 +127,8 @@ DS = {"kitti": "KITTI", "vkitti2": "vKITTI2"}
 
 def test_parse_method():
     assert parse_method("lix") == ("lix", {})
-    assert parse_method("lix@controller=fixed,beta=2") == ("lix", {"controller": "fixed", "beta": "2"})
-    for bad in ("lix@", "lix@beta", "@beta=2", "lix@beta=2,beta=3"):
+    assert parse_method("lix~controller=fixed,beta=2") == ("lix", {"controller": "fixed", "beta": "2"})
+    for bad in ("lix~", "lix~beta", "~beta=2", "lix~beta=2,beta=3"):
         with pytest.raises(ValueError):
             parse_method(bad)
 
@@ -142,7 +142,7 @@ def test_main_table_cells_reproduce_the_runs(runs, report):
         assert head[2:7] == [f"MFNet {LABEL[k]}" for k in METRICS] + ["MFNet n"]
         srows = {r["method"]: r for r in summary["datasets"][ds]["main"]}
         for (d, model, method), seeds in known.items():
-            if d != ds or "@" in method or not seeds:
+            if d != ds or "~" in method or not seeds:
                 continue
             row = rows[DISPLAY[method]]
             for k in METRICS:
@@ -195,7 +195,7 @@ def test_bold_marks_the_best_student_side_mean(runs, report):
                 col = f"{MODEL[model]} {LABEL[k]}"
                 means = {DISPLAY[me]: round(float(np.mean([m[k] * 100 for m in seeds.values()])), 2)
                          for (d, mo, me), seeds in known.items()
-                         if d == ds and mo == model and "@" not in me and me != "teacher" and seeds}
+                         if d == ds and mo == model and "~" not in me and me != "teacher" and seeds}
                 best = max(means.values())
                 for name, row in rows.items():
                     bold = row[col].startswith("**")
@@ -247,7 +247,7 @@ def test_paired_comparison_and_honest_line(runs, report):
     for ds in PLAN:
         for model in PLAN[ds]:
             means = {me: np.mean([m["miou"] for m in seeds.values()]) for (d, mo, me), seeds in known.items()
-                     if d == ds and mo == model and "@" not in me and me != "teacher" and seeds}
+                     if d == ds and mo == model and "~" not in me and me != "teacher" and seeds}
             is_best = max(means, key=means.get) == "lix"
             line = next(ln for ln in md.splitlines() if ln.startswith(f"* **{DS[ds]}, {MODEL[model]}**"))
             assert ("LIX has the best mean mIoU" in line) == is_best
@@ -262,12 +262,12 @@ def test_ablations_overhead_and_paper_note(runs, report):
     out, summary, md = report
     # ablation runs stay out of the main table
     _, rows = _main_table(md, "KITTI")
-    assert not any("@" in name or "β" in name for name in rows)
+    assert not any("~" in name or "β" in name for name in rows)
     head, rows = _section_table(md, "### KITTI: fixed β vs the dynamic weight controller")
     by = {r[1]: dict(zip(head, r)) for r in rows}
     assert list(by) == ["2 (fixed)", "8 (fixed)", "DWC (main run)"]
     for beta in (2, 8):
-        vals = [m["miou"] for m in known[("kitti", "mfnet", f"lix@controller=fixed,beta={beta}")].values()]
+        vals = [m["miou"] for m in known[("kitti", "mfnet", f"lix~controller=fixed,beta={beta}")].values()]
         assert by[f"{beta} (fixed)"]["MFNet mIoU"].replace("**", "") == _expected(vals)
     lix = [m["miou"] for m in known[("kitti", "mfnet", "lix")].values()]
     assert by["DWC (main run)"]["MFNet mIoU"].replace("**", "") == _expected(lix)
@@ -283,7 +283,10 @@ def test_ablations_overhead_and_paper_note(runs, report):
     assert "Tables I–III" in md and "to be added" in md
     saved = json.loads((out / "summary.json").read_text())
     assert saved["datasets"]["kitti"]["main"][0]["method"] == "teacher"
-    assert saved["plots"] == ["beta_sweep_kitti.png"]
+    # the fake runs carry no dvclive logs or checkpoints: the β sweep and (empty) training curves only
+    assert saved["plots"] == sorted(["beta_sweep_kitti.png"] + [f"curves_{ds}_{m}.png" for ds, d in
+                                                                 saved["datasets"].items() for m in d["models"]])
+    assert all("figure was not drawn" not in n for n in saved["notes"])
 
 
 def _cli():
@@ -313,15 +316,15 @@ def test_cli(runs, tmp_path):
 
 def test_kernel_grid_beta_by_config_and_plots(tmp_path):
     root = tmp_path / "runs"
-    miou = {"arfd": [0.50, 0.52], "arfd@kernel=gaussian": [0.61], "arfd@consistency=cosine": [0.55],
-            "arfd@kernel=gaussian,consistency=cosine": [0.58], "student": [0.45, 0.47]}
+    miou = {"arfd": [0.50, 0.52], "arfd~kernel=gaussian": [0.61], "arfd~consistency=cosine": [0.55],
+            "arfd~kernel=gaussian,consistency=cosine": [0.58], "student": [0.45, 0.47]}
     for method, vals in miou.items():
         for seed, v in enumerate(vals):
             m = {**_metrics("nuimages", "mfnet", method, seed, v), "miou": v}
             _write(root, "nuimages", "mfnet", method, seed, m)
-    _write(root, "nuimages", "mfnet", "lix@beta=4", 0, _metrics("nuimages", "mfnet", "b4", 0, 0.5),
+    _write(root, "nuimages", "mfnet", "lix~beta=4", 0, _metrics("nuimages", "mfnet", "b4", 0, 0.5),
            hyper={"controller": "fixed"})
-    _write(root, "nuimages", "mfnet", "lix@beta=6", 0, _metrics("nuimages", "mfnet", "b6", 0, 0.5))
+    _write(root, "nuimages", "mfnet", "lix~beta=6", 0, _metrics("nuimages", "mfnet", "b6", 0, 0.5))
     _write(root, "nuimages", "mfnet", "student", 2, _metrics("nuimages", "mfnet", "student", 2, 0.46),
            failed="an earlier attempt")  # metrics.json wins over a stale failed.json
     out = tmp_path / "out"
@@ -340,9 +343,34 @@ def test_kernel_grid_beta_by_config_and_plots(tmp_path):
     head, rows = _section_table(md, "### nuImages: fixed β")
     assert [r[1] for r in rows] == ["4 (fixed)"]  # controller=fixed from config.json
     head, rows = _section_table(md, "### nuImages: other ablations")
-    assert [r[0] for r in rows] == ["`lix@beta=6`"]  # beta under the DWC: not a fixed-β run
+    assert [r[0] for r in rows] == ["`lix~beta=6`"]  # beta under the DWC: not a fixed-β run
     _, main = _main_table(md, "nuImages")
     assert main["Student (RGB)"]["MFNet n"] == "3/3"
     assert summary["counts"]["failed"] == 0
     assert "LIX has no finished run" in md
     assert not list(out.glob("*.png")) and "beta_sweep" not in md
+
+
+def test_cross_dataset_table_from_known_metrics(tmp_path):
+    """<cross>/<source>-to-<target>/<model>/<method>/seed<k>/metrics.json -> one table per pair:
+    mean ± sample std over the finished seeds, a failed seed shown as such, the common classes."""
+    runs, cross = tmp_path / "runs", tmp_path / "cross"
+    _write(runs, "vkitti2", "mfnet", "student", 0, _metrics("vkitti2", "mfnet", "student", 0, 0.5))
+    known = {"student": [0.30, 0.34], "lix": [0.40, 0.41]}
+    for method, values in known.items():
+        for seed, v in enumerate(values):
+            m = {"miou": v, "mfsc": v + 0.1, "common_classes": ["road", "car", "truck"]}
+            _write(cross, "vkitti2-to-nuimages", "mfnet", method, seed, m)
+    _write(cross, "vkitti2-to-nuimages", "mfnet", "lix", 2, failed="boom")
+    s = write_report(runs, tmp_path / "out", plots=False, cross_root=cross)
+    rows = {r["method"]: r["cells"] for r in s["cross"]["vkitti2-to-nuimages"]["rows"]}
+    for method, values in known.items():
+        cell = rows[method]["metrics"]["miou"]
+        assert cell["mean"] == pytest.approx(100 * np.mean(values))
+        assert cell["std"] == pytest.approx(100 * np.std(values, ddof=1))
+    assert rows["lix"]["seeds"]["failed"] == [2] and rows["lix"]["n_ok"] == 2
+    md = (tmp_path / "out" / "README.md").read_text()
+    assert "### vKITTI2 → nuImages" in md and "Common classes (3): road, car, truck." in md
+    line = next(ln for ln in md.splitlines() if ln.startswith("| LIX | MFNet"))
+    assert f"**{100 * np.mean(known['lix']):.2f}** ± {100 * np.std(known['lix'], ddof=1):.2f}" in line
+    assert "1 failed" in line or "failed" in line

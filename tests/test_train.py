@@ -263,7 +263,8 @@ def test_cli_train_then_evaluate(shards, tmp_path):
     from lix.cli import app
 
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["train"]["kitti"] |= {"epochs": 2, "batch_size": 2, "num_workers": 0, "device": "cpu", "lr": 0.05}
+    params["train"]["kitti"] |= {"epochs": 2, "batch_size": 2, "num_workers": 0, "device": "cpu", "lr": 0.05,
+                                 "crop": None}
     pfile = tmp_path / "params.yaml"
     pfile.write_text(yaml.safe_dump(params))
     runner = CliRunner()
@@ -271,16 +272,20 @@ def test_cli_train_then_evaluate(shards, tmp_path):
     r = runner.invoke(app, ["train", "--dataset", "kitti", "--role", "student", "--model", "tiny_seg", "--out", str(run),
                             "--shards", str(shards), "--params", str(pfile), "--no-progress"])
     assert r.exit_code == 0, r.output
-    assert "kitti student (tiny_seg): 2 epochs, stopped: max_epochs" in r.output
-    for f in ("last.pt", "best.pt", "model.safetensors", "config.json", "metrics.json"):
+    assert "kitti student (tiny_seg, seed 0): 2 epochs, stopped: max_epochs" in r.output
+    # --evaluate (the default): best.pt evaluated into the run directory
+    for f in ("last.pt", "best.pt", "model.safetensors", "config.json", "summary.json", "metrics.json",
+              "confusion.png", "predictions.png"):
         assert (run / f).is_file(), f
     live = json.loads((run / "dvclive" / "metrics.json").read_text())
     assert live["step"] == 2 and {"miou", "mfsc", "pixel_acc"} <= set(live["val"])
     assert {"loss", "ce", "samples_per_s"} <= set(live["train"]) and live["lr"] == pytest.approx(0.05 * 0.95)
     tsv = (run / "dvclive" / "plots" / "metrics" / "val" / "miou.tsv").read_text().splitlines()
     assert [ln.split("\t")[0] for ln in tsv] == ["step", "1", "2"]
-    summary = json.loads((run / "metrics.json").read_text())
+    summary = json.loads((run / "summary.json").read_text())
     assert summary["epochs"] == 2 and summary["stopped"] == "max_epochs"
+    assert json.loads((run / "metrics.json").read_text())["miou"] == pytest.approx(summary["best_miou"], abs=1e-12)
+    assert not (run / "failed.json").exists()
 
     ev = tmp_path / "eval"
     r = runner.invoke(app, ["evaluate", "--checkpoint", str(run / "best.pt"), "--dataset", "kitti", "--out", str(ev),
@@ -305,6 +310,22 @@ def test_cli_train_then_evaluate(shards, tmp_path):
     r = runner.invoke(app, ["evaluate", "--checkpoint", str(bad), "--dataset", "kitti", "--out", str(ev),
                             "--shards", str(shards), "--no-progress"])
     assert r.exit_code == 2 and "bad.pt: not a readable checkpoint" in r.output and "Traceback" not in r.output
+
+
+def test_a_failed_run_leaves_failed_json_naming_the_problem(tmp_path):
+    """What a sweep's report shows for a run that failed: its run directory holds failed.json
+    with the error (and no metrics); the command exits non-zero with one red line."""
+    from typer.testing import CliRunner
+
+    from lix.cli import app
+
+    run = tmp_path / "run"
+    r = CliRunner().invoke(app, ["train", "--dataset", "kitti", "--role", "teacher", "--out", str(run), "--shards",
+                                 str(tmp_path / "no_shards"), "--params", str(ROOT / "params.yaml"), "--no-progress"])
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    failed = json.loads((run / "failed.json").read_text())
+    assert "no_shards" in failed["error"] and failed["type"] == "DataError"
+    assert not (run / "metrics.json").exists()
 
 
 def test_early_stopping_on_val_miou(shards, tmp_path):

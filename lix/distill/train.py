@@ -36,10 +36,12 @@ from torch import nn
 
 from lix.checkpoint import load_checkpoint, save_checkpoint
 from lix.config import TrainConfig, from_dict
-from lix.distill.base import DistillBatch, Distiller, create_distiller
+from lix.config import PLAIN_STUDENT
+from lix.distill.base import DEFAULT_TAPS, DistillBatch, Distiller, create_distiller
+from lix.distill.monitor import FeatureCKAMonitor
 from lix.models.taps import FeatureTaps
-from lix.train import (DistInfo, Inputs, Task, _autocast, _Bar, build_model, cross_entropy, fit, load_run,
-                       prepare_batch)
+from lix.train import (DistInfo, Inputs, Supervised, Task, _autocast, _Bar, build_model, cross_entropy, fit,
+                       load_run, prepare_batch)
 from pipeline.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -133,26 +135,37 @@ class DistillTaskFactory:
         self.pretrain_lr = pretrain_lr
 
     def __call__(self, student: nn.Module, inputs: Inputs, d: DistInfo, *, cfg: TrainConfig, train_loader,
-                 out_dir: Path, resumed: bool, progress: bool = True) -> Task:
+                 out_dir: Path, resumed: bool, progress: bool = True, val_loader=None) -> Task:
         names = list(train_loader.dataset.class_names)
         teacher, t_inputs, t_config = load_teacher(self.teacher_checkpoint, names, d.device)
         if type(teacher) is not type(student):
             raise ConfigError("train.model", f"the student is {type(student).__name__} but the teacher "
                                              f"{self.teacher_checkpoint} is {type(teacher).__name__}; "
                                              f"distillation pairs one family")
+        digest = file_digest(self.teacher_checkpoint)
+        teacher_config = {"teacher": str(self.teacher_checkpoint), "teacher_sha256": digest,
+                          "teacher_x": t_config["x"], "teacher_model": t_config["train"]["model"]}
+        family = type(student).__name__
+        monitor = (FeatureCKAMonitor(teacher, t_inputs, inputs, DEFAULT_TAPS[family], val_loader, d.device)
+                   if val_loader is not None and family in DEFAULT_TAPS and d.is_main else None)
+        if self.method == PLAIN_STUDENT:  # the CE alone; the teacher only for the Fig. 5 monitor
+            if self.hyper:
+                raise ConfigError(f"distill.hyper.{PLAIN_STUDENT}", f"the plain student takes no hyper-parameters, "
+                                                                    f"got {sorted(self.hyper)}")
+            config = {"distill": {"method": PLAIN_STUDENT, "hyper": {}, **teacher_config}}
+            return Task(student, student, Supervised(inputs, d.world_size), inputs, config=config, monitor=monitor)
         distiller = create_distiller(self.method, student, teacher, **self.hyper)
         module = StudentWithDistiller(student, distiller, teacher, inputs, t_inputs, d.world_size)
         module.to(d.device)
-        digest = file_digest(self.teacher_checkpoint)
         if distiller.needs_pretrain:
             if not resumed:
                 self._pretrain(module, cfg, train_loader, out_dir, digest, d, progress)
             distiller.after_pretrain()
         config = {"distill": {"method": self.method, "hyper": _json_value(self.hyper),
                               "taps": list(distiller.spec.taps), "loss_weights": dict(distiller.loss_weights),
-                              "teacher": str(self.teacher_checkpoint), "teacher_sha256": digest,
-                              "teacher_x": t_config["x"], "teacher_model": t_config["train"]["model"]}}
-        return Task(module, student, _call_module, inputs, extra={"distiller": distiller}, config=config)
+                              **teacher_config}}
+        return Task(module, student, _call_module, inputs, extra={"distiller": distiller}, config=config,
+                    monitor=monitor)
 
     def _pretrain(self, module: StudentWithDistiller, cfg: TrainConfig, loader, out_dir: Path, digest: str,
                   d: DistInfo, progress: bool) -> None:
