@@ -96,7 +96,7 @@ def distill_cmd(
                   f"{summary['stopped']}, best val mIoU {100 * summary['best_miou']:.2f} % at epoch "
                   f"{summary['best_epoch']} -> {out_dir}")
         if evaluate:
-            evaluate_run(out_dir, shard_dir, progress)
+            evaluate_run(out_dir, shard_dir, progress, summary.get("best_val"))
     except Exception as e:
         from lix.cli_common import record_failure
 

@@ -48,21 +48,22 @@ def train_cmd(
         out.print(f"[green]{d}[/] {role.value} ({cfg.model}, seed {cfg.seed}): {summary['epochs']} epochs, stopped: "
                   f"{summary['stopped']}, best val mIoU {100 * best:.2f} % at epoch {summary['best_epoch']} -> {out_dir}")
         if evaluate:
-            evaluate_run(out_dir, shard_dir, progress)
+            evaluate_run(out_dir, shard_dir, progress, summary.get("best_val"))
     except Exception as e:
         record_failure(out_dir, e)
         raise
 
 
-def evaluate_run(out_dir: Path, shard_dir: Path, progress: bool) -> dict:
-    """Evaluate ``<out_dir>/best.pt`` into ``out_dir`` (lix train/distill --evaluate); rank 0 only."""
+def evaluate_run(out_dir: Path, shard_dir: Path, progress: bool, best_val: dict | None = None) -> dict:
+    """Evaluate ``<out_dir>/best.pt`` into ``out_dir`` (lix train/distill --evaluate); rank 0 only.
+    ``best_val``: the trainer's own evaluation of those weights (fit's summary), reused."""
     import os
 
     from lix.train import evaluate_checkpoint
 
     if int(os.environ.get("RANK", "0")) != 0:
         return {}
-    m = evaluate_checkpoint(out_dir / "best.pt", shard_dir, out_dir, progress=progress)
+    m = evaluate_checkpoint(out_dir / "best.pt", shard_dir, out_dir, progress=progress, metrics=best_val)
     out.print(f"val mIoU {100 * m['miou']:.2f} %, mFsc {100 * m['mfsc']:.2f} % -> {out_dir / 'metrics.json'}")
     return m
 

@@ -484,6 +484,7 @@ def _fit(shard_dir: Path, out_dir: Path, cfg: TrainConfig, dataset: str, role: s
     epoch = step = bad_evals = 0
     history: list[dict] = []
     best = {"miou": -1.0, "epoch": 0}
+    best_val = None  # the full val metrics of the best epoch, when this process evaluated it
     if resumed:
         ckpt = load_checkpoint(last)
         check_resume_config(last, ckpt["config"], config)
@@ -533,14 +534,16 @@ def _fit(shard_dir: Path, out_dir: Path, cfg: TrainConfig, dataset: str, role: s
             improved = False
             if epoch % cfg.eval_every == 0 or epoch >= cfg.epochs:
                 t0 = time.perf_counter()
-                metrics = scalar_metrics(evaluate(plain, val_loader, inputs, len(class_names), d=d, amp=amp,
-                                                  channels_last=channels_last, progress=progress))
+                full = evaluate(plain, val_loader, inputs, len(class_names), d=d, amp=amp,
+                                channels_last=channels_last, progress=progress)
+                metrics = scalar_metrics(full)
                 record |= {f"val/{k}": v for k, v in metrics.items()} | {"val/seconds": time.perf_counter() - t0}
                 if task.monitor is not None:
                     record |= {f"val/{k}": v for k, v in task.monitor(plain).items()}
                 improved = metrics["miou"] > best["miou"]
                 if improved:
                     best, bad_evals = {"miou": metrics["miou"], "epoch": epoch}, 0
+                    best_val = {"epoch": epoch, **full}
                 else:
                     bad_evals += 1
             history.append(record)
@@ -566,6 +569,12 @@ def _fit(shard_dir: Path, out_dir: Path, cfg: TrainConfig, dataset: str, role: s
     if d.is_main:
         _write_json(out_dir / "summary.json", summary)
     _barrier(d)
+    # not in summary.json: the confusion matrix of best.pt's own evaluation, so that the CLI's
+    # evaluate_checkpoint need not run the val split again (on the CPU it equals a fresh pass: the
+    # same weights, the same deterministic pass; tests/test_train.py checks; on CUDA the trainer's
+    # pass used channels_last, a difference of rounding only)
+    if best_val is not None and best_val["epoch"] == best["epoch"]:
+        summary = {**summary, "best_val": best_val}
     return summary
 
 
@@ -592,11 +601,13 @@ def load_run(checkpoint: str | Path) -> tuple[dict, dict]:
 
 
 def evaluate_checkpoint(checkpoint: str | Path, shard_dir: str | Path, out_dir: str | Path, *, rows: int = 4,
-                        device: str = "auto", progress: bool = True, verify: str = "size") -> dict:
+                        device: str = "auto", progress: bool = True, verify: str = "size",
+                        metrics: dict | None = None) -> dict:
     """Evaluate a trained model on the val split of ``shard_dir``: ``metrics.json`` (scalars and
     per-class IoU/F1 by class name, the confusion matrix), ``confusion.png`` and
     ``predictions.png`` (RGB | ground truth | prediction for the first ``rows`` val samples, in
-    the dataset's colours). Returns the metrics written."""
+    the dataset's colours). ``metrics``: :func:`evaluate`'s result for exactly these weights on
+    this split (``fit``'s ``best_val``), used instead of a second pass. Returns the metrics written."""
     from lix.metrics import plot_confusion
 
     state, config = load_run(checkpoint)
@@ -610,8 +621,9 @@ def evaluate_checkpoint(checkpoint: str | Path, shard_dir: str | Path, out_dir: 
     model.load_state_dict(state)
     model.to(d.device).eval()
     inputs = Inputs.from_config(cfg, config["role"])
-    loader = DataLoader(val, batch_size=cfg.batch_size, shuffle=False)
-    metrics = evaluate(model, loader, inputs, config["n_classes"], d=d, amp=cfg.amp, progress=progress)
+    if metrics is None:
+        loader = DataLoader(val, batch_size=cfg.batch_size, shuffle=False)
+        metrics = evaluate(model, loader, inputs, config["n_classes"], d=d, amp=cfg.amp, progress=progress)
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -293,6 +293,9 @@ def test_cli_train_then_evaluate(shards, tmp_path):
     assert r.exit_code == 0, r.output
     m = json.loads((ev / "metrics.json").read_text())
     assert m["miou"] == pytest.approx(summary["best_miou"], abs=1e-12)  # best.pt is the best evaluation
+    # the run's own metrics.json reused the trainer's pass over best.pt's weights: the same matrix
+    # as evaluating the checkpoint afresh
+    assert json.loads((run / "metrics.json").read_text())["matrix"] == m["matrix"]
     assert len(m["per_class_iou"]) == 19 and len(m["matrix"]) == 19
     from pipeline.imageio import read_rgb
 
