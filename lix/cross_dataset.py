@@ -1,7 +1,7 @@
 """Generalisation across datasets: an RGB-only student trained on dataset A, evaluated on the
 val split of dataset B over the classes the two label spaces share.
 
-    evaluate_cross("data/runs/kitti/student/best.pt", "vkitti2", "data/shards/vkitti2", "out/")
+    evaluate_cross("data/runs/kitti/mfnet/student/seed0/best.pt", "vkitti2", "data/shards/vkitti2", "out/")
 
 The common label space
 ----------------------

@@ -2,7 +2,7 @@
 method's distiller, trained as one module.
 
     distill_fit(shard_dir, out_dir, cfg, dataset="kitti", method="lix",
-                teacher_checkpoint="data/runs/kitti/teacher/best.pt", hyper={...})
+                teacher_checkpoint="data/runs/kitti/mfnet/teacher/seed0/best.pt", hyper={...})
 
 Each step: the teacher (loaded from its run's checkpoint, frozen, eval mode, under ``no_grad``)
 and the student see the same augmented batch (the teacher RGB + X, the student RGB);
