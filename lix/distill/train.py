@@ -35,8 +35,7 @@ import torch.distributed as torch_dist
 from torch import nn
 
 from lix.checkpoint import load_checkpoint, save_checkpoint
-from lix.config import TrainConfig, from_dict
-from lix.config import PLAIN_STUDENT
+from lix.config import PLAIN_STUDENT, TrainConfig, from_dict
 from lix.distill.base import DEFAULT_TAPS, DistillBatch, Distiller, create_distiller
 from lix.distill.monitor import FeatureCKAMonitor
 from lix.models.taps import FeatureTaps
