@@ -20,6 +20,10 @@ reruns what it affects.
 * **Lock contention**: DVC takes the repository lock briefly before and after each command; a
   process that finds it taken fails with "Unable to acquire lock" and is retried after a short,
   random wait (this is DVC's documented behaviour, not a failure of the run).
+* **Stopping**: Ctrl-C or SIGTERM (a batch scheduler's stop) stops every running stage — each
+  ``dvc repro`` runs in its own process group, which receives SIGINT (as a terminal's Ctrl-C
+  would: DVC does not record the stage, the run's command stops), then SIGKILL after a grace
+  period — so no stage command outlives the sweep and races the next one over its outputs.
 * ``--filter GLOB`` restricts the sweep to matching stages (plus what they need), e.g.
   ``'*-mfnet-*-1'`` for seed 1 — the way to spread one matrix over machines sharing a DVC
   remote (README).
@@ -33,6 +37,7 @@ import fnmatch
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 import time
@@ -225,8 +230,10 @@ class _Job:
         self.log = log_dir / f"{_safe_name(stage)}.log"
         self.log.parent.mkdir(parents=True, exist_ok=True)
         self._fh = open(self.log, "w", encoding="utf-8")
+        # its own process group, so that stopping it reaches the stage's command too (dvc's
+        # children would otherwise outlive a terminated dvc)
         self.proc = subprocess.Popen(argv, cwd=repo_dir, stdout=self._fh, stderr=subprocess.STDOUT,
-                                     env=slot_env(slot, jobs))
+                                     env=slot_env(slot, jobs), start_new_session=os.name == "posix")
 
     def poll(self) -> int | None:
         rc = self.proc.poll()
@@ -237,27 +244,76 @@ class _Job:
     def lock_contention(self) -> bool:
         return LOCK_ERROR in self.log.read_text(encoding="utf-8", errors="replace")
 
-    def terminate(self) -> None:
+    def _signal_group(self, sig: int) -> None:
+        try:
+            if os.name == "posix":
+                os.killpg(self.proc.pid, sig)
+            else:
+                self.proc.send_signal(sig)
+        except (ProcessLookupError, PermissionError):
+            pass  # already gone
+
+    def terminate(self, grace_s: float = 30.0) -> None:
+        """Stop the job and everything it started: SIGINT to its process group (Ctrl-C's
+        semantics, which DVC and the trainer handle), SIGKILL to the group after ``grace_s``."""
         if self.proc.poll() is None:
-            self.proc.terminate()
+            self._signal_group(signal.SIGINT)
             try:
-                self.proc.wait(timeout=30)
+                self.proc.wait(timeout=grace_s)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                pass
+        # the group may outlive its leader (a stage command still writing): kill what is left
+        self._signal_group(signal.SIGKILL)
+        self.proc.wait()
         self._fh.close()
+
+
+class _StopOnSigterm:
+    """While active, SIGTERM raises KeyboardInterrupt (so the runner stops its jobs as on
+    Ctrl-C); the previous handler is restored on exit. A no-op outside the main thread."""
+
+    def __enter__(self):
+        self._old = None
+        try:
+            self._old = signal.signal(signal.SIGTERM, self._raise)
+        except ValueError:  # not the main thread
+            pass
+        return self
+
+    @staticmethod
+    def _raise(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGTERM, self._old)
+        return False
 
 
 def run_plan(p: Plan, repo_dir: str | Path = ".", jobs: int = 1, *, log_dir: str | Path | None = None,
              dvc: list[str] | None = None, on_event: Callable[[str, str, str], None] | None = None,
              lock_retries: int = 120, poll_s: float = 0.2) -> Outcome:
     """Run the stages of ``p.todo`` in dependency order, ``jobs`` at a time (see the module
-    docstring). ``on_event(kind, stage, detail)`` with kind start | done | failed | skipped."""
+    docstring). ``on_event(kind, stage, detail)`` with kind start | done | failed | skipped.
+    Ctrl-C or SIGTERM stops every running job (its whole process group) and re-raises."""
     if jobs < 1:
         raise ConfigError("--jobs", f"must be >= 1, got {jobs}")
     repo_dir = Path(repo_dir)
     log_dir = Path(log_dir) if log_dir else repo_dir / "data" / "logs" / "sweep"
-    dvc = dvc or ["dvc"]
-    event = on_event or (lambda *_: None)
+    running: dict[int, _Job] = {}
+    try:
+        with _StopOnSigterm():
+            return _run(p, repo_dir, jobs, log_dir, dvc or ["dvc"], on_event or (lambda *_: None), lock_retries,
+                        poll_s, running)
+    except BaseException:
+        for job in running.values():
+            job.terminate()
+        raise
+
+
+def _run(p: Plan, repo_dir: Path, jobs: int, log_dir: Path, dvc: list[str], event: Callable[[str, str, str], None],
+         lock_retries: int, poll_s: float, running: dict[int, _Job]) -> Outcome:
+    """run_plan's loop; ``running`` (slot -> job) is the caller's, so that it can stop them."""
     out = Outcome(up_to_date=[s for s in p.order if s not in p.todo])
     pending = [s for s in p.order if s in p.todo]
     # the report runs last, over whatever finished, even when something upstream failed
@@ -266,58 +322,53 @@ def run_plan(p: Plan, repo_dir: str | Path = ".", jobs: int = 1, *, log_dir: str
         pending.remove(REPORT_STAGE)
     finished: set[str] = set(out.up_to_date)
     blocked_by: dict[str, str] = {}
-    running: dict[int, _Job] = {}
     retries: dict[str, int] = {}
     not_before: dict[str, float] = {}
-    try:
-        while pending or running:
-            for slot, job in list(running.items()):
-                rc = job.poll()
-                if rc is None:
-                    continue
-                del running[slot]
-                if rc != 0 and job.lock_contention() and retries.get(job.stage, 0) < lock_retries:
-                    retries[job.stage] = retries.get(job.stage, 0) + 1
-                    not_before[job.stage] = time.monotonic() + random.uniform(0.5, 2.0)
-                    pending.insert(0, job.stage)
-                elif rc != 0:
-                    out.failed[job.stage] = str(job.log)
-                    event("failed", job.stage, str(job.log))
-                else:
-                    finished.add(job.stage)
-                    out.ran.append(job.stage)
-                    event("done", job.stage, str(job.log))
-            # anything downstream of a failure is skipped
-            for s in list(pending):
-                bad = next((u for u in p.upstream.get(s, ()) if u in out.failed or u in out.skipped), None)
-                if bad is not None:
-                    pending.remove(s)
-                    root = blocked_by.get(bad, bad)
-                    blocked_by[s] = root
-                    out.skipped[s] = root
-                    event("skipped", s, root)
-            now = time.monotonic()
-            free = [k for k in range(jobs) if k not in running]
-            for s in list(pending):
-                if not free:
-                    break
-                if not_before.get(s, 0.0) > now or not p.upstream.get(s, set()) <= finished:
-                    continue
+    while pending or running:
+        for slot, job in list(running.items()):
+            rc = job.poll()
+            if rc is None:
+                continue
+            del running[slot]
+            if rc != 0 and job.lock_contention() and retries.get(job.stage, 0) < lock_retries:
+                retries[job.stage] = retries.get(job.stage, 0) + 1
+                not_before[job.stage] = time.monotonic() + random.uniform(0.5, 2.0)
+                pending.insert(0, job.stage)
+            elif rc != 0:
+                out.failed[job.stage] = str(job.log)
+                event("failed", job.stage, str(job.log))
+            else:
+                finished.add(job.stage)
+                out.ran.append(job.stage)
+                event("done", job.stage, str(job.log))
+        # anything downstream of a failure is skipped
+        for s in list(pending):
+            bad = next((u for u in p.upstream.get(s, ()) if u in out.failed or u in out.skipped), None)
+            if bad is not None:
                 pending.remove(s)
-                slot = free.pop(0)
-                running[slot] = _Job(s, slot, repo_dir, log_dir, jobs, [*dvc, "repro", "--single-item", s])
-                event("start", s, str(running[slot].log))
-            if running or pending:
-                time.sleep(poll_s)
-    except BaseException:
-        for job in running.values():
-            job.terminate()
-        raise
+                root = blocked_by.get(bad, bad)
+                blocked_by[s] = root
+                out.skipped[s] = root
+                event("skipped", s, root)
+        now = time.monotonic()
+        free = [k for k in range(jobs) if k not in running]
+        for s in list(pending):
+            if not free:
+                break
+            if not_before.get(s, 0.0) > now or not p.upstream.get(s, set()) <= finished:
+                continue
+            pending.remove(s)
+            slot = free.pop(0)
+            running[slot] = _Job(s, slot, repo_dir, log_dir, jobs, [*dvc, "repro", "--single-item", s])
+            event("start", s, str(running[slot].log))
+        if running or pending:
+            time.sleep(poll_s)
     if report_last:
-        job = _Job(REPORT_STAGE, 0, repo_dir, log_dir, 1, [*dvc, "repro", "--single-item", REPORT_STAGE])
+        running[0] = job = _Job(REPORT_STAGE, 0, repo_dir, log_dir, 1, [*dvc, "repro", "--single-item", REPORT_STAGE])
         event("start", REPORT_STAGE, str(job.log))
         while job.poll() is None:
             time.sleep(poll_s)
+        del running[0]
         if job.proc.returncode == 0:
             out.ran.append(REPORT_STAGE)
             event("done", REPORT_STAGE, str(job.log))

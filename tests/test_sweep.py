@@ -39,6 +39,11 @@ if stage in cfg.get("lock_once", []) and not lock_file.exists():
     print("ERROR: Unable to acquire lock. Most likely another DVC process is running")
     sys.exit(1)
 log("start")
+if stage in cfg.get("hang", []):  # a stage command (grandchild of the sweep) that runs on
+    import subprocess
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    (root / f"child_{stage}").write_text(str(child.pid))
+    child.wait()
 time.sleep(cfg.get("sleep", 0.3))
 if stage in cfg.get("fail", []):
     print(f"ERROR: failed to reproduce '{stage}'")
@@ -136,3 +141,48 @@ def test_set_params_edits_in_place_keeps_comments_and_refuses_bad_values(tmp_pat
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
             set_params(p, [bad])
     assert p.read_text() == after  # a refused edit leaves the file as it was
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie (exited, not yet reaped by its parent) counts as gone
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().split(") ", 1)[1].startswith("Z"))
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="process groups and /proc")
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_stopping_the_sweep_stops_every_stage_command(tmp_path, sig):
+    """SIGTERM (a batch scheduler) or Ctrl-C stops the sweep and the commands its dvc processes
+    started: none outlives the sweep to race a resumed one over its outputs."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    dvc = _fake(tmp_path, hang=["teacher@a", "teacher@b"])
+    script = (f"from lix.sweep import plan, run_plan\n"
+              f"ORDER, UP = {ORDER!r}, {UP!r}\n"
+              f"run_plan(plan(ORDER, UP, changed=set(ORDER)), {str(tmp_path)!r}, jobs=2, dvc={dvc!r}, poll_s=0.02)\n")
+    env = {**os.environ, "FAKE_ROOT": str(tmp_path), "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    pids_files = [tmp_path / "child_teacher@a", tmp_path / "child_teacher@b"]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not all(f.exists() and f.read_text() for f in pids_files):
+        time.sleep(0.05)
+    children = [int(f.read_text()) for f in pids_files]
+    assert all(_alive(c) for c in children)
+    proc.send_signal(getattr(signal, sig))
+    log = proc.communicate(timeout=60)[0]
+    assert proc.returncode != 0, log
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(_alive(c) for c in children):
+        time.sleep(0.05)
+    assert not any(_alive(c) for c in children), log
+    assert "student@a-x" not in (tmp_path / "events.jsonl").read_text()  # nothing started after the stop
