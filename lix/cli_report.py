@@ -26,6 +26,9 @@ def report_cmd(
                                                            "<runs>/overhead.json when present)."),
     shards: Path = typer.Option(None, "--shards", help="Shards root (<shards>/<dataset>): the val images of the "
                                                        "qualitative grid and the DWC maps."),
+    paper: Path = typer.Option(None, "--paper", help="The paper's published figures, quoted beside ours: a JSON "
+                                                     "file or a directory holding tables.json (format: "
+                                                     "lix/paper_figures.py); a directory without one adds nothing."),
     device: str = typer.Option("cpu", help="cpu or cuda[:N] for the pictures' forward passes."),
     progress: bool = ProgressOpt,
 ):
@@ -38,7 +41,7 @@ def report_cmd(
 
         raise DataError(runs, "runs root not found (run the matrix first: dvc repro or lix sweep)")
     s = write_report(runs, out_dir, plots=plots, shards_root=shards, device=device, cross_root=cross,
-                     overhead=overhead)
+                     overhead=overhead, paper=paper)
     c = s["counts"]
     out.print(f"[green]report[/]: {c['finished']} finished, {c['failed']} failed, {c['missing']} missing run(s) "
               f"over {len(s['datasets'])} dataset(s) -> {out_dir / 'README.md'}", soft_wrap=True)

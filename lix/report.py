@@ -75,9 +75,9 @@ ROLES = ("teacher", "student")
 AXIS_ORDER = {"dwc_inputs": ("softmax", "softmax_conf", "softmax_conf_teacher"),
               "kernel": ("laplace", "gaussian", "linear", "none"),
               "consistency": ("cka", "cosine", "euclidean", "pearson")}
-PAPER_NOTE = ("The paper's own figures (its Tables I–III) are not reproduced here; they are to be added "
-              "beside these tables where the setting (dataset, architecture, input resolution, schedule, "
-              "geometry source) matches ours.")
+PAPER_NOTE = ("The paper's own figures (its Tables I–III) are not shown: none were given (`lix report "
+              "--paper data/paper`, format in lix/paper_figures.py); they go beside these tables, quoted as "
+              "printed, with the paper's setting (data, resolution, schedule, geometry source) stated.")
 _SEED = re.compile(r"^seed(\d+)$")
 
 
@@ -665,8 +665,9 @@ def render_markdown(summary: dict, out_dir: Path | None = None, runs_root: Path 
           "named. Bold: the best mean per column among the student-side rows (all but the teacher), at the "
           "printed precision. `failed (k of n)`: no seed finished and k of n failed; `–`: no run.", "",
           summary["paper_note"], ""]
+    paper = summary.get("paper") or {"datasets": {}}
     for ds, d in summary["datasets"].items():
-        L += _dataset_section(ds, d, summary.get("plots", []))
+        L += _dataset_section(ds, d, summary.get("plots", []), paper["datasets"].get(ds), paper.get("source", ""))
         L += _pictures_section(ds, d, out_dir, runs_root)
     L += _cross_section(summary.get("cross") or {})
     if summary["overhead"]:
@@ -683,7 +684,7 @@ def render_markdown(summary: dict, out_dir: Path | None = None, runs_root: Path 
     return "\n".join(L).rstrip() + "\n"
 
 
-def _dataset_section(ds: str, d: dict, plots: list[str]) -> list[str]:
+def _dataset_section(ds: str, d: dict, plots: list[str], paper: dict | None = None, source: str = "") -> list[str]:
     name, models = d["display"], d["models"]
     L = [f"## {name}", "", f"### {name}: student-side methods vs the teacher (Tables I–III layout)", ""]
     rows, prev = [], None
@@ -714,6 +715,8 @@ def _dataset_section(ds: str, d: dict, plots: list[str]) -> list[str]:
                      f"{lb['best_other_miou']:.2f} % vs LIX {lb['lix_miou']:.2f} % "
                      f"({lb['lix_miou'] - lb['best_other_miou']:+.2f} pp).")
     L.append("")
+    if paper:
+        L += _paper_section(name, d, paper, source)
     L += _paired_section(name, d)
     for model, pc in d["per_class"].items():
         n = pc["n"]
@@ -724,6 +727,33 @@ def _dataset_section(ds: str, d: dict, plots: list[str]) -> list[str]:
         L += _table([*head, "LIX − student (pp)"], rows) + [""]
     L += _ablation_sections(ds, d, plots)
     return L
+
+
+def _paper_section(name: str, d: dict, paper: dict, source: str) -> list[str]:
+    """The paper's published rows beside ours (lix/paper_figures.py): per architecture the
+    paper prints, each metric as `paper` and `ours` (mean ± std over our finished seeds)."""
+    ours = {row["method"]: row["cells"] for row in d["main"]}
+    models = sorted({m for per_model in paper["rows"].values() for m in per_model})
+    methods = sorted(set(paper["rows"]) | {m for m in ours if any(mo in ours[m] for mo in models)}, key=_method_order)
+    header = ["algorithm"] + [f"{display_model(m)} {METRIC_LABEL[k]} {who}" for m in models for k in METRICS
+                              for who in ("paper", "ours")]
+    rows = []
+    for method in methods:
+        cells = []
+        for model in models:
+            published = paper["rows"].get(method, {}).get(model, {})
+            cell = ours.get(method, {}).get(model)
+            for k in METRICS:
+                cells += [f"{published[k]:.2f}" if k in published else "–",
+                          fmt_value({**cell, "bold": []}, k) if cell else "–"]
+        rows.append([display_name(method), *cells])
+    table = f"Table {paper['table']}" if paper["table"] else "its tables"
+    return [f"### {name}: the paper's published figures beside ours", "",
+            f"Quoted as printed from {source} ({table}). The paper's setting: {paper['setting']}. Ours: the "
+            "runs of this report (their data, resolution and schedule are those of params.yaml). Where the two "
+            "settings differ, the numbers are not comparable as such; only the methods' ordering can be set "
+            "side by side.", "",
+            *_table(header, rows), ""]
 
 
 FIGURE_CAPTION = {
@@ -1025,16 +1055,25 @@ def draw_figures(summary: dict, runs_root: Path, shards_root: Path | None, out: 
 
 def write_report(runs_root: str | Path, out_dir: str | Path, *, plots: bool = True,
                  shards_root: str | Path | None = None, device: str = "cpu",
-                 cross_root: str | Path | None = None, overhead: str | Path | None = None) -> dict:
+                 cross_root: str | Path | None = None, overhead: str | Path | None = None,
+                 paper: str | Path | None = None) -> dict:
     """Scan ``runs_root`` (layout in the module docstring), write ``README.md``, ``summary.json``
     and the pictures (β-sweep plots; with ``plots``, lix/figures.py's figures, see
-    :func:`draw_figures`) into ``out_dir`` atomically, and return the summary. Pictures of an
+    :func:`draw_figures`) into ``out_dir`` atomically, and return the summary. ``paper``: the
+    paper's published figures (lix/paper_figures.py; a directory without tables.json gives none). Pictures of an
     earlier report that this one no longer has are removed."""
     from pipeline.atomic import write_json, write_text
 
     runs = scan_runs(runs_root)
     summary = build_summary(runs, read_overhead(runs_root, overhead), runs_root=str(runs_root))
     summary["cross"] = scan_cross(cross_root)
+    if paper is not None:
+        from lix.paper_figures import load_paper_figures
+
+        summary["paper"] = load_paper_figures(paper)
+        if summary["paper"]:
+            summary["paper_note"] = (f"The paper's published figures are quoted beside ours per dataset, from "
+                                     f"{summary['paper']['source']}.")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []

@@ -280,7 +280,7 @@ def test_ablations_overhead_and_paper_note(runs, report):
     head, rows = _section_table(md, "## Training overhead")
     assert {r[1]: r[2:] for r in rows} == {"KD": ["1.07×", "1.02×"], "LIX": ["1.23×", "1.50×"]}
     assert summary["overhead"]["mfnet"]["lix"] == {"time_ratio": 1.234, "memory_ratio": 1.5}
-    assert "Tables I–III" in md and "to be added" in md
+    assert "Tables I–III" in md and "none were given" in md and "published figures beside ours" not in md
     saved = json.loads((out / "summary.json").read_text())
     assert saved["datasets"]["kitti"]["main"][0]["method"] == "teacher"
     # the fake runs carry no dvclive logs or checkpoints: the β sweep and (empty) training curves only
@@ -374,3 +374,61 @@ def test_cross_dataset_table_from_known_metrics(tmp_path):
     line = next(ln for ln in md.splitlines() if ln.startswith("| LIX | MFNet"))
     assert f"**{100 * np.mean(known['lix']):.2f}** ± {100 * np.std(known['lix'], ddof=1):.2f}" in line
     assert "1 failed" in line or "failed" in line
+
+
+# Made-up numbers, standing in for the paper's (which this project does not ship): the test is
+# about putting each published figure beside the matching one of ours, not about the values.
+PAPER = {"source": "Test citation, Table I", "datasets": {
+    "kitti": {"table": "I", "setting": "a stated setting",
+              "rows": {"teacher": {"mfnet": {"mfsc": 71.5, "fwfsc": 80.0, "miou": 61.25, "fwiou": 70.0}},
+                       "lix": {"mfnet": {"miou": 58.5}},
+                       "dist": {"mfnet": {"miou": 55.0}}}}}}
+
+
+def test_paper_figures_beside_ours(runs, tmp_path):
+    root, known = runs
+    (tmp_path / "paper").mkdir()
+    assert write_report(root, tmp_path / "none", plots=False, paper=tmp_path / "paper")["paper"] is None
+    (tmp_path / "paper" / "tables.json").write_text(json.dumps(PAPER))
+    summary = write_report(root, tmp_path / "rep", plots=False, paper=tmp_path / "paper")
+    md = (tmp_path / "rep" / "README.md").read_text(encoding="utf-8")
+    assert "Test citation, Table I" in md and "a stated setting" in md
+    head, rows = _section_table(md, "### KITTI: the paper's published figures beside ours")
+    by = {r[0]: dict(zip(head, r)) for r in rows}
+    # only the architecture the paper prints; every method of ours or the paper's, in table order
+    assert head[1:3] == ["MFNet mFsc paper", "MFNet mFsc ours"] and len(head) == 9
+    assert list(by) == ["Teacher (RGB + X)", "Student (RGB)", "KD", "DKD", "DIST", "LIX"]
+    assert by["Teacher (RGB + X)"]["MFNet mIoU paper"] == "61.25"
+    assert by["Teacher (RGB + X)"]["MFNet mFsc paper"] == "71.50"
+    lix = [m["miou"] for m in known[("kitti", "mfnet", "lix")].values()]
+    assert by["LIX"]["MFNet mIoU paper"] == "58.50" and by["LIX"]["MFNet mIoU ours"] == _expected(lix)
+    assert by["LIX"]["MFNet mFsc paper"] == "–"  # not printed: not 0
+    assert by["DIST"]["MFNet mIoU ours"] == "–" and by["DIST"]["MFNet mIoU paper"] == "55.00"
+    assert "KITTI: the paper" in md and "vKITTI2: the paper" not in md
+    assert summary["paper"]["datasets"]["kitti"]["rows"]["lix"] == {"mfnet": {"miou": 58.5}}
+
+
+@pytest.mark.parametrize("edit, key", [
+    (lambda p: p.pop("source"), "source"),
+    (lambda p: p["datasets"]["kitti"]["rows"].update(nosuch={"mfnet": {"miou": 1.0}}), "rows.nosuch"),
+    (lambda p: p["datasets"]["kitti"]["rows"]["lix"].update(resnet={"miou": 1.0}), "rows.lix.resnet"),
+    (lambda p: p["datasets"]["kitti"]["rows"]["lix"]["mfnet"].update(acc=1.0), "rows.lix.mfnet.acc"),
+    (lambda p: p["datasets"]["kitti"]["rows"]["lix"]["mfnet"].update(miou=0.585e3), "rows.lix.mfnet.miou"),
+    (lambda p: p["datasets"]["kitti"].pop("setting"), "kitti.setting"),
+])
+def test_paper_figures_refused_naming_the_key(tmp_path, edit, key):
+    from lix.paper_figures import load_paper_figures
+    from pipeline.errors import ConfigError, DataError
+
+    bad = json.loads(json.dumps(PAPER))
+    edit(bad)
+    f = tmp_path / "tables.json"
+    f.write_text(json.dumps(bad))
+    with pytest.raises(ConfigError, match=re.escape(key)) as e:
+        load_paper_figures(f)
+    assert str(f) in str(e.value)
+    f.write_text("{not json")
+    with pytest.raises(DataError, match="not valid JSON"):
+        load_paper_figures(f)
+    with pytest.raises(DataError, match="not found"):
+        load_paper_figures(tmp_path / "missing.json")
