@@ -20,6 +20,8 @@ def sweep_cmd(
                                       "they need), e.g. 'student@*-lix-*'; repeatable."),
     report: bool = typer.Option(True, "--report/--no-report", help="Run the report stage last."),
     dry: bool = typer.Option(False, "--dry", help="Print what would run, run nothing."),
+    pull: bool = typer.Option(False, "--pull", help="Restore runs finished on other machines (pushed with `dvc push "
+                              "--run-cache`) from the default DVC remote instead of running them (dvc repro --pull)."),
     repo: Path = typer.Option(Path("."), "--repo", help="The DVC repository (default: here)."),
     set_: list[str] = typer.Option(None, "--set-param", "-S", help="Set a params.yaml key first, as dvc exp run -S "
                                    "(e.g. -S 'sweep.seeds=[0,1,2]'); validated, comments kept; repeatable."),
@@ -52,7 +54,7 @@ def sweep_cmd(
             bar.console.print(f"[{colour}]{kind:<7}[/] {stage}{note}", highlight=False)
             bar.advance(task)
 
-        p, o = sweep(repo, jobs, filters or None, report, on_event=on_event)
+        p, o = sweep(repo, jobs, filters or None, report, on_event=on_event, pull=pull)
         bar.update(task, total=len(p.todo), completed=len(o.ran) + len(o.failed) + len(o.skipped))
     out.print(f"[green]{len(o.ran)}[/] ran, {len(o.up_to_date)} up to date, [red]{len(o.failed)}[/] failed, "
               f"{len(o.skipped)} skipped (upstream failed)")

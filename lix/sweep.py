@@ -26,7 +26,8 @@ reruns what it affects.
   period — so no stage command outlives the sweep and races the next one over its outputs.
 * ``--filter GLOB`` restricts the sweep to matching stages (plus what they need), e.g.
   ``'*-mfnet-*-1'`` for seed 1 — the way to spread one matrix over machines sharing a DVC
-  remote (README).
+  remote; ``--pull`` (``dvc repro --pull``) then restores on one machine what the others
+  pushed with ``dvc push --run-cache`` (README).
 
 Logs: ``<repo>/data/logs/sweep/<stage>.log`` (the stage's full output; a lock retry overwrites it).
 """
@@ -292,10 +293,11 @@ class _StopOnSigterm:
 
 def run_plan(p: Plan, repo_dir: str | Path = ".", jobs: int = 1, *, log_dir: str | Path | None = None,
              dvc: list[str] | None = None, on_event: Callable[[str, str, str], None] | None = None,
-             lock_retries: int = 120, poll_s: float = 0.2) -> Outcome:
+             lock_retries: int = 120, poll_s: float = 0.2, repro_args: tuple[str, ...] = ()) -> Outcome:
     """Run the stages of ``p.todo`` in dependency order, ``jobs`` at a time (see the module
     docstring). ``on_event(kind, stage, detail)`` with kind start | done | failed | skipped.
-    Ctrl-C or SIGTERM stops every running job (its whole process group) and re-raises."""
+    Ctrl-C or SIGTERM stops every running job (its whole process group) and re-raises.
+    ``repro_args`` go to every ``dvc repro`` (e.g. ``("--pull",)``)."""
     if jobs < 1:
         raise ConfigError("--jobs", f"must be >= 1, got {jobs}")
     repo_dir = Path(repo_dir)
@@ -303,17 +305,18 @@ def run_plan(p: Plan, repo_dir: str | Path = ".", jobs: int = 1, *, log_dir: str
     running: dict[int, _Job] = {}
     try:
         with _StopOnSigterm():
-            return _run(p, repo_dir, jobs, log_dir, dvc or ["dvc"], on_event or (lambda *_: None), lock_retries,
-                        poll_s, running)
+            return _run(p, repo_dir, jobs, log_dir, [*(dvc or ["dvc"]), "repro", *repro_args],
+                        on_event or (lambda *_: None), lock_retries, poll_s, running)
     except BaseException:
         for job in running.values():
             job.terminate()
         raise
 
 
-def _run(p: Plan, repo_dir: Path, jobs: int, log_dir: Path, dvc: list[str], event: Callable[[str, str, str], None],
+def _run(p: Plan, repo_dir: Path, jobs: int, log_dir: Path, repro: list[str], event: Callable[[str, str, str], None],
          lock_retries: int, poll_s: float, running: dict[int, _Job]) -> Outcome:
-    """run_plan's loop; ``running`` (slot -> job) is the caller's, so that it can stop them."""
+    """run_plan's loop; ``repro`` the ``dvc repro`` argv a stage name completes; ``running``
+    (slot -> job) is the caller's, so that it can stop them."""
     out = Outcome(up_to_date=[s for s in p.order if s not in p.todo])
     pending = [s for s in p.order if s in p.todo]
     # the report runs last, over whatever finished, even when something upstream failed
@@ -359,12 +362,12 @@ def _run(p: Plan, repo_dir: Path, jobs: int, log_dir: Path, dvc: list[str], even
                 continue
             pending.remove(s)
             slot = free.pop(0)
-            running[slot] = _Job(s, slot, repo_dir, log_dir, jobs, [*dvc, "repro", "--single-item", s])
+            running[slot] = _Job(s, slot, repo_dir, log_dir, jobs, [*repro, "--single-item", s])
             event("start", s, str(running[slot].log))
         if running or pending:
             time.sleep(poll_s)
     if report_last:
-        running[0] = job = _Job(REPORT_STAGE, 0, repo_dir, log_dir, 1, [*dvc, "repro", "--single-item", REPORT_STAGE])
+        running[0] = job = _Job(REPORT_STAGE, 0, repo_dir, log_dir, 1, [*repro, "--single-item", REPORT_STAGE])
         event("start", REPORT_STAGE, str(job.log))
         while job.poll() is None:
             time.sleep(poll_s)
@@ -379,10 +382,14 @@ def _run(p: Plan, repo_dir: Path, jobs: int, log_dir: Path, dvc: list[str], even
 
 
 def sweep(repo_dir: str | Path = ".", jobs: int = 1, filters: list[str] | None = None, report: bool = True,
-          dry: bool = False, on_event: Callable[[str, str, str], None] | None = None) -> tuple[Plan, Outcome | None]:
-    """Plan and (unless ``dry``) run the pipeline of ``repo_dir``: see the module docstring."""
+          dry: bool = False, on_event: Callable[[str, str, str], None] | None = None,
+          pull: bool = False) -> tuple[Plan, Outcome | None]:
+    """Plan and (unless ``dry``) run the pipeline of ``repo_dir``: see the module docstring.
+    ``pull``: ``dvc repro --pull``, so that a run finished on another machine and pushed with
+    its run cache is restored from the default remote instead of run again."""
     order, upstream = stage_graph(repo_dir)
     p = plan(order, upstream, out_of_date(repo_dir), filters, report)
     if dry:
         return p, None
-    return p, run_plan(p, repo_dir, jobs, on_event=on_event, dvc=[sys.executable, "-m", "dvc"])
+    return p, run_plan(p, repo_dir, jobs, on_event=on_event, dvc=[sys.executable, "-m", "dvc"],
+                       repro_args=("--pull",) if pull else ())

@@ -65,6 +65,8 @@ def repo(tmp_path_factory):
     shutil.copy(REPO / ".gitignore", d / ".gitignore")
     (d / "data/cross").mkdir(parents=True)  # tracked, so the report can depend on it when empty
     shutil.copy(REPO / "data/cross/README.md", d / "data/cross/README.md")
+    (d / "data/paper").mkdir(parents=True)  # tracked likewise (the paper's figures, none shipped)
+    shutil.copy(REPO / "data/paper/README.md", d / "data/paper/README.md")
     params = yaml.safe_load((REPO / "params.yaml").read_text())  # DVC wants every key a stage names
     for section, per_dataset in TINY.items():
         for dataset, values in per_dataset.items():
@@ -185,6 +187,40 @@ def test_sweep_isolates_failures_and_resumes_after_an_interruption(repo):
     assert _ran(_run(["lix", "sweep"], repo)) == []
 
 
+def test_runs_made_on_another_machine_are_restored_not_retrained(repo, tmp_path):
+    """The README's recipe for a matrix spread over machines, with a clone standing in for the
+    collecting machine: the worker pushes its finished runs with DVC's run cache, the collector
+    pulls it and `lix sweep` restores those runs instead of training them again (the persisted
+    depth stage is not run-cached by DVC and is recomputed, to the same bytes)."""
+    import hashlib
+
+    _run(["dvc", "repro"], repo)  # the worker's runs (a no-op after the tests above)
+    remote = tmp_path / "remote"
+    _run(["dvc", "remote", "add", "--local", "-f", "-d", "shared", str(remote)], repo)
+    _run(["dvc", "push", "--run-cache"], repo)
+
+    collector = tmp_path / "collector"
+    _run(["git", "clone", "-q", str(repo), str(collector)], tmp_path)
+    shutil.copy(repo / "params.yaml", collector / "params.yaml")
+    _run(["dvc", "remote", "add", "--local", "-d", "shared", str(remote)], collector)
+    target = "student@kitti-mfnet-lix-0"
+    log = _run(["lix", "sweep", "--pull", "--filter", target, "--no-report"], collector)
+    logs = collector / "data/logs/sweep"
+    needed = ["download@kitti", "splits@kitti", "normals@kitti", "shards@kitti", "teacher@kitti-mfnet-0", target]
+    assert _ran(log) == sorted([*needed, "depth@kitti"])
+    for stage in needed:
+        assert "is cached - skipping run" in (logs / f"{stage.replace('@', '_')}.log").read_text(), stage
+    assert "> lix distill" not in (logs / f"{target.replace('@', '_')}.log").read_text()  # no training happened
+
+    def digest(root, run):
+        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((root / run).iterdir())
+                if p.is_file()}
+
+    for run in ("data/runs/kitti/mfnet/teacher/seed0", "data/runs/kitti/mfnet/lix/seed0"):
+        assert digest(collector, run) == digest(repo, run)
+    assert "up to date" in _run(["dvc", "status", target], collector)
+
+
 # Package markers and the root command table hold no stage logic, and lix/config.py only
 # validates: every value a stage reads is written out in params.yaml (tests/test_config.py), whose
 # keys each stage lists. Every other project module a stage imports must be under one of its deps.
@@ -285,3 +321,4 @@ def test_interrupted_depth_stage_resumes_under_dvc(repo):
     resumed = _run(["dvc", "repro", "depth@kitti"], repo)
     assert _ran(resumed) == ["depth@kitti"]
     assert "3 computed, 3 already done" in resumed
+
