@@ -234,7 +234,8 @@ class _Job:
         # its own process group, so that stopping it reaches the stage's command too (dvc's
         # children would otherwise outlive a terminated dvc)
         self.proc = subprocess.Popen(argv, cwd=repo_dir, stdout=self._fh, stderr=subprocess.STDOUT,
-                                     env=slot_env(slot, jobs), start_new_session=os.name == "posix")
+                                     env=slot_env(slot, jobs), start_new_session=os.name == "posix",
+                                     preexec_fn=_default_sigint if _sigint_ignored() else None)
 
     def poll(self) -> int | None:
         rc = self.proc.poll()
@@ -254,19 +255,41 @@ class _Job:
         except (ProcessLookupError, PermissionError):
             pass  # already gone
 
-    def terminate(self, grace_s: float = 30.0) -> None:
-        """Stop the job and everything it started: SIGINT to its process group (Ctrl-C's
-        semantics, which DVC and the trainer handle), SIGKILL to the group after ``grace_s``."""
+    def interrupt(self) -> None:
+        """SIGINT to the job's process group (Ctrl-C's semantics, which DVC and the trainer handle)."""
         if self.proc.poll() is None:
             self._signal_group(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=grace_s)
-            except subprocess.TimeoutExpired:
-                pass
-        # the group may outlive its leader (a stage command still writing): kill what is left
+
+    def reap(self, deadline: float) -> None:
+        """Wait for the job until ``deadline`` (time.monotonic), then SIGKILL what is left of its
+        group (it may outlive its leader: a stage command still writing) and close the log."""
+        try:
+            self.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
         self._signal_group(signal.SIGKILL)
         self.proc.wait()
         self._fh.close()
+
+
+def stop_jobs(jobs: list[_Job], grace_s: float = 30.0) -> None:
+    """Stop ``jobs`` and everything they started: SIGINT to every group at once, then SIGKILL to
+    each group still there after one shared grace period (not one per job)."""
+    for job in jobs:
+        job.interrupt()
+    deadline = time.monotonic() + grace_s
+    for job in jobs:
+        job.reap(deadline)
+
+
+def _sigint_ignored() -> bool:
+    return os.name == "posix" and signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+
+
+def _default_sigint() -> None:
+    # A sweep started in the background (`cmd &`, nohup) inherits SIGINT ignored, and so would
+    # its stages: restore the default in the child so that stopping them with SIGINT works.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 class _StopOnSigterm:
@@ -308,8 +331,7 @@ def run_plan(p: Plan, repo_dir: str | Path = ".", jobs: int = 1, *, log_dir: str
             return _run(p, repo_dir, jobs, log_dir, [*(dvc or ["dvc"]), "repro", *repro_args],
                         on_event or (lambda *_: None), lock_retries, poll_s, running)
     except BaseException:
-        for job in running.values():
-            job.terminate()
+        stop_jobs(list(running.values()))
         raise
 
 

@@ -169,8 +169,9 @@ def test_sweep_isolates_failures_and_resumes_after_an_interruption(repo):
     planned = sorted(kd + ["report"])
     dry = _run(["lix", "sweep", "--dry"], repo)
     assert sorted(ln.split()[-1] for ln in dry.splitlines() if ln.strip().startswith("run ")) == planned
+    # SIGINT restored in the child: a test run started in the background has it ignored
     proc = subprocess.Popen(["lix", "sweep", "-j", "1"], cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and not any(s in (repo / "dvc.lock").read_text() for s in kd):
         time.sleep(0.5)

@@ -156,10 +156,12 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="process groups and /proc")
-@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
-def test_stopping_the_sweep_stops_every_stage_command(tmp_path, sig):
+@pytest.mark.parametrize("sig, background", [("SIGTERM", False), ("SIGINT", False), ("SIGTERM", True)])
+def test_stopping_the_sweep_stops_every_stage_command(tmp_path, sig, background):
     """SIGTERM (a batch scheduler) or Ctrl-C stops the sweep and the commands its dvc processes
-    started: none outlives the sweep to race a resumed one over its outputs."""
+    started, within the grace period: none outlives the sweep to race a resumed one over its
+    outputs. ``background``: the sweep started with SIGINT ignored, as `cmd &` or nohup leave it
+    (its stages must still stop on the SIGINT it sends them)."""
     import os
     import signal
     import subprocess
@@ -170,8 +172,10 @@ def test_stopping_the_sweep_stops_every_stage_command(tmp_path, sig):
               f"ORDER, UP = {ORDER!r}, {UP!r}\n"
               f"run_plan(plan(ORDER, UP, changed=set(ORDER)), {str(tmp_path)!r}, jobs=2, dvc={dvc!r}, poll_s=0.02)\n")
     env = {**os.environ, "FAKE_ROOT": str(tmp_path), "PYTHONPATH": str(ROOT)}
+    disposition = signal.SIG_IGN if background else signal.SIG_DFL  # whatever pytest itself inherited
     proc = subprocess.Popen([sys.executable, "-c", script], env=env, cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, disposition))
     pids_files = [tmp_path / "child_teacher@a", tmp_path / "child_teacher@b"]
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not all(f.exists() and f.read_text() for f in pids_files):
@@ -179,7 +183,7 @@ def test_stopping_the_sweep_stops_every_stage_command(tmp_path, sig):
     children = [int(f.read_text()) for f in pids_files]
     assert all(_alive(c) for c in children)
     proc.send_signal(getattr(signal, sig))
-    log = proc.communicate(timeout=60)[0]
+    log = proc.communicate(timeout=20)[0]  # well inside the 30 s grace: the SIGINT stopped them
     assert proc.returncode != 0, log
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and any(_alive(c) for c in children):
