@@ -1059,9 +1059,10 @@ def write_report(runs_root: str | Path, out_dir: str | Path, *, plots: bool = Tr
                  paper: str | Path | None = None) -> dict:
     """Scan ``runs_root`` (layout in the module docstring), write ``README.md``, ``summary.json``
     and the pictures (β-sweep plots; with ``plots``, lix/figures.py's figures, see
-    :func:`draw_figures`) into ``out_dir`` atomically, and return the summary. ``paper``: the
-    paper's published figures (lix/paper_figures.py; a directory without tables.json gives none). Pictures of an
-    earlier report that this one no longer has are removed."""
+    :func:`draw_figures`) into ``out_dir`` atomically, and return the summary. Pictures of an
+    earlier report that this one no longer has are removed. ``paper``: the paper's published
+    figures (lix/paper_figures.py; a directory without tables.json gives none), loaded before
+    anything is written, so a bad file leaves the previous report as it was."""
     from pipeline.atomic import write_json, write_text
 
     runs = scan_runs(runs_root)

@@ -190,9 +190,10 @@ def test_sweep_isolates_failures_and_resumes_after_an_interruption(repo):
 
 def test_runs_made_on_another_machine_are_restored_not_retrained(repo, tmp_path):
     """The README's recipe for a matrix spread over machines, with a clone standing in for the
-    collecting machine: the worker pushes its finished runs with DVC's run cache, the collector
-    pulls it and `lix sweep` restores those runs instead of training them again (the persisted
-    depth stage is not run-cached by DVC and is recomputed, to the same bytes)."""
+    collecting machine: the worker pushes its finished runs with DVC's run cache, the
+    collector's `lix sweep --pull` restores them from the remote instead of training them again
+    (the persisted depth stage is not run-cached by DVC and is recomputed, to the same bytes; the
+    README shares the preparation through the committed dvc.lock instead)."""
     import hashlib
 
     _run(["dvc", "repro"], repo)  # the worker's runs (a no-op after the tests above)
@@ -322,4 +323,3 @@ def test_interrupted_depth_stage_resumes_under_dvc(repo):
     resumed = _run(["dvc", "repro", "depth@kitti"], repo)
     assert _ran(resumed) == ["depth@kitti"]
     assert "3 computed, 3 already done" in resumed
-
