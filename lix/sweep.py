@@ -20,10 +20,11 @@ reruns what it affects.
 * **Lock contention**: DVC takes the repository lock briefly before and after each command; a
   process that finds it taken fails with "Unable to acquire lock" and is retried after a short,
   random wait (this is DVC's documented behaviour, not a failure of the run).
-* **Stopping**: Ctrl-C or SIGTERM (a batch scheduler's stop) stops every running stage — each
-  ``dvc repro`` runs in its own process group, which receives SIGINT (as a terminal's Ctrl-C
-  would: DVC does not record the stage, the run's command stops), then SIGKILL after a grace
-  period — so no stage command outlives the sweep and races the next one over its outputs.
+* **Stopping**: Ctrl-C, SIGTERM (a batch scheduler's stop) or SIGHUP stops every running stage
+  — each ``dvc repro`` runs in its own process group, which receives SIGINT (as a terminal's
+  Ctrl-C would: DVC does not record the stage, the run's command stops), then SIGKILL after one
+  shared grace period (at once on a second Ctrl-C) — so no stage command outlives the sweep and
+  races the next one over its outputs.
 * ``--filter GLOB`` restricts the sweep to matching stages (plus what they need), e.g.
   ``'*-mfnet-*-1'`` for seed 1 — the way to spread one matrix over machines sharing a DVC
   remote; ``--pull`` (``dvc repro --pull``) then restores on one machine what the others
@@ -234,7 +235,7 @@ class _Job:
         # its own process group, so that stopping it reaches the stage's command too (dvc's
         # children would otherwise outlive a terminated dvc)
         self.proc = subprocess.Popen(argv, cwd=repo_dir, stdout=self._fh, stderr=subprocess.STDOUT,
-                                     env=slot_env(slot, jobs), start_new_session=os.name == "posix",
+                                     env=slot_env(slot, jobs), start_new_session=_POSIX,
                                      preexec_fn=_default_sigint if _sigint_ignored() else None)
 
     def poll(self) -> int | None:
@@ -247,61 +248,89 @@ class _Job:
         return LOCK_ERROR in self.log.read_text(encoding="utf-8", errors="replace")
 
     def _signal_group(self, sig: int) -> None:
+        """``sig`` to the job's process group (POSIX); elsewhere SIGINT/SIGKILL become
+        terminate()/kill() of the dvc process (there are no process groups to reach)."""
         try:
-            if os.name == "posix":
+            if _POSIX:
                 os.killpg(self.proc.pid, sig)
+            elif sig == signal.SIGINT:
+                self.proc.terminate()
             else:
-                self.proc.send_signal(sig)
+                self.proc.kill()
         except (ProcessLookupError, PermissionError):
             pass  # already gone
+
+    def group_alive(self) -> bool:
+        """Whether anything of the job's process group is still running (its leader reaped)."""
+        if self.proc.poll() is None:
+            return True
+        if not _POSIX:
+            return False
+        try:
+            os.killpg(self.proc.pid, 0)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
 
     def interrupt(self) -> None:
         """SIGINT to the job's process group (Ctrl-C's semantics, which DVC and the trainer handle)."""
         if self.proc.poll() is None:
             self._signal_group(signal.SIGINT)
 
-    def reap(self, deadline: float) -> None:
-        """Wait for the job until ``deadline`` (time.monotonic), then SIGKILL what is left of its
-        group (it may outlive its leader: a stage command still writing) and close the log."""
-        try:
-            self.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            pass
-        self._signal_group(signal.SIGKILL)
+    def kill(self) -> None:
+        """SIGKILL to what is left of the group; reap the leader; close the log."""
+        self._signal_group(_SIGKILL)
         self.proc.wait()
         self._fh.close()
 
 
-def stop_jobs(jobs: list[_Job], grace_s: float = 30.0) -> None:
-    """Stop ``jobs`` and everything they started: SIGINT to every group at once, then SIGKILL to
-    each group still there after one shared grace period (not one per job)."""
-    for job in jobs:
-        job.interrupt()
-    deadline = time.monotonic() + grace_s
-    for job in jobs:
-        job.reap(deadline)
+_POSIX = os.name == "posix"
+_SIGKILL = getattr(signal, "SIGKILL", signal.SIGTERM)
+
+
+def stop_jobs(jobs: list[_Job], grace_s: float = 30.0, poll_s: float = 0.1) -> None:
+    """Stop ``jobs`` and everything they started: SIGINT to every group at once, one shared
+    grace period for the groups to end (a stage command may outlive its dvc process), then
+    SIGKILL to what is left. A second Ctrl-C (or SIGTERM) during the grace skips to SIGKILL."""
+    try:
+        for job in jobs:
+            job.interrupt()
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline and any(job.group_alive() for job in jobs):
+            time.sleep(poll_s)
+    finally:
+        for job in jobs:
+            job.kill()
 
 
 def _sigint_ignored() -> bool:
-    return os.name == "posix" and signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    return _POSIX and signal.getsignal(signal.SIGINT) == signal.SIG_IGN
 
 
 def _default_sigint() -> None:
     # A sweep started in the background (`cmd &`, nohup) inherits SIGINT ignored, and so would
     # its stages: restore the default in the child so that stopping them with SIGINT works.
+    # (preexec_fn, so only then: it is not safe beside threads such as rich's refresher, whose
+    # only work in the child would be this one call.)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-class _StopOnSigterm:
-    """While active, SIGTERM raises KeyboardInterrupt (so the runner stops its jobs as on
-    Ctrl-C); the previous handler is restored on exit. A no-op outside the main thread."""
+class _StopOnSignals:
+    """While active, SIGTERM (a batch scheduler's stop) and SIGHUP (the terminal or SSH session
+    closed: the stages run in their own sessions and would not get it) raise KeyboardInterrupt,
+    so the runner stops its jobs as on Ctrl-C; signals the process ignores stay ignored. The
+    previous handlers are restored on exit. A no-op outside the main thread."""
+
+    SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
 
     def __enter__(self):
-        self._old = None
-        try:
-            self._old = signal.signal(signal.SIGTERM, self._raise)
-        except ValueError:  # not the main thread
-            pass
+        self._old: dict[int, object] = {}
+        for sig in self.SIGNALS:
+            try:
+                if signal.getsignal(sig) != signal.SIG_IGN:
+                    self._old[sig] = signal.signal(sig, self._raise)
+            except ValueError:  # not the main thread
+                pass
         return self
 
     @staticmethod
@@ -309,8 +338,8 @@ class _StopOnSigterm:
         raise KeyboardInterrupt(f"signal {signum}")
 
     def __exit__(self, *exc):
-        if self._old is not None:
-            signal.signal(signal.SIGTERM, self._old)
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
         return False
 
 
@@ -326,13 +355,13 @@ def run_plan(p: Plan, repo_dir: str | Path = ".", jobs: int = 1, *, log_dir: str
     repo_dir = Path(repo_dir)
     log_dir = Path(log_dir) if log_dir else repo_dir / "data" / "logs" / "sweep"
     running: dict[int, _Job] = {}
-    try:
-        with _StopOnSigterm():
+    with _StopOnSignals():  # also while stopping: a second SIGTERM then skips the grace period
+        try:
             return _run(p, repo_dir, jobs, log_dir, [*(dvc or ["dvc"]), "repro", *repro_args],
                         on_event or (lambda *_: None), lock_retries, poll_s, running)
-    except BaseException:
-        stop_jobs(list(running.values()))
-        raise
+        except BaseException:
+            stop_jobs(list(running.values()))
+            raise
 
 
 def _run(p: Plan, repo_dir: Path, jobs: int, log_dir: Path, repro: list[str], event: Callable[[str, str, str], None],

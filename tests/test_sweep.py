@@ -40,7 +40,9 @@ if stage in cfg.get("lock_once", []) and not lock_file.exists():
     sys.exit(1)
 log("start")
 if stage in cfg.get("hang", []):  # a stage command (grandchild of the sweep) that runs on
-    import subprocess
+    import signal, subprocess
+    if cfg.get("ignore_sigint"):  # a stage that does not stop on SIGINT (the child inherits it)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     (root / f"child_{stage}").write_text(str(child.pid))
     child.wait()
@@ -156,37 +158,51 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="process groups and /proc")
-@pytest.mark.parametrize("sig, background", [("SIGTERM", False), ("SIGINT", False), ("SIGTERM", True)])
-def test_stopping_the_sweep_stops_every_stage_command(tmp_path, sig, background):
-    """SIGTERM (a batch scheduler) or Ctrl-C stops the sweep and the commands its dvc processes
-    started, within the grace period: none outlives the sweep to race a resumed one over its
-    outputs. ``background``: the sweep started with SIGINT ignored, as `cmd &` or nohup leave it
-    (its stages must still stop on the SIGINT it sends them)."""
+@pytest.mark.parametrize("signals, background, ignore_sigint", [
+    (["SIGTERM"], False, False), (["SIGINT"], False, False), (["SIGTERM"], True, False),
+    (["SIGINT", "SIGINT"], False, True), (["SIGHUP"], False, False)])
+def test_stopping_the_sweep_stops_every_stage_command(tmp_path, signals, background, ignore_sigint):
+    """SIGTERM (a batch scheduler), Ctrl-C or SIGHUP (the terminal closed) stops the sweep and
+    the commands its dvc processes started, well within the 30 s grace period: none outlives the
+    sweep to race a resumed one over its outputs. ``background``: the sweep started with SIGINT
+    ignored, as `cmd &` or nohup leave it (its stages must still stop on the SIGINT it sends).
+    ``ignore_sigint``: stages that ignore SIGINT; a second Ctrl-C kills them at once."""
     import os
     import signal
     import subprocess
     import time
 
-    dvc = _fake(tmp_path, hang=["teacher@a", "teacher@b"])
+    dvc = _fake(tmp_path, hang=["teacher@a", "teacher@b"], ignore_sigint=ignore_sigint)
     script = (f"from lix.sweep import plan, run_plan\n"
               f"ORDER, UP = {ORDER!r}, {UP!r}\n"
               f"run_plan(plan(ORDER, UP, changed=set(ORDER)), {str(tmp_path)!r}, jobs=2, dvc={dvc!r}, poll_s=0.02)\n")
     env = {**os.environ, "FAKE_ROOT": str(tmp_path), "PYTHONPATH": str(ROOT)}
-    disposition = signal.SIG_IGN if background else signal.SIG_DFL  # whatever pytest itself inherited
+    disposition = signal.SIG_IGN if background else signal.SIG_DFL  # not whatever pytest inherited
     proc = subprocess.Popen([sys.executable, "-c", script], env=env, cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, disposition))
-    pids_files = [tmp_path / "child_teacher@a", tmp_path / "child_teacher@b"]
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not all(f.exists() and f.read_text() for f in pids_files):
-        time.sleep(0.05)
-    children = [int(f.read_text()) for f in pids_files]
-    assert all(_alive(c) for c in children)
-    proc.send_signal(getattr(signal, sig))
-    log = proc.communicate(timeout=20)[0]  # well inside the 30 s grace: the SIGINT stopped them
-    assert proc.returncode != 0, log
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(_alive(c) for c in children):
-        time.sleep(0.05)
-    assert not any(_alive(c) for c in children), log
-    assert "student@a-x" not in (tmp_path / "events.jsonl").read_text()  # nothing started after the stop
+    children: list[int] = []
+    try:
+        pid_files = [tmp_path / "child_teacher@a", tmp_path / "child_teacher@b"]
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not all(f.exists() and f.read_text() for f in pid_files):
+            time.sleep(0.05)
+        assert all(f.exists() and f.read_text() for f in pid_files), "the stage commands never started"
+        children = [int(f.read_text()) for f in pid_files]
+        assert all(_alive(c) for c in children)
+        for sig in signals:
+            proc.send_signal(getattr(signal, sig))
+            time.sleep(1.0)
+        log = proc.communicate(timeout=15)[0]  # well inside the grace: the signals stopped them
+        assert proc.returncode != 0, log
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(_alive(c) for c in children):
+            time.sleep(0.05)
+        assert not any(_alive(c) for c in children), log
+    finally:  # never leave a sweep or a sleeper behind, whatever failed
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        for c in children:
+            if _alive(c):
+                os.kill(c, signal.SIGKILL)
