@@ -18,9 +18,11 @@ Format (JSON; values in percent, as printed in the paper; every key below is che
                                         "sne_roadseg": {...}},
                             "student": {...}, "kd": {...}, "lix": {...}}}}}
 
-Row keys are ``teacher``, ``student`` or a method of ``lix distill --list``; model keys an
-architecture of the model registry; metric keys ``mfsc``, ``fwfsc``, ``miou``, ``fwiou`` (any
-subset: a figure the paper does not print is left out, never written as 0).
+Dataset keys are registered datasets (``vkitti2``, ``kitti``, ``nuimages``); row keys
+``teacher``, ``student`` or a method of ``lix distill --list``; model keys an architecture of the
+model registry; metric keys ``mfsc``, ``fwfsc``, ``miou``, ``fwiou`` (any subset: a figure the
+paper does not print is left out, never written as 0). Figures are kept as written in the file
+(``61.3`` stays ``61.3``, not ``61.30``): quoted, not reformatted.
 """
 
 from __future__ import annotations
@@ -42,6 +44,12 @@ def _known_methods() -> set[str]:
     return {"teacher", "student", *(r["name"] for r in method_table())}
 
 
+def _known_datasets() -> set[str]:
+    from pipeline.sources import READERS
+
+    return set(READERS)
+
+
 def _known_models() -> set[str]:
     from lix.models import MODELS
 
@@ -60,15 +68,36 @@ def load_paper_figures(path: str | Path) -> dict | None:
             return None
     if not p.is_file():
         raise DataError(p, "not found: expected the paper's figures as JSON (format: lix/paper_figures.py)")
-    try:
-        raw = json.loads(p.read_text(encoding="utf-8"))
+    try:  # numbers as written, so the report quotes them exactly
+        raw = json.loads(p.read_text(encoding="utf-8"), parse_float=_Printed, parse_int=_Printed)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise DataError(p, f"not valid JSON ({e})") from None
     return validate(raw, str(p))
 
 
+class _Printed(str):
+    """A number as written in the JSON file (so that it is quoted, not reformatted)."""
+
+
+def _figure(v: Any) -> str | None:
+    """The figure as text, or None when ``v`` is not a percentage in [0, 100]."""
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, _Printed):
+        text = str(v)
+    elif isinstance(v, (int, float)):
+        text = repr(v)
+    else:
+        return None
+    try:
+        x = float(text)
+    except (ValueError, OverflowError):
+        return None
+    return text if math.isfinite(x) and 0 <= x <= 100 else None
+
+
 def validate(raw: Any, where: str = "paper figures") -> dict:
-    """``raw`` checked against the format of the module docstring; values as floats."""
+    """``raw`` checked against the format of the module docstring; figures as their text."""
     def need(cond: bool, key: str, problem: str) -> None:
         if not cond:
             raise ConfigError(f"{where}: {key}", problem)
@@ -79,11 +108,15 @@ def validate(raw: Any, where: str = "paper figures") -> dict:
     need(isinstance(raw.get("source"), str) and raw["source"].strip() != "", "source",
          "expected the citation the figures are quoted from (paper, table, version)")
     need(isinstance(raw.get("datasets"), dict) and raw["datasets"], "datasets", "expected a non-empty object")
-    methods, models = _known_methods(), _known_models()
+    methods, models, datasets = _known_methods(), _known_models(), _known_datasets()
     out: dict = {"source": raw["source"].strip(), "datasets": {}}
     for ds, entry in raw["datasets"].items():
         key = f"datasets.{ds}"
+        need(ds in datasets, key, f"unknown dataset; expected one of {sorted(datasets)}")
         need(isinstance(entry, dict), key, "expected an object with 'table', 'setting', 'rows'")
+        table = entry.get("table", "")
+        need(isinstance(table, str) or (isinstance(table, int) and not isinstance(table, bool)), f"{key}.table",
+             f"expected the paper's table number as text (e.g. \"I\"), got {table!r}")
         extra = set(entry) - {"table", "setting", "rows"}
         need(not extra, f"{key}.{sorted(extra)[0] if extra else ''}", "unknown key; expected table, setting, rows")
         need(isinstance(entry.get("setting"), str) and entry["setting"].strip() != "", f"{key}.setting",
@@ -102,9 +135,8 @@ def validate(raw: Any, where: str = "paper figures") -> dict:
                 rows[method][model] = {}
                 for metric, v in values.items():
                     need(metric in METRICS, f"{vkey}.{metric}", f"unknown metric; expected one of {METRICS}")
-                    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and 0 <= v <= 100
-                    need(ok, f"{vkey}.{metric}", f"expected a percentage in [0, 100], got {v!r}")
-                    rows[method][model][metric] = float(v)
-        out["datasets"][ds] = {"table": str(entry.get("table", "")), "setting": entry["setting"].strip(),
-                               "rows": rows}
+                    text = _figure(v)
+                    need(text is not None, f"{vkey}.{metric}", f"expected a percentage in [0, 100], got {str(v)!r}")
+                    rows[method][model][metric] = text
+        out["datasets"][ds] = {"table": str(table), "setting": entry["setting"].strip(), "rows": rows}
     return out

@@ -744,7 +744,7 @@ def _paper_section(name: str, d: dict, paper: dict, source: str) -> list[str]:
             published = paper["rows"].get(method, {}).get(model, {})
             cell = ours.get(method, {}).get(model)
             for k in METRICS:
-                cells += [f"{published[k]:.2f}" if k in published else "–",
+                cells += [published.get(k, "–"),
                           fmt_value({**cell, "bold": []}, k) if cell else "–"]
         rows.append([display_name(method), *cells])
     table = f"Table {paper['table']}" if paper["table"] else "its tables"
@@ -1073,8 +1073,12 @@ def write_report(runs_root: str | Path, out_dir: str | Path, *, plots: bool = Tr
 
         summary["paper"] = load_paper_figures(paper)
         if summary["paper"]:
-            summary["paper_note"] = (f"The paper's published figures are quoted beside ours per dataset, from "
-                                     f"{summary['paper']['source']}.")
+            shown = [display_dataset(d) for d in summary["paper"]["datasets"] if d in summary["datasets"]]
+            unshown = [display_dataset(d) for d in summary["paper"]["datasets"] if d not in summary["datasets"]]
+            summary["paper_note"] = (f"The paper's published figures ({summary['paper']['source']}) are quoted "
+                                     f"beside ours for {', '.join(shown) or 'no dataset'}"
+                                     + (f"; given for {', '.join(unshown)} too, which has no runs here" * bool(unshown))
+                                     + ".")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []

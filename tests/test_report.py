@@ -382,7 +382,8 @@ PAPER = {"source": "Test citation, Table I", "datasets": {
     "kitti": {"table": "I", "setting": "a stated setting",
               "rows": {"teacher": {"mfnet": {"mfsc": 71.5, "fwfsc": 80.0, "miou": 61.25, "fwiou": 70.0}},
                        "lix": {"mfnet": {"miou": 58.5}},
-                       "dist": {"mfnet": {"miou": 55.0}}}}}}
+                       "dist": {"mfnet": {"miou": 55.0}}}},
+    "nuimages": {"table": "III", "setting": "another", "rows": {"lix": {"mfnet": {"miou": 40.0}}}}}}
 
 
 def test_paper_figures_beside_ours(runs, tmp_path):
@@ -393,19 +394,20 @@ def test_paper_figures_beside_ours(runs, tmp_path):
     summary = write_report(root, tmp_path / "rep", plots=False, paper=tmp_path / "paper")
     md = (tmp_path / "rep" / "README.md").read_text(encoding="utf-8")
     assert "Test citation, Table I" in md and "a stated setting" in md
+    assert "quoted beside ours for KITTI; given for nuImages too, which has no runs here." in md
     head, rows = _section_table(md, "### KITTI: the paper's published figures beside ours")
     by = {r[0]: dict(zip(head, r)) for r in rows}
     # only the architecture the paper prints; every method of ours or the paper's, in table order
     assert head[1:3] == ["MFNet mFsc paper", "MFNet mFsc ours"] and len(head) == 9
     assert list(by) == ["Teacher (RGB + X)", "Student (RGB)", "KD", "DKD", "DIST", "LIX"]
     assert by["Teacher (RGB + X)"]["MFNet mIoU paper"] == "61.25"
-    assert by["Teacher (RGB + X)"]["MFNet mFsc paper"] == "71.50"
+    assert by["Teacher (RGB + X)"]["MFNet mFsc paper"] == "71.5"  # quoted as written, not reformatted
     lix = [m["miou"] for m in known[("kitti", "mfnet", "lix")].values()]
-    assert by["LIX"]["MFNet mIoU paper"] == "58.50" and by["LIX"]["MFNet mIoU ours"] == _expected(lix)
+    assert by["LIX"]["MFNet mIoU paper"] == "58.5" and by["LIX"]["MFNet mIoU ours"] == _expected(lix)
     assert by["LIX"]["MFNet mFsc paper"] == "–"  # not printed: not 0
-    assert by["DIST"]["MFNet mIoU ours"] == "–" and by["DIST"]["MFNet mIoU paper"] == "55.00"
+    assert by["DIST"]["MFNet mIoU ours"] == "–" and by["DIST"]["MFNet mIoU paper"] == "55.0"
     assert "KITTI: the paper" in md and "vKITTI2: the paper" not in md
-    assert summary["paper"]["datasets"]["kitti"]["rows"]["lix"] == {"mfnet": {"miou": 58.5}}
+    assert summary["paper"]["datasets"]["kitti"]["rows"]["lix"] == {"mfnet": {"miou": "58.5"}}
 
 
 @pytest.mark.parametrize("edit, key", [
@@ -415,6 +417,9 @@ def test_paper_figures_beside_ours(runs, tmp_path):
     (lambda p: p["datasets"]["kitti"]["rows"]["lix"]["mfnet"].update(acc=1.0), "rows.lix.mfnet.acc"),
     (lambda p: p["datasets"]["kitti"]["rows"]["lix"]["mfnet"].update(miou=0.585e3), "rows.lix.mfnet.miou"),
     (lambda p: p["datasets"]["kitti"].pop("setting"), "kitti.setting"),
+    (lambda p: p["datasets"].update(vkitti={}), "datasets.vkitti"),
+    (lambda p: p["datasets"]["kitti"].update(table=None), "kitti.table"),
+    (lambda p: p["datasets"]["kitti"]["rows"]["lix"]["mfnet"].update(miou=10**400), "rows.lix.mfnet.miou"),
 ])
 def test_paper_figures_refused_naming_the_key(tmp_path, edit, key):
     from lix.paper_figures import load_paper_figures
