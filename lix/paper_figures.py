@@ -34,7 +34,7 @@ from typing import Any
 
 from pipeline.errors import ConfigError, DataError
 
-METRICS = ("mfsc", "fwfsc", "miou", "fwiou")
+METRICS = ("mfsc", "fwfsc", "miou", "fwiou")  # the paper's column order; lix/report.py uses it too
 DEFAULT_FILE = "tables.json"
 
 

@@ -53,10 +53,10 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from lix.config import VARIANT_SEP
+from lix.paper_figures import METRICS, load_paper_figures  # METRICS: the paper's column order
 from pipeline.errors import DataError
 
 LAYOUT = "<runs_root>/<dataset>/<model>/<method>/seed<k>/metrics.json"
-METRICS = ("mfsc", "fwfsc", "miou", "fwiou")  # the paper's column order
 ALL_METRICS = (*METRICS, "pixel_acc")
 METRIC_LABEL = {"mfsc": "mFsc", "fwfsc": "fwFsc", "miou": "mIoU", "fwiou": "fwIoU", "pixel_acc": "pixel acc",
                 "n": "n"}
@@ -1069,8 +1069,6 @@ def write_report(runs_root: str | Path, out_dir: str | Path, *, plots: bool = Tr
     summary = build_summary(runs, read_overhead(runs_root, overhead), runs_root=str(runs_root))
     summary["cross"] = scan_cross(cross_root)
     if paper is not None:
-        from lix.paper_figures import load_paper_figures
-
         summary["paper"] = load_paper_figures(paper)
         if summary["paper"]:
             shown = [display_dataset(d) for d in summary["paper"]["datasets"] if d in summary["datasets"]]

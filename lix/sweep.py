@@ -226,6 +226,10 @@ def _safe_name(stage: str) -> str:
     return "".join(c if c.isalnum() or c in "-_.=~," else "_" for c in stage)
 
 
+_POSIX = os.name == "posix"
+_SIGKILL = getattr(signal, "SIGKILL", signal.SIGTERM)
+
+
 class _Job:
     def __init__(self, stage: str, slot: int, repo_dir: Path, log_dir: Path, jobs: int, argv: list[str]):
         self.stage, self.slot = stage, slot
@@ -282,10 +286,6 @@ class _Job:
         self._signal_group(_SIGKILL)
         self.proc.wait()
         self._fh.close()
-
-
-_POSIX = os.name == "posix"
-_SIGKILL = getattr(signal, "SIGKILL", signal.SIGTERM)
 
 
 def stop_jobs(jobs: list[_Job], grace_s: float = 30.0, poll_s: float = 0.1) -> None:
@@ -348,7 +348,7 @@ def run_plan(p: Plan, repo_dir: str | Path = ".", jobs: int = 1, *, log_dir: str
              lock_retries: int = 120, poll_s: float = 0.2, repro_args: tuple[str, ...] = ()) -> Outcome:
     """Run the stages of ``p.todo`` in dependency order, ``jobs`` at a time (see the module
     docstring). ``on_event(kind, stage, detail)`` with kind start | done | failed | skipped.
-    Ctrl-C or SIGTERM stops every running job (its whole process group) and re-raises.
+    Ctrl-C, SIGTERM or SIGHUP stops every running job (its whole process group) and re-raises.
     ``repro_args`` go to every ``dvc repro`` (e.g. ``("--pull",)``)."""
     if jobs < 1:
         raise ConfigError("--jobs", f"must be >= 1, got {jobs}")
