@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import json
 import logging
 import math
 import re
@@ -512,16 +513,19 @@ def _dwld_head(ckpt: dict, path: Path, n_classes: int):
     distill = ckpt["config"].get("distill") or {}
     state = (ckpt.get("extra") or {}).get("distiller") or {}
     own = {k[len("dwld."):]: v for k, v in state.items() if k.startswith("dwld.")}
-    if not any(k.startswith("controller.") for k in own):
-        return None
+    method = distill.get("method", "")
     try:
-        defaults = hyper_defaults(distill.get("method", ""))
+        defaults = hyper_defaults(method)
     except Exception:  # not a registered method any more: the head's own defaults
         defaults = {}
+    if "controller" not in defaults and not own:
+        return None  # no DWLD in this run
     hyper = {**defaults, **(distill.get("hyper") or {})}
     params = set(inspect.signature(DWLDHead.__init__).parameters) - {"self", "n_classes"}
     head = DWLDHead(n_classes, **{k: v for k, v in hyper.items() if k in params})
-    if head.controller is None:
+    if head.controller_kind == "confidence":
+        return head.eval()  # parameter-free: nothing to load
+    if head.controller is None or not any(k.startswith("controller.") for k in own):
         return None
     try:
         head.load_state_dict(own)
@@ -541,7 +545,7 @@ def dwc_arrays(runs_root: str | Path, shards_root: str | Path, dataset: str, mod
     ``beta``, ``beta_min``, ``beta_max``, ``class_names``. The weights are the trained
     controller's on the student's logits (``DWLDHead.weights``); the teacher (its own run,
     ``<...>/teacher/seed<seed>/best.pt``, else the path the run recorded) is loaded only for
-    ``dwc_inputs="softmax_conf_teacher"``. None when the run has no DWC; DataError when the
+    ``dwc_inputs="teacher_softmax_conf"``. None when the run has no DWC; DataError when the
     checkpoint is missing or unreadable."""
     import torch
 
@@ -559,7 +563,7 @@ def dwc_arrays(runs_root: str | Path, shards_root: str | Path, dataset: str, mod
     net, inputs, config = _load_net(ckpt, path, class_names, dev)
     head.to(dev)
     teacher = None
-    if head.controller.inputs == "softmax_conf_teacher":
+    if head.controller is not None and head.controller.inputs == "teacher_softmax_conf":
         teacher = _load_teacher(runs_root, dataset, model, seed, config, class_names, dev)
     out = {k: [] for k in ("rgb", "label", "confidence", "mean_weight", "top_class")}
     with torch.no_grad():
@@ -574,9 +578,84 @@ def dwc_arrays(runs_root: str | Path, shards_root: str | Path, dataset: str, mod
             out["confidence"].append(confidence_map(s, it["label"]))
             out["mean_weight"].append(mean)
             out["top_class"].append(top)
-    c = head.controller
-    return out | {"beta": head.beta, "beta_min": c.beta_min, "beta_max": c.beta_max, "class_names": class_names,
-                  "dwc_inputs": c.inputs}
+    return out | {"beta": head.beta, "beta_min": head.beta_min, "beta_max": head.beta_max,
+                  "class_names": class_names,
+                  "dwc_inputs": head.controller.inputs if head.controller is not None else "confidence"}
+
+
+def dwc_statistics(run_dir: str | Path, shard_dir: str | Path, teacher: str | Path | None = None,
+                   device: str = "cpu") -> dict | None:
+    """What the weights of a DWLD/LIX run's controller (``best.pt`` of ``run_dir``) do on the
+    whole val split of ``shard_dir``, over the non-target logits of the labelled pixels:
+    ``w_mean``; ``w_std_class`` (std across a pixel's non-target classes, mean over pixels);
+    ``w_std_pixel`` (std over pixels of a pixel's mean weight); ``w_at_bound`` (share of weights
+    within 1 % of the range from β_min or β_max); ``class_weight`` (class -> its mean weight where
+    it is a non-target class) and ``corr_error`` (Pearson correlation over the classes between
+    that mean weight and the student's error 1 − IoU of ``metrics.json``; None when fewer than 3
+    classes have both). ``teacher``: the teacher checkpoint, needed only for
+    ``dwc_inputs="teacher_softmax_conf"``. None when the run has no varying weights."""
+    import torch
+
+    from lix.checkpoint import load_checkpoint
+    from lix.data import ShardDataset
+    from lix.losses.dwld import BOUND_TOLERANCE
+
+    run_dir = Path(run_dir)
+    path = run_dir / "best.pt"
+    ckpt = load_checkpoint(path, required=("model", "config"))
+    n_classes = int(ckpt["config"]["n_classes"])
+    head = _dwld_head(ckpt, path, n_classes)
+    if head is None:
+        return None
+    ds = ShardDataset(shard_dir, "val", augment=None)
+    class_names = list(ds.class_names)
+    dev = _device(device)
+    net, inputs, config = _load_net(ckpt, path, class_names, dev)
+    head.to(dev)
+    t_net = None
+    if head.controller is not None and head.controller.inputs == "teacher_softmax_conf":
+        t_path = Path(teacher or (config.get("distill") or {}).get("teacher", ""))
+        t_net = _load_net(load_checkpoint(t_path, required=("model", "config")), t_path, class_names, dev)[:2]
+    pix_mean, pix_std, at_bound, n_weights = [], [], 0.0, 0.0
+    cls_sum, cls_n = torch.zeros(n_classes, dtype=torch.float64), torch.zeros(n_classes, dtype=torch.float64)
+    lo, hi = head.beta_min, head.beta_max
+    tol = BOUND_TOLERANCE * (hi - lo)
+    with torch.no_grad():
+        for i in range(len(ds)):
+            it = ds[i]
+            s = _logits(net, inputs, it, dev)
+            t = _logits(*t_net, it, dev) if t_net is not None else torch.zeros_like(s)
+            label = it["label"].to(dev).long()[None]
+            w = head.weights(s, t, label).double()[0]                         # (C, H, W)
+            valid = label[0] != IGNORE
+            nt = (torch.arange(n_classes, device=dev)[:, None, None] != label[0][None]) & valid[None]
+            k = nt.sum(0).clamp_min(1)
+            m = (w * nt).sum(0) / k
+            sd = (((w - m[None]) ** 2) * nt).sum(0).div(k).sqrt()
+            pix_mean.append(m[valid].cpu())
+            pix_std.append(sd[valid].cpu())
+            at_bound += float((((w <= lo + tol) | (w >= hi - tol)) & nt).sum())
+            n_weights += float(nt.sum())
+            cls_sum += (w * nt).sum((1, 2)).cpu()
+            cls_n += nt.sum((1, 2)).double().cpu()
+    pm, ps = torch.cat(pix_mean), torch.cat(pix_std)
+    class_weight = {class_names[c]: float(cls_sum[c] / cls_n[c]) for c in range(n_classes) if cls_n[c] > 0}
+    corr = None
+    metrics_file = run_dir / "metrics.json"
+    if metrics_file.is_file():
+        iou = json.loads(metrics_file.read_text()).get("per_class_iou") or {}
+        both = [(class_weight[c], 1.0 - float(iou[c])) for c in class_weight
+                if isinstance(iou.get(c), (int, float)) and np.isfinite(iou[c])]
+        if len(both) >= 3:
+            a = np.array(both, dtype=np.float64)
+            if a[:, 0].std() > 0 and a[:, 1].std() > 0:
+                corr = float(np.corrcoef(a[:, 0], a[:, 1])[0, 1])
+    return {"w_mean": float(pm.mean()) if len(pm) else float("nan"),
+            "w_std_class": float(ps.mean()) if len(ps) else float("nan"),
+            "w_std_pixel": float(pm.std(unbiased=False)) if len(pm) else float("nan"),
+            "w_at_bound": at_bound / max(n_weights, 1.0), "class_weight": class_weight, "corr_error": corr,
+            "beta_min": lo, "beta_max": hi, "controller": head.controller_kind,
+            "dwc_training": head.dwc_training}
 
 
 def _load_teacher(runs_root, dataset, model, seed, config, class_names, device):

@@ -1,13 +1,14 @@
-"""The paper's published figures, quoted beside ours in the report (``lix report --paper``).
+"""The paper's published figures, quoted beside ours in the report.
 
-The paper's Tables I–III (Guo et al., "LIX: Implicitly Infusing Spatial Geometric Prior Knowledge
+The paper's Tables I–V (Guo et al., "LIX: Implicitly Infusing Spatial Geometric Prior Knowledge
 into Visual Semantic Segmentation for Autonomous Driving", IEEE TIP 2025, arXiv:2403.08215) are
-facts, to be quoted as printed. They are **not shipped**: this project's sandbox could read only
-the paper's abstract (no table, no hyper-parameter), and we do not type numbers we cannot check.
-Whoever has the paper writes them once into ``data/paper/tables.json``; the report then puts each
-published row beside the matching row of ours, with the paper's setting stated next to it, so a
-reader sees at once where a setting matches (real data, the paper's resolution and schedule)
-and where it does not (the embedded synthetic testbed never does).
+facts, quoted as printed. They ship with the package (``lix/paper_tables.json``, transcribed from
+the paper's text; :data:`SHIPPED`) and ``lix report`` quotes them by default; ``--paper FILE``
+quotes another file of the same format instead (e.g. a later version of the paper). The report
+puts each published row beside the matching row of ours with the paper's setting stated, and
+adds two comparisons that do not depend on the training length or resolution (lix/report.py):
+the share of the teacher–student gap a method closes, and the rank agreement (Kendall's τ)
+between our ordering of the methods and the paper's.
 
 Format (JSON; values in percent, as printed in the paper; every key below is checked)::
 
@@ -16,12 +17,18 @@ Format (JSON; values in percent, as printed in the paper; every key below is che
        "vkitti2": {"table": "I", "setting": "vKITTI2, 700 images 5:2, depth from ..., 500 epochs",
                    "rows": {"teacher": {"mfnet": {"mfsc": 0.0, "fwfsc": 0.0, "miou": 0.0, "fwiou": 0.0},
                                         "sne_roadseg": {...}},
-                            "student": {...}, "kd": {...}, "lix": {...}}}}}
+                            "student": {...}, "kd": {...}, "lix": {...}}}},
+     "ablations": {                                   (optional)
+       "dwc_inputs": {"table": "IV", "dataset": "vkitti2", "model": "mfnet", "setting": "...",
+                      "rows": [{"label": "...", "mfsc": 0.0, ...}, ...]},
+       "kernel_consistency": {"table": "V", "dataset": "vkitti2", "model": "mfnet", "metric": "mfsc",
+                              "setting": "...", "rows": {kernel: {measure: value}}}}}
 
 Dataset keys are registered datasets (``vkitti2``, ``kitti``, ``nuimages``); row keys
 ``teacher``, ``student`` or a method of ``lix distill --list``; model keys an architecture of the
 model registry; metric keys ``mfsc``, ``fwfsc``, ``miou``, ``fwiou`` (any subset: a figure the
-paper does not print is left out, never written as 0). Figures are kept as written in the file
+paper does not print is left out, never written as 0); Table V's kernels are ARFD's ``kernel``
+values and its measures ARFD's ``consistency`` values. Figures are kept as written in the file
 (``61.3`` stays ``61.3``, not ``61.30``): quoted, not reformatted.
 """
 
@@ -36,6 +43,7 @@ from pipeline.errors import ConfigError, DataError
 
 METRICS = ("mfsc", "fwfsc", "miou", "fwiou")  # the paper's column order; lix/report.py uses it too
 DEFAULT_FILE = "tables.json"
+SHIPPED = Path(__file__).with_name("paper_tables.json")  # Tables I–V of the paper, package data
 
 
 def _known_methods() -> set[str]:
@@ -56,11 +64,12 @@ def _known_models() -> set[str]:
     return set(MODELS)
 
 
-def load_paper_figures(path: str | Path) -> dict | None:
-    """The published figures of ``path`` (a JSON file, or a directory holding ``tables.json``),
-    validated: {"source": str, "datasets": {dataset: {"table", "setting", "rows": {method:
-    {model: {metric: float}}}}}}. None when ``path`` is a directory without ``tables.json``
-    (nothing typed in yet). Raises DataError/ConfigError naming the file and key at fault."""
+def load_paper_figures(path: str | Path = SHIPPED) -> dict | None:
+    """The published figures of ``path`` (a JSON file, or a directory holding ``tables.json``;
+    default the shipped Tables I–V), validated: {"source": str, "datasets": {dataset: {"table",
+    "setting", "rows": {method: {model: {metric: str}}}}}, "ablations": {...}} (figures as their
+    printed text). None when ``path`` is a directory without ``tables.json``. Raises
+    DataError/ConfigError naming the file and key at fault."""
     p = Path(path)
     if p.is_dir():
         p = p / DEFAULT_FILE
@@ -103,8 +112,8 @@ def validate(raw: Any, where: str = "paper figures") -> dict:
             raise ConfigError(f"{where}: {key}", problem)
 
     need(isinstance(raw, dict), "(top level)", "expected an object with 'source' and 'datasets'")
-    extra = set(raw) - {"source", "datasets"}
-    need(not extra, ", ".join(sorted(extra)), "unknown key(s); expected 'source' and 'datasets'")
+    extra = set(raw) - {"source", "datasets", "ablations"}
+    need(not extra, ", ".join(sorted(extra)), "unknown key(s); expected 'source', 'datasets', 'ablations'")
     need(isinstance(raw.get("source"), str) and raw["source"].strip() != "", "source",
          "expected the citation the figures are quoted from (paper, table, version)")
     need(isinstance(raw.get("datasets"), dict) and raw["datasets"], "datasets", "expected a non-empty object")
@@ -139,4 +148,66 @@ def validate(raw: Any, where: str = "paper figures") -> dict:
                     need(text is not None, f"{vkey}.{metric}", f"expected a percentage in [0, 100], got {str(v)!r}")
                     rows[method][model][metric] = text
         out["datasets"][ds] = {"table": str(table), "setting": entry["setting"].strip(), "rows": rows}
+    if "ablations" in raw:
+        out["ablations"] = _validate_ablations(raw["ablations"], need, datasets, models)
+    return out
+
+
+ABLATIONS = ("dwc_inputs", "kernel_consistency")  # Table IV, Table V
+
+
+def _validate_ablations(raw: Any, need, datasets: set[str], models: set[str]) -> dict:
+    from lix.losses.arfd import KERNELS
+    from lix.losses.cka import CONSISTENCY
+
+    need(isinstance(raw, dict), "ablations", f"expected an object with keys among {ABLATIONS}")
+    out: dict = {}
+    for name, entry in raw.items():
+        key = f"ablations.{name}"
+        need(name in ABLATIONS, key, f"unknown ablation; expected one of {ABLATIONS}")
+        need(isinstance(entry, dict), key, "expected an object with table, dataset, model, setting, rows")
+        allowed = {"table", "dataset", "model", "setting", "rows"} | ({"metric"} if name == "kernel_consistency"
+                                                                      else set())
+        extra = set(entry) - allowed
+        need(not extra, f"{key}.{sorted(extra)[0] if extra else ''}", f"unknown key; expected {sorted(allowed)}")
+        need(isinstance(entry.get("table"), str) and entry["table"].strip() != "", f"{key}.table",
+             "expected the paper's table number as text")
+        need(entry.get("dataset") in datasets, f"{key}.dataset", f"expected one of {sorted(datasets)}")
+        need(entry.get("model") in models, f"{key}.model", f"expected one of {sorted(models)}")
+        need(isinstance(entry.get("setting"), str) and entry["setting"].strip() != "", f"{key}.setting",
+             "expected the setting in words")
+        item = {k: str(entry[k]).strip() for k in ("table", "dataset", "model", "setting")}
+        rows = entry.get("rows")
+        if name == "dwc_inputs":
+            need(isinstance(rows, list) and rows, f"{key}.rows", "expected a non-empty list of rows")
+            item["rows"] = []
+            for i, r in enumerate(rows):
+                rkey = f"{key}.rows[{i}]"
+                need(isinstance(r, dict) and isinstance(r.get("label"), str), rkey,
+                     "expected {label: text, metric: value, ...}")
+                figures = {}
+                for metric, v in r.items():
+                    if metric == "label":
+                        continue
+                    need(metric in METRICS, f"{rkey}.{metric}", f"unknown metric; expected one of {METRICS}")
+                    text = _figure(v)
+                    need(text is not None, f"{rkey}.{metric}", f"expected a percentage in [0, 100], got {str(v)!r}")
+                    figures[metric] = text
+                item["rows"].append({"label": r["label"], **figures})
+        else:
+            need(entry.get("metric") in METRICS, f"{key}.metric", f"expected one of {METRICS}")
+            item["metric"] = entry["metric"]
+            need(isinstance(rows, dict) and rows, f"{key}.rows", "expected {kernel: {measure: value}}")
+            item["rows"] = {}
+            for kernel, cells in rows.items():
+                rkey = f"{key}.rows.{kernel}"
+                need(kernel in KERNELS, rkey, f"unknown kernel; expected one of {KERNELS}")
+                need(isinstance(cells, dict) and cells, rkey, f"expected {{measure: value}} for {CONSISTENCY}")
+                item["rows"][kernel] = {}
+                for measure, v in cells.items():
+                    need(measure in CONSISTENCY, f"{rkey}.{measure}", f"unknown measure; expected {CONSISTENCY}")
+                    text = _figure(v)
+                    need(text is not None, f"{rkey}.{measure}", f"expected a percentage in [0, 100], got {str(v)!r}")
+                    item["rows"][kernel][measure] = text
+        out[name] = item
     return out

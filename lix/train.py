@@ -516,9 +516,12 @@ def _fit(shard_dir: Path, out_dir: Path, cfg: TrainConfig, dataset: str, role: s
     if d.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         _write_json(out_dir / "config.json", config)
-        from dvclive import Live
-
-        live = Live(dir=str(out_dir / "dvclive"), resume=resumed, save_dvc_exp=False, dvcyaml=False)
+        try:
+            from dvclive import Live
+        except ImportError:  # e.g. a bare GPU box without DVC: the run's summary.json still holds the history
+            log.warning("dvclive is not installed: no per-epoch dvclive logs for %s", out_dir)
+        else:
+            live = Live(dir=str(out_dir / "dvclive"), resume=resumed, save_dvc_exp=False, dvcyaml=False)
     try:
         while _stop_reason(epoch, cfg, bad_evals) is None:
             set_loader_epoch(train_loader, epoch)
@@ -557,7 +560,8 @@ def _fit(shard_dir: Path, out_dir: Path, cfg: TrainConfig, dataset: str, role: s
                 if improved:
                     save_checkpoint(best_path, ckpt)
                     export_safetensors(ckpt["model"], out_dir / "model.safetensors", config)
-                _log_epoch(live, record)
+                if live is not None:
+                    _log_epoch(live, record)
             _barrier(d)
     finally:
         if live is not None:

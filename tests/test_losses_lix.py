@@ -106,19 +106,30 @@ def np_gram_cka(x: np.ndarray, y: np.ndarray) -> float:
     return hsic(k, l_) / math.sqrt(hsic(k, k) * hsic(l_, l_))
 
 
-def np_nadaraya_watson(x: np.ndarray, kernel: str, bandwidth: float = 1.0) -> np.ndarray:
-    """x (n, d): every row replaced by Σ_j K(x_i, x_j) x_j / Σ_j K(x_i, x_j)."""
+def np_nadaraya_watson(x: np.ndarray, kernel: str, bandwidth: float = 1.0, rule: str = "knn",
+                       k: int = 7) -> np.ndarray:
+    """x (n, d): every row replaced by Σ_j K(x_i, x_j) x_j / Σ_j K(x_i, x_j). Bandwidth per row i:
+    ``bandwidth`` × (rule "rms": the RMS pairwise distance; "median": the median distance over
+    pairs i != j; "knn": the distance from x_i to its k-th nearest other row)."""
     n = x.shape[0]
     if kernel == "none":
         return x
     sq = [[float(np.sum((x[i] - x[j]) ** 2)) for j in range(n)] for i in range(n)]
-    sigma = bandwidth * math.sqrt(sum(map(sum, sq)) / (n * n))
+    dist = [[math.sqrt(v) for v in row] for row in sq]
+    if rule == "rms":
+        sigmas = [bandwidth * math.sqrt(sum(map(sum, sq)) / (n * n))] * n
+    elif rule == "median":  # the lower median (torch.median's), of the ordered pairs i != j
+        d = sorted(dist[i][j] for i in range(n) for j in range(n) if i != j)
+        sigmas = [bandwidth * d[(len(d) - 1) // 2]] * n
+    else:
+        sigmas = [bandwidth * sorted(dist[i])[min(k, n - 1)] for i in range(n)]
     out = np.zeros_like(x)
     for i in range(n):
+        sigma = sigmas[i]
         ks = []
         for j in range(n):
             if kernel == "laplace":
-                ks.append(math.exp(-math.sqrt(sq[i][j]) / sigma))
+                ks.append(math.exp(-dist[i][j] / sigma))
             elif kernel == "gaussian":
                 ks.append(math.exp(-sq[i][j] / (2 * sigma * sigma)))
             else:  # linear: 1 + cosine
@@ -186,13 +197,25 @@ def test_other_consistency_measures_golden_and_zero_when_equal():
 
 # --------------------------------------------------------------------------- kernel regression
 @pytest.mark.parametrize("kernel", ["laplace", "gaussian", "linear"])
-def test_kernel_regression_golden(kernel):
+@pytest.mark.parametrize("rule", arfd_mod.BANDWIDTH_RULES)
+def test_kernel_regression_golden(kernel, rule):
     g = torch.Generator().manual_seed(4)
     x = torch.randn(2, 10, 3, generator=g, dtype=torch.float64)
-    got = arfd_mod.recalibrate(x, kernel, bandwidth=0.7, chunk=None)
+    for chunk in (None, 3):
+        got = arfd_mod.recalibrate(x, kernel, bandwidth=0.7, chunk=chunk, exact=True, bandwidth_rule=rule,
+                                   bandwidth_k=3)
+        for i in range(2):
+            ref = np_nadaraya_watson(npy(x[i]), kernel, 0.7, rule, k=3)
+            assert np.allclose(npy(got[i]), ref, atol=1e-9), (kernel, rule, chunk)
+
+
+def test_median_pairwise_distance_bandwidth():
+    x = torch.randn(2, 11, 4, dtype=torch.float64)
+    got = arfd_mod.median_pairwise_distance(x)
     for i in range(2):
-        ref = np_nadaraya_watson(npy(x[i]), kernel, 0.7)
-        assert np.allclose(npy(got[i]), ref, atol=1e-9)
+        a = npy(x[i])
+        d = sorted(np.linalg.norm(a[p] - a[q]) for p in range(11) for q in range(11) if p != q)
+        assert got[i].item() == pytest.approx(d[(len(d) - 1) // 2], rel=1e-12)  # the lower median
 
 
 def test_rms_pairwise_distance_bandwidth():
@@ -308,10 +331,13 @@ def test_arfd_stage_golden_recalibration_then_cka():
     s = torch.randn(2, 3, 4, 5, generator=g, dtype=torch.float64)
     t = torch.randn(2, 4, 4, 5, generator=g, dtype=torch.float64) + 0.5 * torch.cat([s, s[:, :1]], 1)
     for kernel in ("laplace", "gaussian", "none"):
-        got = arfd_mod.arfd_stage_loss(s, t, kernel=kernel, bandwidth=1.0, consistency="cka", chunk=7)
-        ref = np.mean([1 - np_gram_cka(np_nadaraya_watson(pixels(s, i), kernel),
-                                       np_nadaraya_watson(pixels(t, i), kernel)) for i in range(2)])
-        assert got.item() == pytest.approx(ref, abs=1e-9), kernel
+        for rule in arfd_mod.BANDWIDTH_RULES:
+            got = arfd_mod.arfd_stage_loss(s, t, kernel=kernel, bandwidth=1.0, consistency="cka", chunk=7,
+                                           exact=True, bandwidth_rule=rule, bandwidth_k=4)
+            ref = np.mean([1 - np_gram_cka(np_nadaraya_watson(pixels(s, i), kernel, 1.0, rule, 4),
+                                           np_nadaraya_watson(pixels(t, i), kernel, 1.0, rule, 4))
+                           for i in range(2)])
+            assert got.item() == pytest.approx(ref, abs=1e-9), (kernel, rule)
 
 
 @pytest.mark.parametrize("kernel", arfd_mod.KERNELS)
@@ -337,11 +363,12 @@ def spec_for(channels, n_classes=C):
 
 
 def test_arfd_distiller_golden_with_its_aligners():
-    """The registered method: per tap Conv1×1 -> BN (batch statistics) -> ReLU -> Laplace
-    recalibration -> 1 − CKA, summed over the taps; recomputed in numpy from the parameters."""
+    """The registered method: per tap the student's map Conv1×1 -> BN (batch statistics) ->
+    ReLU, the teacher's map standardised per channel -> ReLU, both recalibrated (Laplace, k-NN
+    bandwidth) -> 1 − CKA, averaged over the taps; recomputed in numpy from the parameters."""
     channels = {"a": (3, 4), "b": (2, 2)}
     torch.manual_seed(0)
-    d = DISTILLERS["arfd"](spec_for(channels), chunk=5)
+    d = DISTILLERS["arfd"](spec_for(channels), chunk=5, exact_distances=True)
     g = torch.Generator().manual_seed(7)
     sf = {k: torch.randn(2, cs, 3, 4, generator=g) for k, (cs, _) in channels.items()}
     tf = {k: torch.randn(2, ct, 3, 4, generator=g) for k, (_, ct) in channels.items()}
@@ -356,10 +383,13 @@ def test_arfd_distiller_golden_with_its_aligners():
         mu, var = z.mean(axis=(0, 2, 3), keepdims=True), z.var(axis=(0, 2, 3), keepdims=True)
         z = (z - mu) / np.sqrt(var + bn.eps) * npy(bn.weight)[None, :, None, None] + npy(bn.bias)[None, :, None, None]
         z = np.maximum(z, 0)
+        t = npy(tf[k])
+        t = np.maximum((t - t.mean(axis=(0, 2, 3), keepdims=True)) / np.sqrt(t.var(axis=(0, 2, 3), keepdims=True)
+                                                                            + 1e-5), 0)
         for i in range(2):
             xs = np_nadaraya_watson(z[i].reshape(z.shape[1], -1).T, "laplace")
-            xt = np_nadaraya_watson(pixels(tf[k], i), "laplace")
-            ref += (1 - np_gram_cka(xs, xt)) / 2
+            xt = np_nadaraya_watson(t[i].reshape(t.shape[1], -1).T, "laplace")
+            ref += (1 - np_gram_cka(xs, xt)) / 2 / len(channels)
     assert got["arfd"].item() == pytest.approx(ref, abs=1e-5)
 
 
@@ -572,14 +602,14 @@ def test_dwc_trained_by_the_loss_it_weights_collapses():
     assert min(values) < 0.0
 
 
-@pytest.mark.parametrize("inputs", ["softmax", "softmax_conf", "softmax_conf_teacher"])
+@pytest.mark.parametrize("inputs", ["softmax", "softmax_conf", "teacher_softmax_conf"])
 def test_gradients_reach_the_student_and_the_controller(inputs):
     s, t, y = logits_batch(seed=17)
     s = s.float().requires_grad_(True)
     torch.manual_seed(0)
     head = DWLDHead(C, dwc_inputs=inputs)
     assert head.controller.mlp[0].in_channels == {"softmax": C, "softmax_conf": C + 1,
-                                                   "softmax_conf_teacher": 2 * C + 1}[inputs]
+                                                   "teacher_softmax_conf": C + 1}[inputs]
     head(s, t.float(), y).backward()
     assert s.grad.abs().sum() > 0
     for name, p in head.named_parameters():
@@ -687,3 +717,235 @@ def test_fast_distances_keep_gradients_finite_on_duplicate_pixels():
         loss = arfd_mod.arfd_stage_loss(s, t, kernel=kernel, chunk=5)
         (grad,) = torch.autograd.grad(loss, s)
         assert torch.isfinite(loss) and torch.isfinite(grad).all(), kernel
+
+
+# --------------------------------------------------------------------------- recalibration keeps the signal
+def region_map(layout: str, seed: int, h: int = 24, w: int = 32, d: int = 16) -> torch.Tensor:
+    """(1, h·w, d) features: 4 regions (quadrants or vertical stripes), each a random non-negative
+    prototype, plus noise (std 0.3) per pixel."""
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    lab = (yy >= h // 2).long() * 2 + (xx >= w // 2).long() if layout == "quadrants" else (xx // 4) % 4
+    protos = torch.relu(torch.randn(4, d, generator=g)) * 2
+    return (protos[lab] + 0.3 * torch.randn(h, w, d, generator=g)).reshape(1, h * w, d)
+
+
+def test_recalibration_keeps_unrelated_maps_apart_and_related_maps_close():
+    """With the default bandwidth (each pixel's distance to its 7th nearest pixel), recalibration
+    keeps most of a structured map's variance, and under every measure of Table V unrelated maps
+    stay about as far apart as without recalibration (no collapse toward zero loss) while related
+    maps stay close."""
+    teacher = region_map("quadrants", 1)
+    related = teacher + 0.3 * torch.randn(teacher.shape, generator=torch.Generator().manual_seed(3))
+    unrelated = region_map("stripes", 2)
+    rec = arfd_mod.recalibrate  # laplace, bandwidth 1, knn 7: the defaults
+    assert arfd_mod.variance_kept(teacher, rec(teacher)).item() > 0.6
+    for measure in cka_mod.CONSISTENCY:
+        raw = cka_mod.consistency_loss(unrelated, teacher, measure).item()
+        far = cka_mod.consistency_loss(rec(unrelated), rec(teacher), measure).item()
+        near = cka_mod.consistency_loss(rec(related), rec(teacher), measure).item()
+        assert far >= 0.75 * raw, (measure, far, raw)
+        assert near <= 0.25 * far, (measure, near, far)
+
+
+def test_a_global_bandwidth_washes_the_maps_out():
+    """Why the default is local: with σ = the RMS (or median) pairwise distance every pixel is
+    averaged with most of the image, the maps come out close to their mean (little variance
+    kept) and the distance between unrelated maps shrinks (Euclidean to about half)."""
+    teacher, unrelated = region_map("quadrants", 1), region_map("stripes", 2)
+    for rule in ("rms", "median"):
+        rec = lambda x: arfd_mod.recalibrate(x, bandwidth_rule=rule)  # noqa: E731
+        assert arfd_mod.variance_kept(teacher, rec(teacher)).item() < 0.2, rule
+        raw = cka_mod.consistency_loss(unrelated, teacher, "euclidean").item()
+        assert cka_mod.consistency_loss(rec(unrelated), rec(teacher), "euclidean").item() < 0.6 * raw, rule
+
+
+def test_variance_kept_golden():
+    x = torch.randn(2, 9, 3, dtype=torch.float64)
+    y = 0.5 * x + 1.0
+    got = arfd_mod.variance_kept(x, y)
+    for i in range(2):
+        assert got[i].item() == pytest.approx(0.25, rel=1e-12)
+
+
+def test_arfd_reports_the_variance_kept_per_tap_and_averages_over_taps():
+    channels = {"a": (3, 4), "b": (2, 2)}
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(9)
+    sf = {k: torch.randn(2, cs, 4, 5, generator=g) for k, (cs, _) in channels.items()}
+    tf = {k: torch.randn(2, ct, 4, 5, generator=g) for k, (_, ct) in channels.items()}
+    z = torch.zeros(2, C, 8, 10)
+    batch = DistillBatch(z, z, torch.zeros(2, 8, 10, dtype=torch.long), sf, tf)
+    mean = DISTILLERS["arfd"](spec_for(channels))
+    torch.manual_seed(0)
+    total = DISTILLERS["arfd"](spec_for(channels), reduction="sum")
+    total.load_state_dict(mean.state_dict())
+    assert mean(batch)["arfd"].item() == pytest.approx(total(batch)["arfd"].item() / 2, rel=1e-6)
+    diag = mean.diagnostics()
+    assert set(diag) == {f"arfd.kept.{t}.{side}" for t in channels for side in ("student", "teacher")}
+    assert all(0.0 <= v.item() <= 1.0 + 1e-6 for v in diag.values())
+
+
+# --------------------------------------------------------------------------- the DWC's signals (issue 17)
+def test_confidence_controller_weights_are_the_closed_form():
+    """w = β_min + (β_max − β_min)·(1 − c), c the student's softmax probability of the true class,
+    the same for every non-target logit of a pixel; the loss is DWLD with those weights."""
+    s, t, y = logits_batch(seed=21)
+    head = DWLDHead(C, controller="confidence", beta_min=1.0, beta_max=10.0, temperature=2.0)
+    z = np.moveaxis(npy(s), 1, -1)                              # (N, H, W, C)
+    p = np.exp(z - z.max(-1, keepdims=True))
+    p = p / p.sum(-1, keepdims=True)                            # softmax at T = 1
+    lab = np.where(y.numpy() == 255, 0, y.numpy())
+    conf = np.take_along_axis(p, lab[..., None], axis=-1)[..., 0]
+    ref_w = np.broadcast_to((1.0 + 9.0 * (1.0 - conf))[:, None], npy(s).shape)
+    got_w = head.weights(s, t, y)
+    assert np.allclose(npy(got_w), ref_w, atol=1e-12)
+    assert head(s, t, y).item() == pytest.approx(np_dwld(s, t, y, ref_w, T=2.0), rel=1e-9)
+    assert list(head.parameters()) == []  # parameter-free
+
+
+def test_weight_statistics_golden():
+    from lix.losses.dwld import weight_statistics
+
+    g = torch.Generator().manual_seed(3)
+    w = 1.0 + 9.0 * torch.rand(2, C, 3, 4, generator=g, dtype=torch.float64)
+    w[0, 1, 0, 0] = 1.0  # at β_min
+    y = torch.randint(0, C, (2, 3, 4), generator=g)
+    y[1, 2, 3] = 255
+    gt = F.one_hot(y.clamp(max=C - 1), C).permute(0, 3, 1, 2).bool() & (y != 255).unsqueeze(1)
+    got = weight_statistics(w, gt, y != 255, 1.0, 10.0)
+    per_mean, per_std, vals = [], [], []
+    for i in range(2):
+        for a in range(3):
+            for b in range(4):
+                if y[i, a, b] == 255:
+                    continue
+                ws = np.array([w[i, k, a, b].item() for k in range(C) if k != y[i, a, b]])
+                per_mean.append(ws.mean())
+                per_std.append(ws.std())
+                vals.extend(ws)
+    vals = np.array(vals)
+    assert got["w_mean"].item() == pytest.approx(np.mean(per_mean), rel=1e-9)
+    assert got["w_std_class"].item() == pytest.approx(np.mean(per_std), rel=1e-9)
+    assert got["w_std_pixel"].item() == pytest.approx(np.std(per_mean), rel=1e-9)
+    assert got["w_at_bound"].item() == pytest.approx(np.mean((vals <= 1.09) | (vals >= 9.91)), rel=1e-9)
+
+
+def tiny_student_forward(student: nn.Module, x: torch.Tensor):
+    def forward(params):
+        return torch.func.functional_call(student, params, (x,))
+
+    forward.params = dict(student.named_parameters())
+    return forward
+
+
+def test_lookahead_weight_gradient_equals_finite_differences():
+    """∂CE(θ − η∇θ[CE + λ·DWLD(w)])/∂w, checked entry by entry against central differences of an
+    explicit virtual step (first-order autograd only) on a 1×1-conv student, in float64."""
+    from lix.losses.dwld import lookahead_weight_gradient
+
+    torch.manual_seed(0)
+    x, t, y = synthetic_problem(5)
+    x, t = x[:, :, :4, :4].double(), t[:, :, :4, :4].double()
+    y = y[:, :4, :4].clone()
+    y[0, 0, 0] = 255
+    student = nn.Conv2d(D_IN, C, 1).double()
+    lr, lam, T = 0.5, 0.7, 2.0
+    w = 1.0 + 9.0 * torch.rand(2, C, 4, 4, dtype=torch.float64)
+
+    def meta_ce(weights: torch.Tensor) -> float:
+        params = {n: p.detach().clone().requires_grad_(True) for n, p in student.named_parameters()}
+        s = torch.func.functional_call(student, params, (x,))
+        inner = F.cross_entropy(s, y, ignore_index=255) + lam * dwld_loss(s, t, y, weights, temperature=T)
+        grads = torch.autograd.grad(inner, list(params.values()))
+        new = {n: p.detach() - lr * gr for (n, p), gr in zip(params.items(), grads)}
+        with torch.no_grad():
+            return F.cross_entropy(torch.func.functional_call(student, new, (x,)), y, ignore_index=255).item()
+
+    s = student(x)
+    tcld, g, _gt, valid = dwld_terms(s, t, y, temperature=T)
+    got = lookahead_weight_gradient(s, y, w, tcld, g, valid, tiny_student_forward(student, x), lr, 1.0, T, lam)
+    eps = 1e-5
+    for idx in [(0, 1, 1, 2), (1, 3, 0, 0), (0, 4, 3, 3), (1, 0, 2, 1)]:
+        wp, wm = w.clone(), w.clone()
+        wp[idx] += eps
+        wm[idx] -= eps
+        fd = (meta_ce(wp) - meta_ce(wm)) / (2 * eps)
+        assert got[idx].item() == pytest.approx(fd, rel=1e-4, abs=1e-10), idx
+    assert got[0, :, 0, 0].abs().max().item() == 0.0  # an ignored pixel's weights do not matter
+
+
+def test_lookahead_head_gives_the_student_dwld_and_the_controller_the_meta_gradient():
+    torch.manual_seed(0)
+    x, t, y = synthetic_problem(6)
+    student = nn.Sequential(nn.Conv2d(D_IN, 16, 1), nn.ReLU(), nn.Conv2d(16, C, 1))
+    head = DWLDHead(C, dwc_training="lookahead", lookahead_lr=0.1)
+    s = student(x)
+    term = head(s, t, y, student_forward=tiny_student_forward(student, x))
+    w = head.weights(s.detach(), t, y).detach()
+    assert term.item() == pytest.approx(dwld_loss(s, t, y, w).item(), rel=1e-5)  # the value is DWLD
+    (gs,) = torch.autograd.grad(term, s, retain_graph=True)
+    (ref,) = torch.autograd.grad(dwld_loss(s, t, y, w), s)
+    torch.testing.assert_close(gs, ref, rtol=1e-4, atol=1e-7)  # the student sees fixed weights
+    term.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in head.parameters())
+    head.eval()  # no virtual step outside training
+    for p in head.parameters():
+        p.grad = None
+    head(student(x), t, y, student_forward=tiny_student_forward(student, x)).backward()
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in head.parameters())
+
+
+def test_lookahead_every_k_steps():
+    torch.manual_seed(0)
+    x, t, y = synthetic_problem(7)
+    student = nn.Conv2d(D_IN, C, 1)
+    head = DWLDHead(C, dwc_training="lookahead", lookahead_every=3)
+    got = []
+    for _ in range(6):
+        for p in head.parameters():
+            p.grad = None
+        head(student(x), t, y, student_forward=tiny_student_forward(student, x)).backward()
+        got.append(any(p.grad is not None and p.grad.abs().sum() > 0 for p in head.parameters()))
+    assert got == [True, False, False, True, False, False]
+
+
+def test_lookahead_controller_moves_off_the_prior_on_the_learning_problem():
+    torch.manual_seed(0)
+    student = nn.Sequential(nn.Conv2d(D_IN, 16, 1), nn.ReLU(), nn.Conv2d(16, C, 1))
+    head = DWLDHead(C, dwc_training="lookahead", lookahead_lr=0.1)
+    opt = torch.optim.Adam([*student.parameters(), *head.parameters()], lr=1e-2)
+    for it in range(60):
+        x, t, y = synthetic_problem(it % 8)
+        s = student(x)
+        term = head(s, t, y, student_forward=tiny_student_forward(student, x))
+        opt.zero_grad()
+        (F.cross_entropy(s, y, ignore_index=255) + term).backward()
+        opt.step()
+    x, t, y = synthetic_problem(100)
+    with torch.no_grad():
+        w = head.weights(student(x), t, y)
+    nt = (~F.one_hot(y.clamp(max=C - 1), C).permute(0, 3, 1, 2).bool()) & (y != 255).unsqueeze(1)
+    ww = w[nt]
+    assert ww.std() > 0.1 and near(ww, 1.0) + near(ww, 10.0) < 0.9
+
+
+@pytest.mark.parametrize("depth,dropout", [(1, 0.0), (2, 0.0), (3, 0.0), (4, 0.2)])
+def test_dwc_depth_and_dropout(depth, dropout):
+    head = DWLDHead(C, dwc_depth=depth, dwc_dropout=dropout, dwc_hidden=8)
+    convs = [m for m in head.controller.mlp if isinstance(m, nn.Conv2d)]
+    drops = [m for m in head.controller.mlp if isinstance(m, nn.Dropout)]
+    assert len(convs) == depth and convs[-1].out_channels == C
+    assert len(drops) == (depth - 1 if dropout > 0 else 0)
+    s, t, y = logits_batch(seed=2)
+    head.float()(s.float(), t.float(), y).backward()
+
+
+def test_teacher_input_variant_replaces_the_students_input():
+    s, t, y = logits_batch(seed=4)
+    torch.manual_seed(0)
+    head = DWLDHead(C, dwc_inputs="teacher_softmax_conf").double()
+    assert head.controller.mlp[0].in_channels == C + 1
+    a = head.weights(s, t, y)
+    b = head.weights(s + torch.randn_like(s), t, y)  # another student, the same teacher
+    torch.testing.assert_close(a, b)

@@ -74,6 +74,12 @@ class DistillBatch:
     target:         (N, H, W) int64 class ids, ``ignore_index`` (255) = unlabelled.
     student_feats:  tap -> (N, Cs, h, w), in the graph.
     teacher_feats:  tap -> (N, Ct, h, w), detached; same (h, w) as the student's at each tap.
+    world_size:     processes of the DDP run; losses that average over pixels or images divide
+                    by the global count (lix/losses/reduce.py), as the cross-entropy does.
+    student_forward: for methods with ``wants_student_forward`` (DWLD's lookahead controller):
+                    params -> the student's logits on this batch with those parameters
+                    (``torch.func.functional_call``, buffers copied), ``.params`` the student's
+                    trainable parameters by name. None otherwise.
     """
 
     student_logits: torch.Tensor
@@ -82,6 +88,8 @@ class DistillBatch:
     student_feats: dict[str, torch.Tensor] = field(default_factory=dict)
     teacher_feats: dict[str, torch.Tensor] = field(default_factory=dict)
     ignore_index: int = IGNORE_INDEX
+    world_size: int = 1
+    student_forward: Callable | None = None
 
     @property
     def valid(self) -> torch.Tensor:
@@ -122,6 +130,7 @@ class Distiller(nn.Module):
     taps: tuple[str, ...] | None = ()  # None: the family's DEFAULT_TAPS
     needs_pretrain: bool = False  # FT's paraphraser, MasKD's tokens, DiffKD's autoencoder
     pretrain_epochs: int = 0
+    wants_student_forward: bool = False  # DistillBatch.student_forward is filled (costs a closure only)
 
     def __init__(self, spec: TapSpec):
         super().__init__()
@@ -130,6 +139,11 @@ class Distiller(nn.Module):
 
     def forward(self, b: DistillBatch) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def diagnostics(self) -> dict[str, torch.Tensor]:
+        """Detached scalars measured by the last forward (logged beside the terms, never added
+        to the loss); e.g. DWC weight statistics, the variance ARFD's recalibration keeps."""
+        return {}
 
     def pretrain_loss(self, teacher_feats: dict[str, torch.Tensor], teacher_logits: torch.Tensor,
                       target: torch.Tensor) -> torch.Tensor:
@@ -204,6 +218,8 @@ def hyper_defaults(name: str) -> dict[str, object]:
     """The method's hyper-parameters and defaults (the function's keywords after the batch, or
     the class's ``__init__`` keywords after the spec), plus ``w_<term>`` for each term."""
     cls = _lookup(name)
+    if getattr(cls, "defaults", None):  # declared once as a mapping (lix/losses/lix_method.py)
+        return dict(cls.defaults) | {f"w_{t}": w for t, w in cls.terms.items()}
     fn = cls.fn if issubclass(cls, FunctionDistiller) and cls is not FunctionDistiller else cls.__init__
     params = list(inspect.signature(fn).parameters.values())[1:]  # drop the batch / self
     if fn is cls.__init__:

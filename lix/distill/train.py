@@ -80,13 +80,29 @@ class StudentWithDistiller(nn.Module):
             s_logits, s_feats = self.student(*self.student_inputs(batch)), {}
         label = batch["label"]
         ce = cross_entropy(s_logits, label, self.world_size)
+        student_forward = self._student_forward(batch) if self.distiller.wants_student_forward else None
         terms = self.distiller(DistillBatch(s_logits.float(), t_logits.float(), label,
                                             {k: v.float() for k, v in s_feats.items()},
-                                            {k: v.float() for k, v in t_feats.items()}))
+                                            {k: v.float() for k, v in t_feats.items()},
+                                            world_size=self.world_size, student_forward=student_forward))
         total = ce
         for name, value in terms.items():
             total = total + self.distiller.loss_weights.get(name, 1.0) * value
-        return {"loss": total, "ce": ce, **terms}
+        diagnostics = {f"diag.{k}": v.detach() for k, v in self.distiller.diagnostics().items()}
+        return {"loss": total, "ce": ce, **terms, **diagnostics}
+
+    def _student_forward(self, batch: dict):
+        """params -> the student's logits on ``batch`` with those parameters (buffers copied, so
+        a virtual forward leaves the BatchNorm statistics alone); ``.params``: the trainable ones."""
+        student = self.student
+        inputs = self.student_inputs(batch)
+
+        def forward(params: dict[str, torch.Tensor]) -> torch.Tensor:
+            state = {**{n: b.clone() for n, b in student.named_buffers()}, **params}
+            return torch.func.functional_call(student, state, inputs)
+
+        forward.params = {n: p for n, p in student.named_parameters() if p.requires_grad}
+        return forward
 
 
 def _call_module(module: nn.Module, batch: dict) -> dict[str, torch.Tensor]:

@@ -70,9 +70,14 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from lix.losses.cka import CONSISTENCY, consistency_loss, full_precision
+from lix.losses.reduce import global_mean
 
 KERNELS = ("laplace", "gaussian", "linear", "none")
+BANDWIDTH_RULES = ("knn", "median", "rms")
+TEACHER_NORMS = ("bn_relu", "none")
+REDUCTIONS = ("mean", "sum")
 EPS = 1e-12
+MEDIAN_SAMPLE = 256  # pixels per image whose pairwise distances give the median heuristic
 
 
 def _as_float(x: torch.Tensor) -> torch.Tensor:
@@ -86,10 +91,26 @@ def rms_pairwise_distance(x: torch.Tensor) -> torch.Tensor:
         return torch.sqrt(2.0 * x.var(dim=1, unbiased=False).sum(dim=1))
 
 
+def median_pairwise_distance(x: torch.Tensor, sample: int = MEDIAN_SAMPLE) -> torch.Tensor:
+    """The median heuristic: the (lower) median of the pairwise distances ‖x_i − x_j‖ (i ≠ j) per image,
+    over ``sample`` evenly spaced pixels when n is larger. x (N, n, d) -> (N,), detached."""
+    with torch.no_grad():
+        n = x.shape[1]
+        idx = torch.linspace(0, n - 1, min(n, sample), device=x.device).round().long()
+        xs = x[:, idx]
+        dist = torch.cdist(xs, xs, compute_mode="donot_use_mm_for_euclid_dist")
+        m = xs.shape[1]
+        off = ~torch.eye(m, dtype=torch.bool, device=x.device)
+        return dist[:, off].median(dim=1).values if m > 1 else dist.flatten(1).amax(1)
+
+
 def _nw_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel: str, sigma: torch.Tensor | None,
-              exact: bool = False) -> torch.Tensor:
+              exact: bool = False, knn: int | None = None) -> torch.Tensor:
     """Nadaraya–Watson for one chunk of queries: q (N, m, d), k (N, n, d), v (N, n, dv) -> (N, m, dv).
-    sigma (N, 1, 1) for laplace/gaussian."""
+    sigma (N, 1, 1) for laplace/gaussian: a global bandwidth, or with ``knn`` = k a multiplier of
+    each query's own bandwidth, the distance to its k-th nearest key (the query itself, at distance
+    0, not counted when it is among the keys), detached (the self-tuning local scale of
+    Zelnik-Manor & Perona, NIPS 2004)."""
     if kernel == "linear":
         kw = 1.0 + F.normalize(q, dim=2, eps=1e-8) @ F.normalize(k, dim=2, eps=1e-8).transpose(1, 2)
         return (kw @ v) / kw.sum(dim=2, keepdim=True).clamp_min(EPS)
@@ -100,6 +121,11 @@ def _nw_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel: str, si
     # there; cdist's gradient where q_i = k_j is 0 either way (its backward uses the differences).
     mode = "donot_use_mm_for_euclid_dist" if exact else "use_mm_for_euclid_dist"
     dist = torch.cdist(q, k, compute_mode=mode)
+    if knn is not None:
+        with torch.no_grad():
+            kk = min(int(knn), dist.shape[2] - 1)
+            local = dist.topk(kk + 1, dim=2, largest=False).values[..., kk:kk + 1]  # (N, m, 1)
+            sigma = (sigma * local).clamp_min(1e-6)
     if kernel == "laplace":
         logits = -dist / sigma
     elif kernel == "gaussian":
@@ -112,7 +138,7 @@ def _nw_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel: str, si
 @full_precision
 def kernel_regression(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, kernel: str = "laplace",
                       sigma: torch.Tensor | float | None = None, chunk: int | None = 1024,
-                      exact: bool = False) -> torch.Tensor:
+                      exact: bool = False, knn: int | None = None) -> torch.Tensor:
     """Nadaraya–Watson: out_i = Σ_j K(query_i, keys_j) values_j / Σ_j K(query_i, keys_j).
 
     query (N, m, d), keys (N, n, d), values (N, n, dv) -> (N, m, dv). ``sigma``: bandwidth, a
@@ -120,7 +146,8 @@ def kernel_regression(query: torch.Tensor, keys: torch.Tensor, values: torch.Ten
     (None: all at once, O(m·n) memory kept for the backward); with a gradient each block is
     checkpointed, so peak memory is O(chunk·n + (m + n)·d). ``kernel="none"`` returns ``query``.
     ``exact``: distances from the differences (chunk-invariant to rounding, slower) instead of the
-    matrix-product expansion (see ``_nw_chunk``)."""
+    matrix-product expansion (see ``_nw_chunk``). ``knn``: per-query bandwidths, ``sigma`` × the
+    distance to the query's ``knn``-th nearest key (see ``_nw_chunk``)."""
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
     if kernel == "none":
@@ -137,7 +164,7 @@ def kernel_regression(query: torch.Tensor, keys: torch.Tensor, values: torch.Ten
         s = s.reshape(-1, 1, 1).expand(query.shape[0], 1, 1).clamp_min(1e-6)
     m = query.shape[1]
     if chunk is None or chunk >= m:
-        return _nw_chunk(query, keys, values, kernel, s, exact)
+        return _nw_chunk(query, keys, values, kernel, s, exact, knn)
     if int(chunk) < 1:
         raise ValueError(f"chunk must be a positive integer or None, got {chunk!r}")
     need_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (query, keys, values))
@@ -145,21 +172,37 @@ def kernel_regression(query: torch.Tensor, keys: torch.Tensor, values: torch.Ten
     for start in range(0, m, int(chunk)):
         qc = query[:, start:start + int(chunk)]
         if need_grad:
-            out.append(checkpoint(_nw_chunk, qc, keys, values, kernel, s, exact, use_reentrant=False,
+            out.append(checkpoint(_nw_chunk, qc, keys, values, kernel, s, exact, knn, use_reentrant=False,
                                   preserve_rng_state=False))  # nothing random inside
         else:
-            out.append(_nw_chunk(qc, keys, values, kernel, s, exact))
+            out.append(_nw_chunk(qc, keys, values, kernel, s, exact, knn))
     return torch.cat(out, dim=1)
 
 
 def recalibrate(x: torch.Tensor, kernel: str = "laplace", bandwidth: float = 1.0, chunk: int | None = 1024,
-                exact: bool = False) -> torch.Tensor:
+                exact: bool = False, bandwidth_rule: str = "knn", bandwidth_k: int = 7) -> torch.Tensor:
     """Eq. 13–14 (our reading): every pixel of x (N, n, d) replaced by the Nadaraya–Watson mean of
-    the same image's pixels, σ = bandwidth × RMS pairwise distance. -> (N, n, d)."""
+    the same image's pixels -> (N, n, d). Bandwidth σ = ``bandwidth`` × (``bandwidth_rule``):
+    ``"knn"`` each pixel's distance to its ``bandwidth_k``-th nearest pixel (local, adaptive),
+    ``"median"`` the image's median pairwise distance, ``"rms"`` its RMS pairwise distance."""
     if kernel == "none":
         return x
-    sigma = bandwidth * rms_pairwise_distance(x) if kernel in ("laplace", "gaussian") else None
-    return kernel_regression(x, x, x, kernel, sigma, chunk, exact)
+    if bandwidth_rule not in BANDWIDTH_RULES:
+        raise ValueError(f"bandwidth_rule must be one of {BANDWIDTH_RULES}, got {bandwidth_rule!r}")
+    if kernel not in ("laplace", "gaussian"):
+        return kernel_regression(x, x, x, kernel, None, chunk, exact)
+    if bandwidth_rule == "knn":
+        return kernel_regression(x, x, x, kernel, bandwidth, chunk, exact, knn=int(bandwidth_k))
+    scale = median_pairwise_distance(x) if bandwidth_rule == "median" else rms_pairwise_distance(x)
+    return kernel_regression(x, x, x, kernel, bandwidth * scale, chunk, exact)
+
+
+def variance_kept(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+    """Σ_c Var_c(after) / Σ_c Var_c(before) over the pixels of each image (N, n, d) -> (N,):
+    the share of a map's variance that recalibration keeps (1 = none lost; a smoother that
+    returns the image mean keeps 0). Detached."""
+    with torch.no_grad():
+        return after.var(dim=1, unbiased=False).sum(1) / before.var(dim=1, unbiased=False).sum(1).clamp_min(EPS)
 
 
 def _pool_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -188,33 +231,51 @@ def _pixels(x: torch.Tensor) -> torch.Tensor:
 
 
 @full_precision
-def arfd_stage_loss(student: torch.Tensor, teacher: torch.Tensor, kernel: str = "laplace", bandwidth: float = 1.0,
-                    consistency: str = "cka", chunk: int | None = 1024, max_pixels: int | None = 1024,
-                    exact: bool = False) -> torch.Tensor:
-    """One stage pair: student (N, C, h, w) *already aligned* (eq. 12), teacher (N, C', h', w')
-    -> the mean over images of the consistency loss between the recalibrated maps (scalar; for
-    CKA: 1 − CKA, unitless in [0, 1])."""
+def arfd_stage_terms(student: torch.Tensor, teacher: torch.Tensor, kernel: str = "laplace", bandwidth: float = 1.0,
+                     consistency: str = "cka", chunk: int | None = 1024, max_pixels: int | None = 1024,
+                     exact: bool = False, bandwidth_rule: str = "knn", bandwidth_k: int = 7
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One stage pair: student (N, C, h, w) and teacher (N, C', h', w'), both *already aligned
+    and normalised* (eq. 12) -> (the consistency loss per image (N,) between the recalibrated
+    maps (for CKA: 1 − CKA, unitless in [0, 1]), the variance kept by recalibration per image
+    for the student (N,) and the teacher (N,), detached)."""
     if student.dim() != 4 or teacher.dim() != 4 or student.shape[0] != teacher.shape[0]:
         raise ValueError(f"expected (N, C, h, w) maps with equal N, got {tuple(student.shape)} and "
                          f"{tuple(teacher.shape)}")
     if consistency not in CONSISTENCY:
         raise ValueError(f"consistency must be one of {CONSISTENCY}, got {consistency!r}")
     fs, ft = match_sizes(_as_float(student), _as_float(teacher.detach()), max_pixels)
-    xs = recalibrate(_pixels(fs), kernel, bandwidth, chunk, exact)
+    ps, pt = _pixels(fs), _pixels(ft)
+    xs = recalibrate(ps, kernel, bandwidth, chunk, exact, bandwidth_rule, bandwidth_k)
     with torch.no_grad():
-        xt = recalibrate(_pixels(ft), kernel, bandwidth, chunk, exact)
-    return consistency_loss(xs, xt, consistency).mean()
+        xt = recalibrate(pt, kernel, bandwidth, chunk, exact, bandwidth_rule, bandwidth_k)
+    return consistency_loss(xs, xt, consistency), variance_kept(ps, xs), variance_kept(pt, xt)
+
+
+def arfd_stage_loss(student: torch.Tensor, teacher: torch.Tensor, kernel: str = "laplace", bandwidth: float = 1.0,
+                    consistency: str = "cka", chunk: int | None = 1024, max_pixels: int | None = 1024,
+                    exact: bool = False, bandwidth_rule: str = "knn", bandwidth_k: int = 7,
+                    world_size: int = 1) -> torch.Tensor:
+    """:func:`arfd_stage_terms`' loss, averaged over the images of the (global) batch: a scalar."""
+    per_image = arfd_stage_terms(student, teacher, kernel, bandwidth, consistency, chunk, max_pixels, exact,
+                                 bandwidth_rule, bandwidth_k)[0]
+    return global_mean(per_image.sum(), per_image.shape[0], world_size)
 
 
 def arfd_loss(student_aligned: list[torch.Tensor], teacher_feats: list[torch.Tensor], kernel: str = "laplace",
               bandwidth: float = 1.0, consistency: str = "cka", chunk: int | None = 1024,
-              max_pixels: int | None = 1024, exact: bool = False) -> torch.Tensor:
-    """L_FD = Σ over stage pairs of :func:`arfd_stage_loss` (aligned student maps, teacher maps;
-    lists in the same order). A scalar."""
+              max_pixels: int | None = 1024, exact: bool = False, bandwidth_rule: str = "knn",
+              bandwidth_k: int = 7, reduction: str = "mean", world_size: int = 1) -> torch.Tensor:
+    """L_FD (eq. 17) over the N stage pairs (aligned, normalised student and teacher maps, lists
+    in the same order): the mean (``reduction="mean"``, the paper's 1/N) or the sum of
+    :func:`arfd_stage_loss`. A scalar."""
     if len(student_aligned) != len(teacher_feats) or not student_aligned:
         raise ValueError("arfd_loss needs one teacher map per aligned student map, at least one")
-    return sum(arfd_stage_loss(s, t, kernel, bandwidth, consistency, chunk, max_pixels, exact)
-               for s, t in zip(student_aligned, teacher_feats))
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    total = sum(arfd_stage_loss(s, t, kernel, bandwidth, consistency, chunk, max_pixels, exact, bandwidth_rule,
+                                bandwidth_k, world_size) for s, t in zip(student_aligned, teacher_feats))
+    return total / len(student_aligned) if reduction == "mean" else total
 
 
 class Aligner(nn.Sequential):
@@ -227,18 +288,28 @@ class Aligner(nn.Sequential):
 
 class ARFDHead(nn.Module):
     """ARFD with its aligners, one per tap: ``forward(student_feats, teacher_feats)`` (tap -> map)
-    -> L_FD (scalar)."""
+    -> L_FD (scalar). After each forward ``last_stats`` holds the variance recalibration kept per
+    tap and side (``kept.<tap>.student``, ``kept.<tap>.teacher``: batch means, detached)."""
 
     def __init__(self, channels: dict[str, tuple[int, int]], *, kernel: str = "laplace", bandwidth: float = 1.0,
-                 consistency: str = "cka", chunk: int | None = 1024, max_pixels: int | None = 1024,
-                 exact_distances: bool = False):
+                 bandwidth_rule: str = "knn", bandwidth_k: int = 7, teacher_norm: str = "bn_relu",
+                 consistency: str = "cka", reduction: str = "mean", chunk: int | None = 1024,
+                 max_pixels: int | None = 1024, exact_distances: bool = False):
         super().__init__()
         if kernel not in KERNELS:
             raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
         if consistency not in CONSISTENCY:
             raise ValueError(f"consistency must be one of {CONSISTENCY}, got {consistency!r}")
+        if bandwidth_rule not in BANDWIDTH_RULES:
+            raise ValueError(f"bandwidth_rule must be one of {BANDWIDTH_RULES}, got {bandwidth_rule!r}")
+        if teacher_norm not in TEACHER_NORMS:
+            raise ValueError(f"teacher_norm must be one of {TEACHER_NORMS}, got {teacher_norm!r}")
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
         if not bandwidth > 0:
             raise ValueError(f"bandwidth must be > 0, got {bandwidth!r}")
+        if int(bandwidth_k) < 1:
+            raise ValueError(f"bandwidth_k must be a positive integer (neighbours), got {bandwidth_k!r}")
         if chunk is not None and int(chunk) < 1:
             raise ValueError(f"chunk must be a positive integer or None, got {chunk!r}")
         if max_pixels is not None and int(max_pixels) < 1:
@@ -246,16 +317,43 @@ class ARFDHead(nn.Module):
         if not channels:
             raise ValueError("ARFD needs at least one tap")
         self.kernel, self.bandwidth, self.consistency = kernel, float(bandwidth), consistency
+        self.bandwidth_rule, self.bandwidth_k = bandwidth_rule, int(bandwidth_k)
+        self.teacher_norm, self.reduction = teacher_norm, reduction
         self.chunk = None if chunk is None else int(chunk)
         self.max_pixels = None if max_pixels is None else int(max_pixels)
         self.exact = bool(exact_distances)
         self.taps = tuple(channels)
         self.aligners = nn.ModuleDict({t: Aligner(cs, ct) for t, (cs, ct) in channels.items()})
+        # the teacher's side: BatchNorm without parameters or running state (batch statistics
+        # always), a module so that the trainer's SyncBatchNorm conversion reaches it under DDP
+        self.teacher_norms = nn.ModuleDict({t: nn.BatchNorm2d(ct, affine=False, track_running_stats=False)
+                                            for t, (_cs, ct) in channels.items()} if teacher_norm == "bn_relu"
+                                           else {})
+        self.last_stats: dict[str, torch.Tensor] = {}
 
-    def forward(self, student_feats: dict[str, torch.Tensor], teacher_feats: dict[str, torch.Tensor]) -> torch.Tensor:
+    def teacher_map(self, tap: str, ft: torch.Tensor) -> torch.Tensor:
+        """The teacher's side of eq. 12: activated and normalised like the aligned student's map
+        (ReLU of the map standardised per channel over the batch; no parameters, no gradient;
+        ``teacher_norm="none"``: as it comes)."""
+        ft = _as_float(ft.detach())
+        if self.teacher_norm == "none":
+            return ft
+        with torch.no_grad():
+            return F.relu(self.teacher_norms[tap](ft))
+
+    def forward(self, student_feats: dict[str, torch.Tensor], teacher_feats: dict[str, torch.Tensor],
+                world_size: int = 1) -> torch.Tensor:
         missing = [t for t in self.taps if t not in student_feats or t not in teacher_feats]
         if missing:
             raise ValueError(f"ARFD: no features for taps {missing}")
-        aligned = [self.aligners[t](student_feats[t]) for t in self.taps]
-        return arfd_loss(aligned, [teacher_feats[t] for t in self.taps], self.kernel, self.bandwidth,
-                         self.consistency, self.chunk, self.max_pixels, self.exact)
+        total, stats = None, {}
+        for t in self.taps:
+            loss, kept_s, kept_t = arfd_stage_terms(self.aligners[t](student_feats[t]),
+                                                    self.teacher_map(t, teacher_feats[t]), self.kernel,
+                                                    self.bandwidth, self.consistency, self.chunk, self.max_pixels,
+                                                    self.exact, self.bandwidth_rule, self.bandwidth_k)
+            term = global_mean(loss.sum(), loss.shape[0], world_size)
+            total = term if total is None else total + term
+            stats[f"kept.{t}.student"], stats[f"kept.{t}.teacher"] = kept_s.mean(), kept_t.mean()
+        self.last_stats = stats
+        return total / len(self.taps) if self.reduction == "mean" else total

@@ -99,13 +99,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from lix.losses.cka import full_precision
+from lix.losses.reduce import global_mean
 
 IGNORE_INDEX = 255
 MASK_VALUE = 1000.0  # eq. 11's "large negative value" (mdistiller's 1000)
 NCLD_TERMS = ("generalized", "paper")
-CONTROLLERS = ("dwc", "fixed")
-DWC_INPUTS = ("softmax", "softmax_conf", "softmax_conf_teacher")
-DWC_TRAINING = ("adversarial", "joint")
+CONTROLLERS = ("dwc", "fixed", "confidence")
+DWC_INPUTS = ("softmax", "softmax_conf", "teacher_softmax_conf")
+DWC_TRAINING = ("adversarial", "joint", "lookahead")
+BOUND_TOLERANCE = 0.01  # a weight within 1 % of the range from β_min or β_max counts as "at a bound"
 
 
 def _as_float(x: torch.Tensor) -> torch.Tensor:
@@ -166,12 +168,14 @@ def dwld_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targe
 
 def dwld_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor,
               weights: torch.Tensor | float = 8.0, alpha: float = 1.0, temperature: float = 4.0,
-              ignore_index: int = IGNORE_INDEX, ncld_terms: str = "generalized") -> torch.Tensor:
+              ignore_index: int = IGNORE_INDEX, ncld_terms: str = "generalized", world_size: int = 1
+              ) -> torch.Tensor:
     """DWLD = mean over valid pixels of T² (α·TCLD + Σ_{k≠y} w_k g_k); a scalar (nats·T²).
 
     student_logits, teacher_logits (N, C, H, W), target (N, H, W) with ``ignore_index``;
     ``weights``: a float (every logit weighted β: per-pixel DKD) or (N, C, H, W) per-logit
-    weights (the target channel is ignored). 0 if no pixel is labelled."""
+    weights (the target channel is ignored). 0 if no pixel is labelled. ``world_size`` > 1: the
+    mean over the labelled pixels of the global batch (lix/losses/reduce.py)."""
     tcld, g, _gt, valid = dwld_terms(student_logits, teacher_logits, target, temperature, ignore_index, ncld_terms)
     if isinstance(weights, torch.Tensor):
         if weights.shape != g.shape:
@@ -181,12 +185,37 @@ def dwld_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target
         ncld = float(weights) * g.sum(1)
     per_pixel = temperature ** 2 * (alpha * tcld + ncld)
     v = valid.to(per_pixel.dtype)
-    return (per_pixel * v).sum() / v.sum().clamp_min(1.0)
+    return global_mean((per_pixel * v).sum(), v.sum(), world_size)
+
+
+def bernoulli_kl(u_logit: torch.Tensor, prior_logit: float) -> torch.Tensor:
+    """KL(Bern(u) ‖ Bern(ū)) elementwise from the logits x = logit(u) and b₀ = logit(ū):
+    u (log σ(x) − log σ(b₀)) + (1 − u)(log σ(−x) − log σ(−b₀)) (nats, ≥ 0, 0 at u = ū)."""
+    u = torch.sigmoid(u_logit)
+    log_prior, log_prior_c = -math.log1p(math.exp(-prior_logit)), -math.log1p(math.exp(prior_logit))
+    return u * (F.logsigmoid(u_logit) - log_prior) + (1.0 - u) * (F.logsigmoid(-u_logit) - log_prior_c)
+
+
+@full_precision
+def lookahead_objective(u_logit: torch.Tensor, meta_grad: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor,
+                        prior_logit: float, tau: float = 1.0, world_size: int = 1) -> torch.Tensor:
+    """The lookahead controller's objective (to be *minimised*), averaged over valid pixels:
+    (1/K) Σ_{k≠y} [u_k·G̃_k + τ·KL(Bern(u_k) ‖ Bern(ū))], G̃ the meta-gradient ∂CE(θ')/∂w scaled
+    to unit RMS (detached). Its minimiser per logit is logit(u_k) = b₀ − G̃_k/τ: weight moves to
+    the logits whose up-weighting lowers the student's cross-entropy after the virtual step,
+    anchored at the prior β (without the anchor a learned controller follows a persistent
+    meta-gradient into a bound: tested)."""
+    nt = (~gt).to(u_logit.dtype)
+    k = nt.sum(1)
+    u = torch.sigmoid(u_logit)
+    obj = ((u * meta_grad.detach() + tau * bernoulli_kl(u_logit, prior_logit)) * nt).sum(1) / k
+    v = valid.to(obj.dtype)
+    return global_mean((obj * v).sum(), v.sum(), world_size)
 
 
 @full_precision
 def dwc_objective(u_logit: torch.Tensor, g: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor,
-                  prior_logit: float, tau: float = 1.0, eps: float = 1e-6) -> torch.Tensor:
+                  prior_logit: float, tau: float = 1.0, eps: float = 1e-6, world_size: int = 1) -> torch.Tensor:
     """The adversarial controller's objective J (to be *maximised*), averaged over valid pixels.
 
     u_logit (N, C, H, W): logit(u_k) of the normalised weights u = (w − β_min)/(β_max − β_min);
@@ -201,21 +230,52 @@ def dwc_objective(u_logit: torch.Tensor, g: torch.Tensor, gt: torch.Tensor, vali
     r = g / ((g * nt).sum(1, keepdim=True) / k + eps)
     r_bar = (r * nt).sum(1, keepdim=True) / k
     u = torch.sigmoid(u_logit)
-    # KL(Bern(u) || Bern(ū)) from logits: u (log σ(x) − log σ(b₀)) + (1 − u)(log σ(−x) − log σ(−b₀))
-    log_prior, log_prior_c = -math.log1p(math.exp(-prior_logit)), -math.log1p(math.exp(prior_logit))
-    kl = u * (F.logsigmoid(u_logit) - log_prior) + (1.0 - u) * (F.logsigmoid(-u_logit) - log_prior_c)
-    j = ((u * (r - r_bar) - tau * kl) * nt).sum(1) / k.squeeze(1)
+    j = ((u * (r - r_bar) - tau * bernoulli_kl(u_logit, prior_logit)) * nt).sum(1) / k.squeeze(1)
     v = valid.to(j.dtype)
-    return (j * v).sum() / v.sum().clamp_min(1.0)
+    return global_mean((j * v).sum(), v.sum(), world_size)
+
+
+def confidence(student_logits: torch.Tensor, target: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """Eq. 6: c = the softmax probability (T = 1) of the ground-truth class per pixel,
+    (N, C, H, W), (N, H, W) -> (N, 1, H, W), detached; computed as if the label were 0 at ignored
+    pixels (callers mask them)."""
+    with torch.no_grad():
+        lab = torch.where(target == ignore_index, torch.zeros_like(target), target)
+        return F.softmax(_as_float(student_logits), dim=1).gather(1, lab.unsqueeze(1))
+
+
+def weight_statistics(w: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor, beta_min: float, beta_max: float
+                      ) -> dict[str, torch.Tensor]:
+    """Summary of per-logit weights w (N, C, H, W) over the non-target logits of the labelled
+    pixels (gt (N, C, H, W) bool target one-hot, valid (N, H, W) bool): ``w_mean``;
+    ``w_std_class`` the std across a pixel's non-target classes, averaged over pixels;
+    ``w_std_pixel`` the std over pixels of a pixel's mean weight; ``w_at_bound`` the share of
+    weights within 1 % of the range (β_max − β_min) of either bound. Detached scalars (NaN-free:
+    0 when nothing is labelled)."""
+    with torch.no_grad():
+        w = _as_float(w.detach())
+        nt = ((~gt) & valid.unsqueeze(1)).to(w.dtype)
+        v = valid.to(w.dtype)
+        n_pix = v.sum().clamp_min(1.0)
+        k = nt.sum(1).clamp_min(1.0)                                  # (N, H, W)
+        pix_mean = (w * nt).sum(1) / k
+        pix_var = ((w - pix_mean.unsqueeze(1)).square() * nt).sum(1) / k
+        mean = (pix_mean * v).sum() / n_pix
+        std_pixel = (((pix_mean - mean).square() * v).sum() / n_pix).sqrt()
+        tol = BOUND_TOLERANCE * (beta_max - beta_min)
+        at_bound = ((w <= beta_min + tol) | (w >= beta_max - tol)).to(w.dtype)
+        return {"w_mean": mean, "w_std_class": (pix_var.sqrt() * v).sum() / n_pix, "w_std_pixel": std_pixel,
+                "w_at_bound": (at_bound * nt).sum() / nt.sum().clamp_min(1.0)}
 
 
 class DynamicWeightController(nn.Module):
-    """The DWC: a per-pixel 3-layer MLP (1×1 convolutions, ReLU, no dropout) mapping the
-    student's softmax (+ confidence, + teacher softmax, per ``inputs``) to C pre-activations h;
-    :meth:`weights` turns them into per-logit weights in (β_min, β_max)."""
+    """The DWC: a per-pixel MLP of ``depth`` linear layers (1×1 convolutions; ReLU, then dropout
+    when ``dropout`` > 0, between them) mapping its inputs (``inputs``: the student's softmax,
+    + its confidence; or the teacher's softmax and confidence instead, Fig. 4b) to C
+    pre-activations h; :meth:`to_weights` turns them into per-logit weights in (β_min, β_max)."""
 
     def __init__(self, n_classes: int, inputs: str = "softmax_conf", hidden: int = 32, beta: float = 8.0,
-                 beta_min: float = 1.0, beta_max: float = 10.0):
+                 beta_min: float = 1.0, beta_max: float = 10.0, depth: int = 3, dropout: float = 0.0):
         super().__init__()
         if inputs not in DWC_INPUTS:
             raise ValueError(f"dwc_inputs must be one of {DWC_INPUTS}, got {inputs!r}")
@@ -224,28 +284,36 @@ class DynamicWeightController(nn.Module):
                              f"got {beta} not in ({beta_min}, {beta_max})")
         if int(hidden) < 1:
             raise ValueError(f"dwc_hidden must be a positive integer, got {hidden!r}")
+        if int(depth) < 1:
+            raise ValueError(f"dwc_depth must be a positive integer (linear layers), got {depth!r}")
+        if not 0.0 <= float(dropout) < 1.0:
+            raise ValueError(f"dwc_dropout must be in [0, 1), got {dropout!r}")
         self.n_classes, self.inputs = n_classes, inputs
         self.beta_min, self.beta_max = float(beta_min), float(beta_max)
         u_bar = (beta - beta_min) / (beta_max - beta_min)
         self.prior_logit = math.log(u_bar / (1.0 - u_bar))
-        cin = n_classes + (inputs != "softmax") + n_classes * (inputs == "softmax_conf_teacher")
-        hidden = int(hidden)
-        self.mlp = nn.Sequential(nn.Conv2d(cin, hidden, 1), nn.ReLU(inplace=True),
-                                 nn.Conv2d(hidden, hidden, 1), nn.ReLU(inplace=True),
-                                 nn.Conv2d(hidden, n_classes, 1))
+        cin = n_classes + (inputs != "softmax")
+        widths = [cin] + [int(hidden)] * (int(depth) - 1) + [n_classes]
+        layers: list[nn.Module] = []
+        for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+            layers.append(nn.Conv2d(a, b, 1))
+            if i < len(widths) - 2:
+                layers.append(nn.ReLU(inplace=True))
+                if dropout > 0:
+                    layers.append(nn.Dropout(float(dropout)))
+        self.mlp = nn.Sequential(*layers)
 
     def features(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor,
                  ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
-        """The controller's input (N, cin, H, W), detached from both networks."""
+        """The controller's input (N, cin, H, W), detached from both networks: softmax (T = 1) of
+        the student's logits (of the teacher's for ``teacher_softmax_conf``), + the confidence of
+        eq. 6 from the same network unless ``inputs="softmax"``."""
         with torch.no_grad():
-            ps = F.softmax(_as_float(student_logits), dim=1)
-            parts = [ps]
-            if self.inputs != "softmax":
-                lab = torch.where(target == ignore_index, torch.zeros_like(target), target)
-                parts.append(ps.gather(1, lab.unsqueeze(1)))
-            if self.inputs == "softmax_conf_teacher":
-                parts.append(F.softmax(_as_float(teacher_logits), dim=1))
-            return torch.cat(parts, dim=1)
+            logits = teacher_logits if self.inputs == "teacher_softmax_conf" else student_logits
+            p = F.softmax(_as_float(logits), dim=1)
+            if self.inputs == "softmax":
+                return p
+            return torch.cat([p, confidence(logits, target, ignore_index)], dim=1)
 
     def weight_logits(self, x: torch.Tensor) -> torch.Tensor:
         """logit(u) = h + b₀ (N, C, H, W) for controller input x."""
@@ -271,13 +339,16 @@ class DynamicWeightController(nn.Module):
 
 
 class DWLDHead(nn.Module):
-    """DWLD with its controller: ``forward(student_logits, teacher_logits, target)`` -> the
-    scalar term (its value is exactly DWLD; see the module docstring for the gradients)."""
+    """DWLD with its weights: ``forward(student_logits, teacher_logits, target)`` -> the scalar
+    term (its value is exactly DWLD; see the module docstring for the controllers' gradients).
+    After each forward ``last_stats`` holds :func:`weight_statistics` of the weights used
+    (empty for ``fixed``)."""
 
     def __init__(self, n_classes: int, *, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0,
                  beta_min: float = 1.0, beta_max: float = 10.0, controller: str = "dwc",
-                 dwc_inputs: str = "softmax_conf", dwc_hidden: int = 32, dwc_tau: float = 1.0,
-                 dwc_training: str = "adversarial", ncld_terms: str = "generalized"):
+                 dwc_inputs: str = "softmax_conf", dwc_hidden: int = 32, dwc_depth: int = 3,
+                 dwc_dropout: float = 0.0, dwc_tau: float = 1.0, dwc_training: str = "adversarial",
+                 lookahead_lr: float = 0.01, lookahead_every: int = 1, ncld_terms: str = "generalized"):
         super().__init__()
         if controller not in CONTROLLERS:
             raise ValueError(f"controller must be one of {CONTROLLERS}, got {controller!r}")
@@ -289,11 +360,21 @@ class DWLDHead(nn.Module):
             raise ValueError(f"temperature must be > 0, got {temperature!r}")
         if not dwc_tau > 0:
             raise ValueError(f"dwc_tau must be > 0, got {dwc_tau!r}")
+        if not lookahead_lr > 0:
+            raise ValueError(f"lookahead_lr must be > 0, got {lookahead_lr!r}")
+        if int(lookahead_every) < 1:
+            raise ValueError(f"lookahead_every must be a positive integer (steps), got {lookahead_every!r}")
+        if not beta_min < beta_max:
+            raise ValueError(f"beta_min must be < beta_max, got {beta_min} and {beta_max}")
         self.alpha, self.beta, self.temperature = float(alpha), float(beta), float(temperature)
+        self.beta_min, self.beta_max = float(beta_min), float(beta_max)
         self.controller_kind, self.dwc_training, self.ncld_terms = controller, dwc_training, ncld_terms
-        self.tau = float(dwc_tau)
-        self.controller = (DynamicWeightController(n_classes, dwc_inputs, dwc_hidden, beta, beta_min, beta_max)
+        self.tau, self.lookahead_lr, self.lookahead_every = float(dwc_tau), float(lookahead_lr), int(lookahead_every)
+        self.controller = (DynamicWeightController(n_classes, dwc_inputs, dwc_hidden, beta, beta_min, beta_max,
+                                                   dwc_depth, dwc_dropout)
                            if controller == "dwc" else None)
+        self.steps = 0  # training forwards seen (lookahead_every); not saved: a resume restarts the phase
+        self.last_stats: dict[str, torch.Tensor] = {}
 
     @full_precision
     def _weight_logits(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor,
@@ -301,35 +382,101 @@ class DWLDHead(nn.Module):
         x = self.controller.features(student_logits, teacher_logits, target, ignore_index)
         return self.controller.weight_logits(x)
 
-    def weights(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor
-                ) -> torch.Tensor:
+    def _confidence_weights(self, student_logits: torch.Tensor, target: torch.Tensor,
+                            ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+        c = confidence(student_logits, target, ignore_index)
+        return (self.beta_min + (self.beta_max - self.beta_min) * (1.0 - c)).expand_as(_as_float(student_logits))
+
+    def weights(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor,
+                ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
         """The per-logit weights (N, C, H, W) the loss uses now (constant β for ``fixed``)."""
-        if self.controller is None:
+        if self.controller_kind == "fixed":
             return torch.full_like(_as_float(student_logits), self.beta).detach()
-        return self.controller.to_weights(self._weight_logits(student_logits, teacher_logits, target))
+        if self.controller_kind == "confidence":
+            return self._confidence_weights(student_logits, target, ignore_index)
+        return self.controller.to_weights(self._weight_logits(student_logits, teacher_logits, target, ignore_index))
 
     def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor,
-                ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+                ignore_index: int = IGNORE_INDEX, world_size: int = 1, student_forward=None,
+                loss_weight: float = 1.0) -> torch.Tensor:
+        """``world_size``: means over the global batch (lix/losses/reduce.py). ``student_forward``
+        (``dwc_training="lookahead"`` only): params -> the student's logits for this batch with
+        those parameters, with ``.params`` the student's trainable parameters by name (set by the
+        distillation trainer); ``loss_weight``: λ1, the term's weight in the student's loss."""
         tcld, g, gt, valid = dwld_terms(student_logits, teacher_logits, target, self.temperature, ignore_index,
                                         self.ncld_terms)
         t2 = self.temperature ** 2
         v = valid.to(tcld.dtype)
-        n_valid = v.sum().clamp_min(1.0)
 
         def mean_valid(per_pixel: torch.Tensor) -> torch.Tensor:
-            return (per_pixel * v).sum() / n_valid
+            return global_mean((per_pixel * v).sum(), v.sum(), world_size)
 
-        if self.controller is None:
+        if self.controller_kind == "fixed":
+            self.last_stats = {}
             return mean_valid(t2 * (self.alpha * tcld + self.beta * g.sum(1)))
+        if self.controller_kind == "confidence":
+            w = self._confidence_weights(student_logits, target, ignore_index)
+            self.last_stats = weight_statistics(w, gt, valid, self.beta_min, self.beta_max)
+            return mean_valid(t2 * (self.alpha * tcld + (w * g).sum(1)))
         u_logit = self._weight_logits(student_logits, teacher_logits, target, ignore_index)
         w = self.controller.to_weights(u_logit)
-        if self.dwc_training == "joint":  # the naive scheme: the controller minimises the loss it weights
+        self.last_stats = weight_statistics(w, gt, valid, self.beta_min, self.beta_max)
+        if self.dwc_training == "joint":  # the literal reading: the controller minimises (18) too
             return mean_valid(t2 * (self.alpha * tcld + (w * g).sum(1)))
         loss = mean_valid(t2 * (self.alpha * tcld + (w.detach() * g).sum(1)))
+        if self.dwc_training == "lookahead":
+            train_step = self.training and torch.is_grad_enabled()
+            if train_step:
+                self.steps += 1
+            if not (train_step and student_forward is not None and (self.steps - 1) % self.lookahead_every == 0):
+                return loss
+            grad_w = self._lookahead_gradient(student_logits, target, ignore_index, w, tcld, g, gt, valid,
+                                              student_forward, loss_weight)
+            obj = lookahead_objective(u_logit, grad_w, gt, valid, self.controller.prior_logit, self.tau,
+                                      world_size)
+            return loss + (obj - obj.detach())  # value: DWLD; the controller descends obj
         if self.ncld_terms == "generalized":
             g_adv = g
         else:  # the adversary's signal is the per-class divergence, i.e. the generalized terms
             _tc, g_adv, _gt, _v = dwld_terms(student_logits.detach(), teacher_logits, target, self.temperature,
                                              ignore_index, "generalized")
-        j = dwc_objective(u_logit, g_adv, gt, valid, self.controller.prior_logit, self.tau)
+        j = dwc_objective(u_logit, g_adv, gt, valid, self.controller.prior_logit, self.tau, world_size=world_size)
         return loss + (j.detach() - j)  # value: DWLD; gradient to the controller: -dJ/dphi
+
+    def _lookahead_gradient(self, student_logits, target, ignore_index, w, tcld, g, gt, valid, student_forward,
+                            loss_weight) -> torch.Tensor:
+        """:func:`lookahead_weight_gradient` scaled to unit RMS over the labelled non-target
+        logits (so the controller's step size is set by its optimizer, not by η or λ1), detached."""
+        grad_w = lookahead_weight_gradient(student_logits, target, w, tcld, g, valid, student_forward,
+                                           self.lookahead_lr, self.alpha, self.temperature, loss_weight, ignore_index)
+        nt = ((~gt) & valid.unsqueeze(1)).to(grad_w.dtype)
+        grad_w = grad_w * nt
+        rms = (grad_w.square().sum() / nt.sum().clamp_min(1.0)).sqrt()
+        return (grad_w / (rms + 1e-30)).detach()
+
+
+def lookahead_weight_gradient(student_logits: torch.Tensor, target: torch.Tensor, w: torch.Tensor,
+                              tcld: torch.Tensor, g: torch.Tensor, valid: torch.Tensor, student_forward,
+                              lr: float, alpha: float, temperature: float, loss_weight: float = 1.0,
+                              ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """∂CE(θ')/∂w: how the student's cross-entropy on this batch after one virtual SGD step
+    θ' = θ − lr·∇θ[CE(θ) + loss_weight·DWLD(θ; w)] changes with the per-logit weights w
+    (N, C, H, W) (the bi-level re-weighting of Ren et al., ICML 2018). ``student_logits`` must
+    come from the student's parameters ``student_forward.params`` (name -> tensor) and
+    ``student_forward(params)`` recompute them; ``tcld``, ``g``, ``valid`` from :func:`dwld_terms`
+    on those logits. CE and DWLD are means over the labelled pixels. Returns (N, C, H, W),
+    detached; the student's own graph is kept (``create_graph``)."""
+    names = list(student_forward.params)
+    params = [student_forward.params[n] for n in names]
+    w_leaf = w.detach().requires_grad_(True)
+    v = valid.to(tcld.dtype)
+    n_valid = v.sum().clamp_min(1.0)
+    lab = torch.where(valid, target, torch.full_like(target, ignore_index))
+    ce = F.cross_entropy(_as_float(student_logits), lab, ignore_index=ignore_index, reduction="sum") / n_valid
+    dwld = ((temperature ** 2 * (alpha * tcld + (w_leaf * g).sum(1))) * v).sum() / n_valid
+    grads = torch.autograd.grad(ce + loss_weight * dwld, params, create_graph=True, allow_unused=True)
+    virtual = {n: (p - lr * gr if gr is not None else p) for n, p, gr in zip(names, params, grads)}
+    meta = F.cross_entropy(_as_float(student_forward(virtual)), lab, ignore_index=ignore_index,
+                           reduction="sum") / n_valid
+    (grad_w,) = torch.autograd.grad(meta, w_leaf, allow_unused=True)
+    return torch.zeros_like(w_leaf) if grad_w is None else grad_w.detach()

@@ -37,6 +37,8 @@ ARFD (``arfd``, ``lix``)
 
 from __future__ import annotations
 
+import torch
+
 from pipeline.errors import ConfigError
 
 from lix.distill.base import DistillBatch, Distiller, TapSpec, register_distiller
@@ -62,64 +64,68 @@ def _arfd_channels(spec: TapSpec) -> dict[str, tuple[int, int]]:
     return {t: spec.channels(t) for t in spec.taps}
 
 
+# Each default written once; ``lix distill --list`` and the config validation read these.
+DWLD_DEFAULTS: dict[str, object] = {
+    "alpha": 1.0, "beta": 8.0, "temperature": 4.0, "beta_min": 1.0, "beta_max": 10.0, "controller": "dwc",
+    "dwc_inputs": "softmax_conf", "dwc_hidden": 32, "dwc_depth": 3, "dwc_dropout": 0.0, "dwc_tau": 1.0,
+    "dwc_training": "adversarial", "lookahead_lr": 0.01, "lookahead_every": 1, "ncld_terms": "generalized"}
+ARFD_DEFAULTS: dict[str, object] = {
+    "kernel": "laplace", "bandwidth": 1.0, "bandwidth_rule": "knn", "bandwidth_k": 7, "teacher_norm": "bn_relu",
+    "consistency": "cka", "reduction": "mean", "chunk": 1024, "max_pixels": 1024, "exact_distances": False}
+
+
+class _OursDistiller(Distiller):
+    """DWLD and/or ARFD heads built from ``defaults`` (the class's) overridden by ``hyper``."""
+
+    defaults: dict[str, object] = {}
+    taps = None
+
+    def __init__(self, spec: TapSpec, **hyper):
+        super().__init__(spec)
+        h = {**self.defaults, **hyper}
+        if "alpha" in self.defaults:
+            self.dwld = _build(self.name, DWLDHead, spec.n_classes, **{k: h[k] for k in DWLD_DEFAULTS})
+            self.wants_student_forward = h["controller"] == "dwc" and h["dwc_training"] == "lookahead"
+        if "kernel" in self.defaults:
+            self.arfd = _build(self.name, ARFDHead, _arfd_channels(spec), **{k: h[k] for k in ARFD_DEFAULTS})
+
+    def forward(self, b: DistillBatch):
+        out = {}
+        if hasattr(self, "dwld"):
+            out["dwld"] = self.dwld(b.student_logits, b.teacher_logits, b.target, b.ignore_index, b.world_size,
+                                    b.student_forward, self.loss_weights.get("dwld", 1.0))
+        if hasattr(self, "arfd"):
+            out["arfd"] = self.arfd(b.student_feats, b.teacher_feats, b.world_size)
+        return out
+
+    def diagnostics(self) -> dict[str, torch.Tensor]:
+        out = {}
+        if hasattr(self, "dwld"):
+            out |= {f"dwc.{k}": v for k, v in self.dwld.last_stats.items()}
+        if hasattr(self, "arfd"):
+            out |= {f"arfd.{k}": v for k, v in self.arfd.last_stats.items()}
+        return out
+
+
 @register_distiller("dwld", kind="ours", reference=REFERENCE + ", Sect. III-B (DWLD)", terms={"dwld": 1.0})
-class DWLDDistiller(Distiller):
+class DWLDDistiller(_OursDistiller):
     """DWLD alone: per-pixel DKD with per-logit weights from the dynamic weight controller
     (lix/losses/dwld.py)."""
 
+    defaults = DWLD_DEFAULTS
     taps = ()
-
-    def __init__(self, spec: TapSpec, *, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0,
-                 beta_min: float = 1.0, beta_max: float = 10.0, controller: str = "dwc",
-                 dwc_inputs: str = "softmax_conf", dwc_hidden: int = 32, dwc_tau: float = 1.0,
-                 dwc_training: str = "adversarial", ncld_terms: str = "generalized"):
-        super().__init__(spec)
-        self.dwld = _build(self.name, DWLDHead, spec.n_classes, alpha=alpha, beta=beta, temperature=temperature,
-                           beta_min=beta_min, beta_max=beta_max, controller=controller, dwc_inputs=dwc_inputs,
-                           dwc_hidden=dwc_hidden, dwc_tau=dwc_tau, dwc_training=dwc_training, ncld_terms=ncld_terms)
-
-    def forward(self, b: DistillBatch):
-        return {"dwld": self.dwld(b.student_logits, b.teacher_logits, b.target, b.ignore_index)}
 
 
 @register_distiller("arfd", kind="ours", reference=REFERENCE + ", Sect. III-C (ARFD)", terms={"arfd": 1.0})
-class ARFDDistiller(Distiller):
-    """ARFD alone: aligned, kernel-regression-recalibrated features compared by CKA at every tap
-    (lix/losses/arfd.py)."""
+class ARFDDistiller(_OursDistiller):
+    """ARFD alone: aligned, normalised, kernel-regression-recalibrated features compared by CKA
+    at every tap (lix/losses/arfd.py)."""
 
-    taps = None
-
-    def __init__(self, spec: TapSpec, *, kernel: str = "laplace", bandwidth: float = 1.0, consistency: str = "cka",
-                 chunk: int | None = 1024, max_pixels: int | None = 1024, exact_distances: bool = False):
-        super().__init__(spec)
-        self.arfd = _build(self.name, ARFDHead, _arfd_channels(spec), kernel=kernel, bandwidth=bandwidth,
-                           consistency=consistency, chunk=chunk, max_pixels=max_pixels,
-                           exact_distances=exact_distances)
-
-    def forward(self, b: DistillBatch):
-        return {"arfd": self.arfd(b.student_feats, b.teacher_feats)}
+    defaults = ARFD_DEFAULTS
 
 
 @register_distiller("lix", kind="ours", reference=REFERENCE, terms={"dwld": 1.0, "arfd": 1.0})
-class LIXDistiller(Distiller):
+class LIXDistiller(_OursDistiller):
     """LIX = CE + λ1·DWLD + λ2·ARFD (the trainer adds CE)."""
 
-    taps = None
-
-    def __init__(self, spec: TapSpec, *, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0,
-                 beta_min: float = 1.0, beta_max: float = 10.0, controller: str = "dwc",
-                 dwc_inputs: str = "softmax_conf", dwc_hidden: int = 32, dwc_tau: float = 1.0,
-                 dwc_training: str = "adversarial", ncld_terms: str = "generalized",
-                 kernel: str = "laplace", bandwidth: float = 1.0, consistency: str = "cka",
-                 chunk: int | None = 1024, max_pixels: int | None = 1024, exact_distances: bool = False):
-        super().__init__(spec)
-        self.dwld = _build(self.name, DWLDHead, spec.n_classes, alpha=alpha, beta=beta, temperature=temperature,
-                           beta_min=beta_min, beta_max=beta_max, controller=controller, dwc_inputs=dwc_inputs,
-                           dwc_hidden=dwc_hidden, dwc_tau=dwc_tau, dwc_training=dwc_training, ncld_terms=ncld_terms)
-        self.arfd = _build(self.name, ARFDHead, _arfd_channels(spec), kernel=kernel, bandwidth=bandwidth,
-                           consistency=consistency, chunk=chunk, max_pixels=max_pixels,
-                           exact_distances=exact_distances)
-
-    def forward(self, b: DistillBatch):
-        return {"dwld": self.dwld(b.student_logits, b.teacher_logits, b.target, b.ignore_index),
-                "arfd": self.arfd(b.student_feats, b.teacher_feats)}
+    defaults = {**DWLD_DEFAULTS, **ARFD_DEFAULTS}

@@ -143,10 +143,13 @@ def cwkd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target
     zs = student_logits[keep].reshape(-1, c, h * w) / temperature
     zt = teacher_logits[keep].reshape(-1, c, h * w) / temperature
     neg = torch.tensor(float("-inf"), dtype=zs.dtype, device=zs.device)
-    # log-softmax over the labelled positions only; everything stays finite at the labelled ones
-    log_ps = zs - torch.logsumexp(torch.where(valid, zs, neg), dim=2, keepdim=True)
-    log_pt = zt - torch.logsumexp(torch.where(valid, zt, neg), dim=2, keepdim=True)
-    kl = torch.where(valid, log_pt.exp() * (log_pt - log_ps), torch.zeros_like(log_pt))
+    # log-softmax over the labelled positions only; set to 0 at the ignored ones *before* the
+    # exp: a logit there far above the labelled ones would overflow, and an inf in the discarded
+    # branch of torch.where still makes its backward 0 * inf = NaN
+    zero = torch.zeros_like(zs)
+    log_ps = torch.where(valid, zs - torch.logsumexp(torch.where(valid, zs, neg), dim=2, keepdim=True), zero)
+    log_pt = torch.where(valid, zt - torch.logsumexp(torch.where(valid, zt, neg), dim=2, keepdim=True), zero)
+    kl = torch.where(valid, log_pt.exp() * (log_pt - log_ps), zero)
     return kl.sum() * temperature ** 2 / (zs.shape[0] * c)
 
 
@@ -169,7 +172,10 @@ def _dkd_rows(student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor
         lse_other = torch.logsumexp(torch.where(gt, neg, z), dim=1)
         log_b = z.gather(1, target[:, None]).squeeze(1) - lse  # log p(target)
         log_nb = lse_other - lse  # log (1 - p(target))
-        log_q = z - lse_other[:, None]  # log q(c) for c != target (garbage at the target)
+        # log q(c) for c != target; 0 at the target *before* anything is exponentiated: there
+        # z_y - lse_other can exceed ~88 (float32's exp limit), and an inf in the branch that
+        # torch.where discards still turns its backward into 0 * inf = NaN
+        log_q = torch.where(gt, torch.zeros_like(z), z - lse_other[:, None])
         return log_b, log_nb, log_q
 
     lb_s, lnb_s, lq_s = parts(zs)
