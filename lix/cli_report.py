@@ -26,9 +26,11 @@ def report_cmd(
                                                            "<runs>/overhead.json when present)."),
     shards: Path = typer.Option(None, "--shards", help="Shards root (<shards>/<dataset>): the val images of the "
                                                        "qualitative grid and the DWC maps."),
-    paper: Path = typer.Option(None, "--paper", help="The paper's published figures, quoted beside ours: a JSON "
+    paper: Path = typer.Option(None, "--paper", help="The paper's published figures quoted beside ours: a JSON "
                                                      "file or a directory holding tables.json (format: "
-                                                     "lix/paper_figures.py); a directory without one adds nothing."),
+                                                     "lix/paper_figures.py). Default: the shipped Tables I-V "
+                                                     "(lix/paper_tables.json)."),
+    no_paper: bool = typer.Option(False, "--no-paper", help="Quote none of the paper's figures."),
     device: str = typer.Option("cpu", help="cpu or cuda[:N] for the pictures' forward passes."),
     progress: bool = ProgressOpt,
 ):
@@ -40,8 +42,10 @@ def report_cmd(
         from pipeline.errors import DataError
 
         raise DataError(runs, "runs root not found (run the matrix first: dvc repro or lix sweep)")
+    from lix.paper_figures import SHIPPED
+
     s = write_report(runs, out_dir, plots=plots, shards_root=shards, device=device, cross_root=cross,
-                     overhead=overhead, paper=paper)
+                     overhead=overhead, paper=None if no_paper else (paper or SHIPPED))
     c = s["counts"]
     out.print(f"[green]report[/]: {c['finished']} finished, {c['failed']} failed, {c['missing']} missing run(s) "
               f"over {len(s['datasets'])} dataset(s) -> {out_dir / 'README.md'}", soft_wrap=True)

@@ -337,12 +337,19 @@ class Params:
             defaults = Params.__dataclass_fields__[section].default_factory()
             object.__setattr__(self, section, {**defaults, **got})
         train_keys = [f.name for f in dataclasses.fields(TrainConfig)]
+        allowed = [t for t in train_keys if t not in _ARCH_KEYS_FIXED]
         for model, over in self.arch.items():
             _require(isinstance(over, dict), f"arch.{model}", f"expected a mapping of train keys, got {over!r}")
-            for k in over:
-                _require(k in train_keys and k not in _ARCH_KEYS_FIXED, f"arch.{model}.{k}",
-                         f"not a train key an architecture may set; allowed: "
-                         f"{[t for t in train_keys if t not in _ARCH_KEYS_FIXED]}")
+            for k, v in over.items():
+                if k in DATASETS:  # arch.<model>.<dataset>: overrides for that dataset only
+                    _require(isinstance(v, dict), f"arch.{model}.{k}", f"expected a mapping of train keys, got {v!r}")
+                    for kk in v:
+                        _require(kk in allowed, f"arch.{model}.{k}.{kk}",
+                                 f"not a train key an architecture may set; allowed: {allowed}")
+                    continue
+                _require(k in allowed, f"arch.{model}.{k}",
+                         f"not a train key an architecture may set (or a dataset: {sorted(DATASETS)}); "
+                         f"allowed: {allowed}")
         missing = [m for m in self.sweep.models if m not in self.arch]
         _require(not missing, "arch", f"needs an entry for each model in sweep.models ({{}} = train.<dataset> "
                                       f"as it is); missing: {missing}")
@@ -354,10 +361,12 @@ class Params:
 
     def train_config(self, dataset: str, model: str | None = None, seed: int | None = None) -> TrainConfig:
         """``train.<dataset>`` for ``model`` (default its own ``model``) with ``arch.<model>``'s
-        overrides, and ``seed`` when given; validated as a whole (errors name ``arch.<model>``)."""
+        overrides (then ``arch.<model>.<dataset>``'s), and ``seed`` when given; validated as a whole (errors name ``arch.<model>``)."""
         base = self.train[dataset]
         model = model or base.model
-        values = {**dataclasses.asdict(base), **self.arch.get(model, {}), "model": model}
+        arch = self.arch.get(model, {})
+        general = {k: v for k, v in arch.items() if k not in DATASETS}
+        values = {**dataclasses.asdict(base), **general, **arch.get(dataset, {}), "model": model}
         if seed is not None:
             values["seed"] = seed
         return from_dict(TrainConfig, values, f"arch.{model}" if model in self.arch else f"train.{dataset}")

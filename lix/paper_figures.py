@@ -211,3 +211,70 @@ def _validate_ablations(raw: Any, need, datasets: set[str], models: set[str]) ->
                     item["rows"][kernel][measure] = text
         out[name] = item
     return out
+
+
+# --------------------------------------------------------------------------- scale-free comparisons
+def gap_closed(method: float | None, student: float | None, teacher: float | None) -> float | None:
+    """The share of the teacher–student gap a method closes: (method − student) / (teacher −
+    student); 1 = the teacher's level, 0 = the plain student's, < 0 below it. None when a value is
+    missing or the teacher does not lead the student (no gap to close)."""
+    if method is None or student is None or teacher is None or not teacher > student:
+        return None
+    return (method - student) / (teacher - student)
+
+
+def kendall_tau(a: list[float], b: list[float]) -> float | None:
+    """Kendall's τ-b between two scorings of the same items (ties handled as τ-b does): +1 the
+    same order, −1 the reverse. None with fewer than 2 items or when either side is all ties."""
+    if len(a) != len(b):
+        raise ValueError(f"kendall_tau needs two equally long lists, got {len(a)} and {len(b)}")
+    concordant = discordant = ties_a = ties_b = 0
+    for i in range(len(a)):
+        for j in range(i + 1, len(a)):
+            da, db = a[i] - a[j], b[i] - b[j]
+            if da == 0 and db == 0:
+                continue
+            if da == 0:
+                ties_a += 1
+            elif db == 0:
+                ties_b += 1
+            elif (da > 0) == (db > 0):
+                concordant += 1
+            else:
+                discordant += 1
+    denom = math.sqrt((concordant + discordant + ties_a) * (concordant + discordant + ties_b))
+    return (concordant - discordant) / denom if denom > 0 else None
+
+
+def compare_with_paper(ours: dict[str, dict[str, float]], paper_rows: dict[str, dict[str, dict[str, str]]],
+                       metric: str = "miou") -> dict[str, dict]:
+    """Per architecture the paper prints: for every distillation method (not the teacher or the
+    plain student) the gap it closes in ours and in the paper's (``metric``), and Kendall's τ
+    between our ordering of the methods both have and the paper's, with n.
+
+    ``ours``: method -> model -> mean value (percent); ``paper_rows``: the validated figures'
+    ``rows`` of one dataset. Returns model -> {"gap": {method: {"ours", "paper"}}, "tau", "n",
+    "metric", "methods"}."""
+    out: dict[str, dict] = {}
+    models = sorted({m for per_model in paper_rows.values() for m in per_model})
+    for model in models:
+        def value(source: str, method: str) -> float | None:
+            if source == "paper":
+                v = paper_rows.get(method, {}).get(model, {}).get(metric)
+                return float(v) if v is not None else None
+            return ours.get(method, {}).get(model)
+
+        gaps, both = {}, []
+        candidates = sorted((set(paper_rows) | set(ours)) - {"teacher", "student"})
+        for method in candidates:
+            g_ours = gap_closed(value("ours", method), value("ours", "student"), value("ours", "teacher"))
+            g_paper = gap_closed(value("paper", method), value("paper", "student"), value("paper", "teacher"))
+            if g_ours is None and g_paper is None:
+                continue
+            gaps[method] = {"ours": g_ours, "paper": g_paper}
+            if value("ours", method) is not None and value("paper", method) is not None:
+                both.append(method)
+        tau = kendall_tau([value("ours", m) for m in both], [value("paper", m) for m in both]) if len(both) >= 2 \
+            else None
+        out[model] = {"metric": metric, "gap": gaps, "tau": tau, "n": len(both), "methods": both}
+    return out

@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from lix.config import VARIANT_SEP
-from lix.paper_figures import METRICS, load_paper_figures  # METRICS: the paper's column order
+from lix.paper_figures import METRICS, SHIPPED, compare_with_paper, load_paper_figures  # METRICS: column order
 from pipeline.errors import DataError
 
 LAYOUT = "<runs_root>/<dataset>/<model>/<method>/seed<k>/metrics.json"
@@ -72,12 +72,12 @@ DATASET_DISPLAY = {"vkitti2": "vKITTI2", "kitti": "KITTI", "nuimages": "nuImages
 MODEL_DISPLAY = {"mfnet": "MFNet", "sne_roadseg": "SNE-RoadSeg"}
 ROLES = ("teacher", "student")
 # Known value orders for the ablation axes (lix/losses/dwld.py, arfd.py, cka.py); others sort after.
-AXIS_ORDER = {"dwc_inputs": ("softmax", "softmax_conf", "softmax_conf_teacher"),
+AXIS_ORDER = {"dwc_inputs": ("softmax", "softmax_conf", "teacher_softmax_conf"),
               "kernel": ("laplace", "gaussian", "linear", "none"),
               "consistency": ("cka", "cosine", "euclidean", "pearson")}
-PAPER_NOTE = ("The paper's own figures (its Tables I–III) are not shown: none were given (`lix report "
-              "--paper data/paper`, format in lix/paper_figures.py); they go beside these tables, quoted as "
-              "printed, with the paper's setting (data, resolution, schedule, geometry source) stated.")
+PAPER_NOTE = ("The paper's own figures (its Tables I–III) are not shown: this report was made with `--no-paper` "
+              "(by default `lix report` quotes the shipped lix/paper_tables.json beside these tables, with the "
+              "paper's setting stated, the share of the gap each method closes and the rank agreement).")
 _SEED = re.compile(r"^seed(\d+)$")
 
 
@@ -441,10 +441,10 @@ def build_summary(runs: list[Run], overhead: dict | None = None, runs_root: str 
             problems += _problems(ds, [{"method": method, "cells": cells}])
         _add_references(abl, by_method, groups, models)
         for fam, rows in abl.items():
-            if fam == "kernel_consistency":
+            if fam == "kernel_consistency":  # the paper's Table V is mFsc
                 for base in sorted({r["base"] for r in rows}):
                     for model in models:
-                        mark_best([r["cells"].get(model) for r in rows if r["base"] == base], ("miou",))
+                        mark_best([r["cells"].get(model) for r in rows if r["base"] == base], ("mfsc",))
             else:
                 for model in models:
                     mark_best([r["cells"].get(model) for r in rows])
@@ -748,12 +748,44 @@ def _paper_section(name: str, d: dict, paper: dict, source: str) -> list[str]:
                           fmt_value({**cell, "bold": []}, k) if cell else "–"]
         rows.append([display_name(method), *cells])
     table = f"Table {paper['table']}" if paper["table"] else "its tables"
-    return [f"### {name}: the paper's published figures beside ours", "",
-            f"Quoted as printed from {source} ({table}). The paper's setting: {paper['setting']}. Ours: the "
-            "runs of this report (their data, resolution and schedule are those of params.yaml). Where the two "
-            "settings differ, the numbers are not comparable as such; only the methods' ordering can be set "
-            "side by side.", "",
-            *_table(header, rows), ""]
+    L = [f"### {name}: the paper's published figures beside ours", "",
+         f"Quoted as printed from {source} ({table}). The paper's setting: {paper['setting']}. Ours: the "
+         "runs of this report (their data, resolution and schedule are those of params.yaml). Where the two "
+         "settings differ, the numbers are not comparable as such; the two comparisons below are.", "",
+         *_table(header, rows), ""]
+    return L + _comparison_section(name, d.get("paper_comparison") or {})
+
+
+def _comparison_section(name: str, comparison: dict) -> list[str]:
+    """The gap each method closes, ours beside the paper's, and the rank agreement (Kendall τ)."""
+    if not comparison:
+        return []
+    L = [f"### {name}: share of the teacher–student gap closed, ours beside the paper's", "",
+         "(method − student) / (teacher − student) in mIoU: 1 = the teacher's level, 0 = the plain student's, "
+         "negative = below it; `–` where a side has no run or its teacher does not lead its student. "
+         "Kendall's τ compares our ordering of the methods both sides have with the paper's (+1 the same, −1 "
+         "reversed; n = methods compared); both are free of the training length and the resolution.", ""]
+    models = list(comparison)
+    methods = sorted({m for c in comparison.values() for m in c["gap"]}, key=_method_order)
+    rows = []
+    for method in methods:
+        cells = []
+        for model in models:
+            g = comparison[model]["gap"].get(method, {})
+            cells += [_share(g.get("ours")), _share(g.get("paper"))]
+        rows.append([display_name(method), *cells])
+    L += _table(["algorithm", *(f"{display_model(m)} {who}" for m in models for who in ("ours", "paper"))], rows)
+    L.append("")
+    for model in models:
+        c = comparison[model]
+        tau = "–" if c["tau"] is None else f"{c['tau']:+.2f}"
+        L.append(f"* {display_model(model)}: Kendall's τ (mIoU) between our ranking and the paper's = {tau} "
+                 f"(n = {c['n']} methods).")
+    return L + [""]
+
+
+def _share(v: float | None) -> str:
+    return "–" if v is None else f"{v:+.2f}"
 
 
 FIGURE_CAPTION = {
@@ -829,7 +861,8 @@ def _ablation_sections(ds: str, d: dict, plots: list[str]) -> list[str]:
                 r["source"] == "main run" for r in rows) else ""), ""]
     if "kernel_consistency" in abl:
         rows = abl["kernel_consistency"]
-        L += [f"### {name}: kernel × consistency (Table V layout), mIoU (%)", ""]
+        L += [f"### {name}: kernel × consistency (Table V layout), mFsc (%)", "",
+              "mFsc, the metric of the paper's Table V (its Laplace + CKA cell equals ARFD's mFsc in Table I).", ""]
         for base in sorted({r["base"] for r in rows}, key=lambda b: _row_key("", {"base": b, "method": b,
                                                                                     "params": {}})):
             sub = [r for r in rows if r["base"] == base]
@@ -843,7 +876,7 @@ def _ablation_sections(ds: str, d: dict, plots: list[str]) -> list[str]:
                         r = next((r for r in sub if str(r["params"].get("kernel")) == k
                                   and str(r["params"].get("consistency")) == cn), None)
                         cell = r["cells"].get(model) if r else None
-                        text = fmt_value(cell, "miou")
+                        text = fmt_value(cell, "mfsc")
                         if cell is not None:
                             text += f" (n={cell['n_ok']}/{cell['n']})" + (" †" if r["source"] == "main run" else "")
                         line.append(text)
@@ -1053,16 +1086,29 @@ def draw_figures(summary: dict, runs_root: Path, shards_root: Path | None, out: 
     return written
 
 
+def _mean_table(d: dict, metric: str = "miou") -> dict[str, dict[str, float]]:
+    """method -> model -> our mean ``metric`` (percent) over the finished seeds, main table rows."""
+    out: dict[str, dict[str, float]] = {}
+    for row in d["main"]:
+        for model, cell in row["cells"].items():
+            mean = ((cell or {}).get("metrics") or {}).get(metric, {}).get("mean")
+            if mean is not None:
+                out.setdefault(row["method"], {})[model] = mean
+    return out
+
+
 def write_report(runs_root: str | Path, out_dir: str | Path, *, plots: bool = True,
                  shards_root: str | Path | None = None, device: str = "cpu",
                  cross_root: str | Path | None = None, overhead: str | Path | None = None,
-                 paper: str | Path | None = None) -> dict:
+                 paper: str | Path | None = SHIPPED) -> dict:
     """Scan ``runs_root`` (layout in the module docstring), write ``README.md``, ``summary.json``
     and the pictures (β-sweep plots; with ``plots``, lix/figures.py's figures, see
     :func:`draw_figures`) into ``out_dir`` atomically, and return the summary. Pictures of an
     earlier report that this one no longer has are removed. ``paper``: the paper's published
-    figures (lix/paper_figures.py; a directory without tables.json gives none), loaded before
-    anything is written, so a bad file leaves the previous report as it was."""
+    figures (lix/paper_figures.py; default the shipped Tables I–V, None for none; a directory
+    without tables.json gives none), loaded before anything is written, so a bad file leaves the
+    previous report as it was. With them, each dataset gets ``paper_comparison``
+    (lix.paper_figures.compare_with_paper: the gap closed and Kendall's τ per architecture)."""
     from pipeline.atomic import write_json, write_text
 
     runs = scan_runs(runs_root)
@@ -1071,6 +1117,10 @@ def write_report(runs_root: str | Path, out_dir: str | Path, *, plots: bool = Tr
     if paper is not None:
         summary["paper"] = load_paper_figures(paper)
         if summary["paper"]:
+            for ds, entry in summary["paper"]["datasets"].items():
+                if ds in summary["datasets"]:
+                    summary["datasets"][ds]["paper_comparison"] = compare_with_paper(
+                        _mean_table(summary["datasets"][ds]), entry["rows"])
             shown = [display_dataset(d) for d in summary["paper"]["datasets"] if d in summary["datasets"]]
             unshown = [display_dataset(d) for d in summary["paper"]["datasets"] if d not in summary["datasets"]]
             summary["paper_note"] = (f"The paper's published figures ({summary['paper']['source']}) are quoted "

@@ -55,6 +55,7 @@ from lix.checkpoint import (check_resume_config, export_safetensors, load_checkp
 from lix.config import TrainConfig, from_dict
 from lix.data import AugmentConfig, ShardDataset, to_device
 from lix.inputs import model_inputs, x_channels
+from lix.losses.reduce import global_mean
 from pipeline.errors import ConfigError, DataError, LixError
 from pipeline.sources.base import IGNORE
 
@@ -265,11 +266,7 @@ def cross_entropy(logits: torch.Tensor, label: torch.Tensor, world_size: int = 1
     """logits (N, C, H, W), label (N, H, W) int64 with 255 = ignore. The mean over the labelled
     pixels of the global batch (see the module docstring); 0 when none is labelled."""
     ce = F.cross_entropy(logits.float(), label, ignore_index=IGNORE, reduction="sum")
-    n = (label != IGNORE).sum().to(torch.float32)
-    if world_size > 1:
-        torch_dist.all_reduce(n)
-        ce = ce * world_size
-    return ce / n.clamp(min=1.0)
+    return global_mean(ce, (label != IGNORE).sum(), world_size)
 
 
 class Supervised:

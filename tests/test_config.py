@@ -164,6 +164,15 @@ def test_arch_overrides_apply_per_model_and_are_checked(tmp_path):
     assert (sne.model, sne.batch_size, sne.schedule, sne.seed) == ("sne_roadseg", p.arch["sne_roadseg"]["batch_size"],
                                                                    "sne_roadseg", 3)
     assert p.train_config("kitti") == p.train["kitti"]
+    # the paper's SNE-RoadSeg batch: 3 on vKITTI2 and KITTI, 8 on nuImages (arch.<model>.<dataset>)
+    assert [p.train_config(ds, "sne_roadseg").batch_size for ds in ("vkitti2", "kitti", "nuimages")] == [3, 3, 8]
+    assert p.train_config("nuimages", "sne_roadseg").lr == p.arch["sne_roadseg"]["lr"]
+
+    def per_dataset_unknown(raw):
+        raw["arch"]["mfnet"] = {"nuimages": {"batchsize": 4}}
+
+    with pytest.raises(ConfigError, match=r"arch\.mfnet\.nuimages\.batchsize"):
+        load_params(_write_params(tmp_path, per_dataset_unknown))
 
     def unknown(raw):
         raw["arch"]["mfnet"] = {"batchsize": 4}

@@ -65,8 +65,6 @@ def repo(tmp_path_factory):
     shutil.copy(REPO / ".gitignore", d / ".gitignore")
     (d / "data/cross").mkdir(parents=True)  # tracked, so the report can depend on it when empty
     shutil.copy(REPO / "data/cross/README.md", d / "data/cross/README.md")
-    (d / "data/paper").mkdir(parents=True)  # tracked likewise (the paper's figures, none shipped)
-    shutil.copy(REPO / "data/paper/README.md", d / "data/paper/README.md")
     params = yaml.safe_load((REPO / "params.yaml").read_text())  # DVC wants every key a stage names
     for section, per_dataset in TINY.items():
         for dataset, values in per_dataset.items():

@@ -5,6 +5,7 @@ comparisons, ablations, overhead, summary.json, and the CLI. No training."""
 from __future__ import annotations
 
 import json
+import math
 import re
 import zlib
 
@@ -280,7 +281,12 @@ def test_ablations_overhead_and_paper_note(runs, report):
     head, rows = _section_table(md, "## Training overhead")
     assert {r[1]: r[2:] for r in rows} == {"KD": ["1.07×", "1.02×"], "LIX": ["1.23×", "1.50×"]}
     assert summary["overhead"]["mfnet"]["lix"] == {"time_ratio": 1.234, "memory_ratio": 1.5}
-    assert "Tables I–III" in md and "none were given" in md and "published figures beside ours" not in md
+    # by default the shipped Tables I–III are quoted beside ours, with the two scale-free comparisons
+    assert "Tables I–III" in md and "Guo, Long, Wu" in md
+    for ds in ("KITTI", "vKITTI2"):
+        assert f"### {ds}: the paper's published figures beside ours" in md
+        assert f"### {ds}: share of the teacher–student gap closed, ours beside the paper's" in md
+    assert "Kendall's τ (mIoU) between our ranking and the paper's" in md
     saved = json.loads((out / "summary.json").read_text())
     assert saved["datasets"]["kitti"]["main"][0]["method"] == "teacher"
     # the fake runs carry no dvclive logs or checkpoints: the β sweep and (empty) training curves only
@@ -316,11 +322,11 @@ def test_cli(runs, tmp_path):
 
 def test_kernel_grid_beta_by_config_and_plots(tmp_path):
     root = tmp_path / "runs"
-    miou = {"arfd": [0.50, 0.52], "arfd~kernel=gaussian": [0.61], "arfd~consistency=cosine": [0.55],
+    mfsc = {"arfd": [0.50, 0.52], "arfd~kernel=gaussian": [0.61], "arfd~consistency=cosine": [0.55],
             "arfd~kernel=gaussian,consistency=cosine": [0.58], "student": [0.45, 0.47]}
-    for method, vals in miou.items():
-        for seed, v in enumerate(vals):
-            m = {**_metrics("nuimages", "mfnet", method, seed, v), "miou": v}
+    for method, vals in mfsc.items():
+        for seed, v in enumerate(vals):  # the grid shows mFsc, the metric of the paper's Table V
+            m = {**_metrics("nuimages", "mfnet", method, seed, v), "mfsc": v}
             _write(root, "nuimages", "mfnet", method, seed, m)
     _write(root, "nuimages", "mfnet", "lix~beta=4", 0, _metrics("nuimages", "mfnet", "b4", 0, 0.5),
            hyper={"controller": "fixed"})
@@ -376,8 +382,16 @@ def test_cross_dataset_table_from_known_metrics(tmp_path):
     assert "1 failed" in line or "failed" in line
 
 
-# Made-up numbers, standing in for the paper's (which this project does not ship): the test is
-# about putting each published figure beside the matching one of ours, not about the values.
+def test_no_paper_quotes_nothing(runs, tmp_path):
+    root, _ = runs
+    summary = write_report(root, tmp_path / "rep", plots=False, paper=None)
+    md = (tmp_path / "rep" / "README.md").read_text(encoding="utf-8")
+    assert "published figures beside ours" not in md and "--no-paper" in md
+    assert all("paper_comparison" not in d for d in summary["datasets"].values())
+
+
+# Made-up numbers standing in for a paper file given with --paper: the test is about putting each
+# published figure beside the matching one of ours, not about the values.
 PAPER = {"source": "Test citation, Table I", "datasets": {
     "kitti": {"table": "I", "setting": "a stated setting",
               "rows": {"teacher": {"mfnet": {"mfsc": 71.5, "fwfsc": 80.0, "miou": 61.25, "fwiou": 70.0}},
@@ -408,6 +422,79 @@ def test_paper_figures_beside_ours(runs, tmp_path):
     assert by["DIST"]["MFNet mIoU ours"] == "–" and by["DIST"]["MFNet mIoU paper"] == "55.0"
     assert "KITTI: the paper" in md and "vKITTI2: the paper" not in md
     assert summary["paper"]["datasets"]["kitti"]["rows"]["lix"] == {"mfnet": {"miou": "58.5"}}
+    # the gap closed, computed here from the known seeds' values: (method − student) / (teacher − student)
+    comp = summary["datasets"]["kitti"]["paper_comparison"]["mfnet"]
+    mean = {m: 100 * np.mean([v["miou"] for v in known[("kitti", "mfnet", m)].values()])
+            for m in ("teacher", "student", "lix", "kd")}
+    ours_lix = (mean["lix"] - mean["student"]) / (mean["teacher"] - mean["student"]) \
+        if mean["teacher"] > mean["student"] else None
+    assert comp["gap"]["lix"]["ours"] == (pytest.approx(ours_lix) if ours_lix is not None else None)
+    assert comp["gap"]["lix"]["paper"] is None  # the made-up table has no student row
+    assert comp["methods"] == ["lix"] and comp["n"] == 1 and comp["tau"] is None  # DIST: no run of ours
+
+
+def test_gap_closed_and_kendall_tau_golden():
+    from lix.paper_figures import compare_with_paper, gap_closed, kendall_tau
+
+    assert gap_closed(55.0, 50.0, 60.0) == pytest.approx(0.5)
+    assert gap_closed(45.0, 50.0, 60.0) == pytest.approx(-0.5)
+    assert gap_closed(55.0, 60.0, 50.0) is None and gap_closed(None, 1.0, 2.0) is None
+
+    def tau_by_pairs(a, b):  # τ-b from the pair counts, written out
+        n = len(a)
+        pairs = [(a[i] - a[j], b[i] - b[j]) for i in range(n) for j in range(i + 1, n)]
+        c = sum(1 for x, y in pairs if x * y > 0)
+        d = sum(1 for x, y in pairs if x * y < 0)
+        ta = sum(1 for x, y in pairs if x == 0 and y != 0)
+        tb = sum(1 for x, y in pairs if y == 0 and x != 0)
+        return (c - d) / math.sqrt((c + d + ta) * (c + d + tb))
+
+    assert kendall_tau([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert kendall_tau([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    a, b = [3.0, 1.0, 2.0, 5.0, 2.0], [1.0, 0.0, 2.0, 2.0, 3.0]
+    assert kendall_tau(a, b) == pytest.approx(tau_by_pairs(a, b))
+    assert kendall_tau([1.0], [2.0]) is None and kendall_tau([1.0, 1.0], [1.0, 2.0]) is None
+
+    paper = {"teacher": {"mfnet": {"miou": "60"}}, "student": {"mfnet": {"miou": "50"}},
+             "kd": {"mfnet": {"miou": "52"}}, "dkd": {"mfnet": {"miou": "55"}}, "lix": {"mfnet": {"miou": "58"}}}
+    ours = {"teacher": {"mfnet": 40.0}, "student": {"mfnet": 30.0}, "kd": {"mfnet": 35.0},
+            "dkd": {"mfnet": 31.0}, "lix": {"mfnet": 33.0}}
+    c = compare_with_paper(ours, paper)["mfnet"]
+    assert c["gap"]["kd"] == {"ours": pytest.approx(0.5), "paper": pytest.approx(0.2)}
+    assert c["gap"]["lix"] == {"ours": pytest.approx(0.3), "paper": pytest.approx(0.8)}
+    assert c["n"] == 3 and c["tau"] == pytest.approx(tau_by_pairs([35.0, 31.0, 33.0], [52.0, 55.0, 58.0]))
+
+
+def test_the_shipped_paper_tables():
+    """lix/paper_tables.json against cells read off the paper by hand, and the paper's own
+    consistency: Table IV's third row is DWLD of Table I, Table V's Laplace + CKA cell is ARFD's
+    mFsc of Table I (MFNet, vKITTI2)."""
+    from lix.paper_figures import SHIPPED, load_paper_figures
+
+    p = load_paper_figures(SHIPPED)
+    ds = p["datasets"]
+    assert [ds[k]["table"] for k in ("vkitti2", "kitti", "nuimages")] == ["I", "II", "III"]
+    assert all(len(ds[k]["rows"]) == 21 for k in ds)  # teacher, student, 17 baselines, DWLD... IntRA-KD is not a row
+    assert "intra_kd" not in ds["vkitti2"]["rows"]
+    assert ds["vkitti2"]["rows"]["lix"]["mfnet"] == {"mfsc": "92.50", "fwfsc": "97.32", "miou": "86.88",
+                                                     "fwiou": "95.10"}
+    assert ds["vkitti2"]["rows"]["teacher"]["mfnet"]["mfsc"] == "92.65"
+    assert ds["kitti"]["rows"]["lix"]["sne_roadseg"]["miou"] == "54.65"
+    assert ds["kitti"]["rows"]["teacher"]["sne_roadseg"]["miou"] == "61.34"
+    assert ds["kitti"]["rows"]["nst"]["mfnet"] == {"mfsc": "40.53", "fwfsc": "88.08", "miou": "34.05",
+                                                   "fwiou": "81.06"}
+    assert ds["nuimages"]["rows"]["student"]["sne_roadseg"]["mfsc"] == "60.83"
+    assert ds["nuimages"]["rows"]["lix"]["sne_roadseg"]["mfsc"] == "72.90"
+    assert ds["nuimages"]["rows"]["afdcd"]["mfnet"]["fwfsc"] == "93.31"
+    t4, t5 = p["ablations"]["dwc_inputs"], p["ablations"]["kernel_consistency"]
+    assert t4["table"] == "IV" and t5["table"] == "V" and t5["metric"] == "mfsc"
+    dwld = ds["vkitti2"]["rows"]["dwld"]["mfnet"]
+    assert {k: v for k, v in t4["rows"][2].items() if k != "label"} == dwld
+    assert t5["rows"]["laplace"]["cka"] == ds["vkitti2"]["rows"]["arfd"]["mfnet"]["mfsc"] == "92.46"
+    assert t5["rows"]["none"] == {"cosine": "86.39", "euclidean": "89.81", "pearson": "88.51", "cka": "90.02"}
+    # the prose: LIX on nuImages (SNE-RoadSeg) is about 12 points of mFsc above the student
+    assert float(ds["nuimages"]["rows"]["lix"]["sne_roadseg"]["mfsc"]) - \
+        float(ds["nuimages"]["rows"]["student"]["sne_roadseg"]["mfsc"]) == pytest.approx(12.07)
 
 
 @pytest.mark.parametrize("edit, key", [

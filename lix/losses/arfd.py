@@ -8,15 +8,20 @@ code was not available to us; what follows is our reading of eq. 12–14, with e
 
 Per tapped stage pair (the trainer's taps; ``taps=None`` -> the family's DEFAULT_TAPS):
 
-1. **Alignment** (eq. 12). F̃_s = ReLU(BN(Conv1×1(F_s))): a 1×1 convolution without bias maps
-   the student's C_s channels to the teacher's C_t, then BatchNorm2d(C_t), then ReLU (the usual
-   conv-BN-ReLU block). Why this order and no conv bias: with the defaults everything after the
-   aligner (kernel regression with a distance kernel, then CKA's centring) is invariant to a
-   per-channel shift, so with ReLU before BN the BN's shift would never receive a gradient (and a
-   conv bias before BN is cancelled by BN's mean): in this order every parameter is used.
-   Applied at every tap, also where C_s = C_t (SNE-RoadSeg). If the two maps differ in size, the
-   larger is average-pooled to the smaller (adaptive average pooling); in this repository they
-   are always equal. The teacher's features are used as they come (detached).
+1. **Alignment** (eq. 12). The student's map: F̃_s = ReLU(BN(Conv1×1(F_s))): a 1×1 convolution
+   without bias maps its C_s channels to the teacher's C_t, then BatchNorm2d(C_t), then ReLU.
+   Why this order and no conv bias: everything after the aligner (kernel regression with a
+   distance kernel, then CKA's centring) is invariant to a per-channel shift, so with ReLU
+   before BN the BN's shift would never receive a gradient (and a conv bias before BN is
+   cancelled by BN's mean): in this order every parameter is used. Applied at every tap, also
+   where C_s = C_t (SNE-RoadSeg). The teacher's map, as the prose says that "the activated and
+   normalized features from the teacher and student networks share a more similar feature
+   representation space": ReLU(BN(F_t)) with a parameter-free BatchNorm (batch statistics, no
+   affine, no running state; a module so that SyncBatchNorm reaches it under DDP), detached
+   (``teacher_norm="bn_relu"``, default; ``"none"``: the teacher's map as it comes, the former
+   behaviour). Both sides are then standardised per channel, so neither dominates by magnitude.
+   If the two maps differ in size, the larger is average-pooled to the smaller (adaptive average
+   pooling); in this repository they are always equal.
 2. **Recalibration by kernel regression** (eq. 13–14), our reading: each map is re-expressed by a
    Nadaraya–Watson smoother *in its own feature space* — every pixel's feature vector is replaced
    by the kernel-weighted mean of the map's feature vectors, the weights K(f_i, f_j) normalised
@@ -25,7 +30,7 @@ Per tapped stage pair (the trainer's taps; ``taps=None`` -> the family's DEFAULT
        f̂_i = Σ_j K(f_i, f_j) f_j / Σ_j K(f_i, f_j).
 
    It is applied alike to the aligned student map and to the teacher map (each with its own
-   bandwidth), so a student equal to the teacher gives identical recalibrated maps (loss 0): the
+   bandwidths), so a student equal to the teacher gives identical recalibrated maps (loss 0): the
    recalibration pulls each pixel toward the pixels it resembles (one mean-shift step), so the
    consistency below compares the region-level structure of the two maps rather than pixel noise.
    (The other reading — the student's features regressed onto the teacher's — would not be
@@ -34,17 +39,26 @@ Per tapped stage pair (the trainer's taps; ``taps=None`` -> the family's DEFAULT
    Kernels (``kernel``, Table V): ``"laplace"`` (default) K = exp(−‖x − y‖/σ); ``"gaussian"``
    K = exp(−‖x − y‖²/(2σ²)); ``"linear"`` K = 1 + cos(x, y) (the linear kernel on unit-normalised
    features, shifted by 1 so that the weights are non-negative and their sum cannot vanish; no
-   bandwidth); ``"none"`` no recalibration. Bandwidth: σ = ``bandwidth`` × the RMS pairwise
-   distance of the map's pixels, sqrt(mean_{i,j} ‖f_i − f_j‖²) = sqrt(2 Σ_c Var_c), per image and
-   map, detached (the median heuristic's scale, but exact in O(n·d) where the median needs all n²
-   distances); ``bandwidth`` defaults to 1. Distances are computed from the differences
-   (``torch.cdist`` without the matrix-product expansion), so they are exactly 0 on the diagonal
-   and do not depend on the chunking (``exact_distances``; the default uses the faster
-   matrix-product expansion, see ``_nw_chunk``).
+   bandwidth); ``"none"`` no recalibration.
+   **Bandwidth** (eq. 14 was lost in our copy of the text; ``bandwidth_rule``, detached):
+   ``"knn"`` (default) a local bandwidth per query pixel, σ_i = ``bandwidth`` × the distance
+   from f_i to its ``bandwidth_k``-th (7th) nearest pixel of the same image (the self-tuning
+   scale of Zelnik-Manor & Perona 2004: dense regions smooth over a small radius, sparse ones
+   over a larger one); ``"median"`` one σ per image, the median pairwise distance (the median
+   heuristic); ``"rms"`` one σ per image, the RMS pairwise distance sqrt(2 Σ_c Var_c) (this
+   module's former default). A global σ of the size of the typical pairwise distance averages
+   every pixel with most of the image: on a synthetic check the maps keep ~7 % of their variance
+   and unrelated maps look closer under cosine / Euclidean / Pearson (tests/test_losses_lix.py);
+   on real MFNet taps the share kept per tap is measured by benchmarks/arfd_recalibration.py
+   (README) and logged during training (dvclive ``train/diag.arfd.kept.<tap>.<side>``).
+   Distances are computed from the matrix-product expansion by default (``exact_distances``:
+   from the differences, exactly 0 on the diagonal and chunk-invariant, slower; see
+   ``_nw_chunk``).
 3. **Consistency** (``consistency``): linear CKA per image over its pixels (n samples, d channels;
    feature-space form, default), or cosine / Euclidean / Pearson (lix/losses/cka.py).
-   L_FD = Σ over the tapped stage pairs of the mean over images of (1 − CKA) (or the other
-   measure's loss).
+   L_FD (eq. 17) = the mean over the N tapped stage pairs (``reduction="mean"``, the paper's 1/N,
+   so λ2 means the same for MFNet's 3 taps and SNE-RoadSeg's 5; ``"sum"`` the former behaviour)
+   of the mean over the images of the global batch of (1 − CKA) (or the other measure's loss).
 
 Memory: the kernel matrix is n × n per image. :func:`kernel_regression` processes ``chunk``
 query pixels at a time (exact) and wraps each chunk in ``torch.utils.checkpoint`` when a gradient

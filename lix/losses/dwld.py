@@ -41,53 +41,61 @@ the paper's motivation: one β cannot suit every logit) without moving the optim
 
 The dynamic weight controller (DWC)
 -----------------------------------
-A per-pixel MLP, written as three 1×1 convolutions (in → hidden → hidden → C, ReLU between, no
-dropout), so it runs on (N, C, H, W). Inputs (``dwc_inputs``, all detached from the networks):
-``"softmax"`` the student's softmax (T = 1); ``"softmax_conf"`` (default, the paper's) that plus
-the confidence c = the student's probability of the ground-truth class; ``"softmax_conf_teacher"``
-that plus the teacher's softmax (Table IV / Fig. 4b). Output: one weight per logit,
-w_k = β_min + (β_max − β_min) · σ(h_k + b₀) ∈ (β_min, β_max) = (1, 10) by default, where the
-offset b₀ = logit((β − β_min) / (β_max − β_min)) makes h = 0 mean w = β (``beta``, default 8 as
-DKD), so a freshly initialised controller (small h) starts close to DKD with β. The target
-logit's weight is computed but unused. Our choices (the paper does not fix them in what we could
-read): hidden width 64 (``dwc_hidden``), the inputs' softmax at T = 1, the inputs detached (the
-student must not steer its own weights), and the sigmoid range map.
+A per-pixel MLP of ``dwc_depth`` linear layers (default 3, the paper's "three MLP layers without
+dropout"; ``dwc_dropout`` adds dropout after each hidden ReLU, for Fig. 4b), written as 1×1
+convolutions so it runs on (N, C, H, W). Inputs (``dwc_inputs``, all detached from the
+networks): ``"softmax"`` the student's softmax (T = 1); ``"softmax_conf"`` (default, eq. 8)
+that plus the confidence of eq. 6, c = the student's probability of the ground-truth class;
+``"teacher_softmax_conf"`` the teacher's softmax and confidence *instead of* the student's (the
+other input of Fig. 4b). Output: one weight per logit, w_k = β_min + (β_max − β_min)·σ(h_k + b₀)
+∈ (β_min, β_max) = (1, 10) (the paper's fixed range), where the offset b₀ = logit((β − β_min) /
+(β_max − β_min)) makes h = 0 mean w = β (``beta``, default 8 as DKD), so an untrained controller
+starts as DKD with β. The target logit's weight is computed but unused. Our choices (not in the
+text): hidden width 32 (``dwc_hidden``), the softmax at T = 1, detached inputs (the student must
+not steer its own weights), the sigmoid map onto the range.
 
-The training signal of the controller (the pitfall, and our resolution)
------------------------------------------------------------------------
-Trained by the loss it weights (``dwc_training="joint"``, kept only to demonstrate the failure),
-the controller is rewarded for making the loss small, not for helping the student: ∂L/∂w_k = g_k
-≥ 0, so gradient descent drives every weight to β_min (with the paper's signed terms, or unbounded
-outputs, it instead makes the weighted divergence negative). tests/test_losses_lix.py shows it.
+``controller="fixed"``: every weight β (DKD per pixel; Fig. 4a). ``controller="confidence"``: the
+parameter-free control w_k = β_min + (β_max − β_min)·(1 − c) for every non-target logit of a pixel
+(the paper's motivation as a formula: more NCLD weight where the student is less confident).
 
-``dwc_training="adversarial"`` (default) makes the controller the student's adversary, as CTKD
-learns its temperature by gradient reversal: the student minimises the weighted divergence for
-the weights it is given (the weights are constants to it); the controller *maximises* it, i.e. it
-moves weight to the classes the student currently gets most wrong relative to the teacher (a
-distributionally robust re-weighting over classes). Pure reversal has the mirror-image collapse
-(every weight to β_max, as ∂L/∂w_k ≥ 0 again), so the controller's objective per valid pixel is
+The training signal of the DWC (``dwc_training``; the paper says only "by minimizing (18)")
+-----------------------------------------------------------------------------------------------
+* ``"joint"`` — the literal reading: the controller minimises (18) with the student. Its
+  gradient is ∂L/∂w_k = g_k ≥ 0, so descent drives every weight to β_min (with the paper's
+  signed terms, ``ncld_terms="paper"``, it instead makes the weighted divergence negative).
+  Kept to show the failure (tests/test_losses_lix.py) and for the measurement below.
+* ``"adversarial"`` — ours (not the paper's): the controller is the student's adversary, as
+  CTKD learns its temperature by gradient reversal. It maximises, per valid pixel,
 
-    J = (1/K) Σ_{k≠y} [ u_k (r_k − r̄) − τ · KL(Bern(u_k) ‖ Bern(ū)) ],
-    u_k = (w_k − β_min)/(β_max − β_min),  ū = (β − β_min)/(β_max − β_min),
-    r_k = g_k / (mean_{j≠y} g_j + ε) (the class's share of the divergence, g detached, generalized
-    terms; ε = 1e-6 nats), r̄ = mean_{k≠y} r_k (≈ 1), K = C − 1.
+      J = (1/K) Σ_{k≠y} [ u_k (r_k − r̄) − τ · KL(Bern(u_k) ‖ Bern(ū)) ],
+      u_k = (w_k − β_min)/(β_max − β_min),  ū = (β − β_min)/(β_max − β_min),
+      r_k = g_k / (mean_{j≠y} g_j + ε) (the class's share of the divergence, g detached,
+      generalized terms; ε = 1e-6 nats), r̄ = mean_{k≠y} r_k (≈ 1), K = C − 1,
 
-* r_k − r̄ (the reversed gradient, normalised per pixel and centred): the adversary can only
-  *re-distribute* weight between classes, never inflate all of them, and its target does not
-  shrink as the student improves (scale-free);
-* the KL term anchors each weight at the prior β (a maximum-entropy / KL-regularised adversary,
-  as in KL-constrained distributionally robust optimisation).
+  concave in u with the maximiser logit(u_k*) = b₀ + (r_k − r̄)/τ: weight moves to the classes
+  the student gets most wrong relative to the teacher, anchored at β by the KL term (pure
+  reversal would pin every weight to β_max), strictly inside the range. τ = ``dwc_tau``.
+* ``"lookahead"`` — the bi-level learning-to-reweight scheme (Ren et al., ICML 2018; as in
+  meta-distillation): the student minimises (18) for the weights it is given; the controller
+  lowers the student's cross-entropy *after* a one-step virtual SGD update of the student under
+  the weighted loss, θ' = θ − η∇θ[CE + λ1·DWLD(w)] (``lookahead_lr`` η; the same batch). The
+  meta-gradient G = ∂CE(θ')/∂w (:func:`lookahead_weight_gradient`, second order through the
+  student) is scaled to unit RMS and the controller descends
+  (1/K) Σ_{k≠y} [u_k G̃_k + τ·KL(Bern(u_k) ‖ Bern(ū))] (:func:`lookahead_objective`; minimiser
+  logit(u_k) = b₀ − G̃_k/τ). Without the KL anchor a learned controller follows a persistent
+  meta-gradient into a bound (tested). ``lookahead_every`` = k runs the virtual step every k
+  training steps (about 3× a student step's cost on the CPU when k = 1).
 
-J is concave in u and its maximiser has a closed form, logit(u_k*) = b₀ + (r_k − r̄)/τ: a class
-with the pixel's average share keeps w = β, one with a larger share gets more weight, a smaller
-share less, strictly inside (β_min, β_max) for any finite r (no pinning); the weights are constant
-only where the student's per-class errors are uniform. τ (``dwc_tau``, default 1) sets how far
-they spread. The MLP learns the conditional expectation of this target given its inputs.
+For every signal the returned term's value is exactly DWLD (≥ 0 with the generalized terms): the
+controller's objective enters as obj − stop_grad(obj) (value 0), so the trainer's single backward
+gives the student ∂DWLD/∂θ with the weights held fixed and the controller its own gradient
+(scaled by λ1 and the optimizer's learning rate, like any trainable part of a distiller).
 
-Both signals come out of the one returned term: its value is exactly DWLD (≥ 0, bounded above by
-T²(α·TCLD + β_max·NCKD)); the controller's objective enters as −J + stop_grad(J) (value 0), so
-the trainer's single backward gives the student ∂DWLD/∂θ and the controller −∂J/∂φ (scaled by the
-term's weight λ1 and the optimizer's learning rate, like any trainable part of a distiller).
+Which signal is the default is decided by measurement (benchmarks/dwc_signal.py; the table and
+the reasoning are in the README's "DWC training signal" section): see DEFAULT_SIGNAL_NOTE.
+
+DDP: every mean over pixels is over the labelled pixels of the global batch
+(lix/losses/reduce.py), like the cross-entropy.
 """
 
 from __future__ import annotations

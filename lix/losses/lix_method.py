@@ -10,29 +10,49 @@ kernel-regression recalibration, CKA), the consistency measures in lix/losses/ck
 Hyper-parameters (one flat namespace, no name used twice; ``lix`` takes all of them):
 
 DWLD (``dwld``, ``lix``)
-  alpha          TCLD weight α (1.0, DKD's)
+  alpha          TCLD weight α (1.0, DKD's and eq. 4's)
   beta           the fixed β of ``controller="fixed"`` (Fig. 4a sweep: 1, 2, 4, 8, 10), and the
                  prior/initial weight of the DWC (8.0, DKD's); needs beta_min < beta < beta_max
                  for the DWC
-  temperature    T (4.0, DKD's); the loss carries T²
-  beta_min, beta_max   the DWC's weight range (1.0, 10.0)
-  controller     "dwc" (default) | "fixed"
-  dwc_inputs     "softmax" | "softmax_conf" (default, the paper's) | "softmax_conf_teacher" (Table IV)
-  dwc_hidden     the controller MLP's hidden width (32, our choice: the paper gives none; 64 costs 2x the controller's time)
-  dwc_tau        the controller's KL-prior strength τ (1.0): larger -> weights closer to β
-  dwc_training   "adversarial" (default, see dwld.py) | "joint" (naive, collapses to beta_min;
-                 for the ablation only)
+  temperature    T (4.0, DKD's; the paper's value was lost in our copy); the loss carries T²
+  beta_min, beta_max   the weights' range (1.0, 10.0: the paper's)
+  controller     "dwc" (default) | "fixed" | "confidence" (parameter-free: β_min + (β_max − β_min)(1 − c))
+  dwc_inputs     "softmax" | "softmax_conf" (default, eq. 8) | "teacher_softmax_conf" (Fig. 4b: the
+                 teacher's softmax and confidence instead of the student's)
+  dwc_hidden     the controller MLP's hidden width (32, our choice: the paper gives none)
+  dwc_depth      its linear layers (3, the paper's; Fig. 4b varies it)
+  dwc_dropout    dropout after each hidden layer (0.0: the paper's "without dropout"; Fig. 4b)
+  dwc_tau        the KL anchor's strength τ of the adversarial and lookahead signals (1.0):
+                 larger -> weights closer to β
+  dwc_training   the controller's training signal: "adversarial" | "joint" (the literal
+                 "minimise (18)"; collapses to beta_min) | "lookahead" (bi-level, Ren et al.
+                 2018); see dwld.py and the README's measurement
+  lookahead_lr   η of the lookahead's virtual SGD step (0.01, MFNet's lr)
+  lookahead_every  run the virtual step every k training steps (1)
   ncld_terms     "generalized" (default, per-class terms ≥ 0) | "paper" (eq. 9 literally)
 
 ARFD (``arfd``, ``lix``)
-  kernel         "laplace" (default) | "gaussian" | "linear" | "none" (Table V)
-  bandwidth      σ as a multiple of the RMS pairwise feature distance (1.0)
+  kernel         "laplace" (default, eq. 13) | "gaussian" | "linear" | "none" (Table V)
+  bandwidth      a multiplier of the bandwidth rule's σ (1.0)
+  bandwidth_rule "knn" (default: each pixel's distance to its bandwidth_k-th nearest pixel) |
+                 "median" (the median heuristic, per image) | "rms" (the RMS pairwise distance,
+                 per image; the former default, which washes the maps out)
+  bandwidth_k    the neighbour of the knn rule (7)
+  teacher_norm   "bn_relu" (default: the teacher's maps standardised and activated like the
+                 aligned student's) | "none" (as they come)
   consistency    "cka" (default) | "cosine" | "euclidean" | "pearson" (Table V)
+  reduction      L_FD over the taps: "mean" (default, eq. 17's 1/N) | "sum"
   chunk          query pixels per kernel-regression block (1024; memory, not results)
   max_pixels     pool each tap's maps to at most this many pixels first (1024; None: never)
   exact_distances  kernel distances from the differences (True: chunk-invariant, 8-10x slower on
                  the CPU) or the matrix-product expansion (False, default; see arfd._nw_chunk)
   taps           (the trainer's) the tapped stages; default DEFAULT_TAPS of the family
+
+Each default is declared once (``DWLD_DEFAULTS``, ``ARFD_DEFAULTS``; LIX composes both), and
+``lix distill --list`` prints them from there. ``diagnostics()`` after a forward: the DWC's
+weight statistics (``dwc.w_mean``, ``dwc.w_std_class``, ``dwc.w_std_pixel``, ``dwc.w_at_bound``)
+and the variance ARFD's recalibration kept per tap (``arfd.kept.<tap>.<side>``), logged by the
+trainer as ``train/diag.<name>``, never added to the loss.
 """
 
 from __future__ import annotations
