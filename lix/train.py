@@ -55,7 +55,7 @@ from lix.checkpoint import (check_resume_config, export_safetensors, load_checkp
 from lix.config import TrainConfig, from_dict
 from lix.data import AugmentConfig, ShardDataset, to_device
 from lix.inputs import model_inputs, x_channels
-from lix.losses.reduce import global_mean
+from lix.reduce import global_mean
 from pipeline.errors import ConfigError, DataError, LixError
 from pipeline.sources.base import IGNORE
 

@@ -106,26 +106,23 @@ def np_gram_cka(x: np.ndarray, y: np.ndarray) -> float:
     return hsic(k, l_) / math.sqrt(hsic(k, k) * hsic(l_, l_))
 
 
-def np_nadaraya_watson(x: np.ndarray, kernel: str, bandwidth: float = 1.0, rule: str = "knn",
-                       k: int = 7) -> np.ndarray:
-    """x (n, d): every row replaced by Σ_j K(x_i, x_j) x_j / Σ_j K(x_i, x_j). Bandwidth per row i:
-    ``bandwidth`` × (rule "rms": the RMS pairwise distance; "median": the median distance over
-    pairs i != j; "knn": the distance from x_i to its k-th nearest other row)."""
+def np_nadaraya_watson(x: np.ndarray, kernel: str, bandwidth: float = 1.0, rule: str = "rms",
+                       sigma: float | None = None) -> np.ndarray:
+    """x (n, d): every row replaced by Σ_j K(x_i, x_j) x_j / Σ_j K(x_i, x_j). σ = ``sigma`` when
+    given, else ``bandwidth`` × (rule "rms": the RMS pairwise distance; "median": the lower median
+    distance over the ordered pairs i != j)."""
     n = x.shape[0]
     if kernel == "none":
         return x
     sq = [[float(np.sum((x[i] - x[j]) ** 2)) for j in range(n)] for i in range(n)]
     dist = [[math.sqrt(v) for v in row] for row in sq]
-    if rule == "rms":
-        sigmas = [bandwidth * math.sqrt(sum(map(sum, sq)) / (n * n))] * n
-    elif rule == "median":  # the lower median (torch.median's), of the ordered pairs i != j
+    if sigma is None and rule == "rms":
+        sigma = bandwidth * math.sqrt(sum(map(sum, sq)) / (n * n))
+    elif sigma is None:  # the lower median (torch.median's)
         d = sorted(dist[i][j] for i in range(n) for j in range(n) if i != j)
-        sigmas = [bandwidth * d[(len(d) - 1) // 2]] * n
-    else:
-        sigmas = [bandwidth * sorted(dist[i])[min(k, n - 1)] for i in range(n)]
+        sigma = bandwidth * d[(len(d) - 1) // 2]
     out = np.zeros_like(x)
     for i in range(n):
-        sigma = sigmas[i]
         ks = []
         for j in range(n):
             if kernel == "laplace":
@@ -137,6 +134,19 @@ def np_nadaraya_watson(x: np.ndarray, kernel: str, bandwidth: float = 1.0, rule:
         ks = np.array(ks)
         out[i] = (ks[:, None] * x).sum(0) / ks.sum()
     return out
+
+
+def np_perplexity(x: np.ndarray, kernel: str, sigma: float) -> float:
+    """Mean over the rows of exp(entropy) of the normalised kernel weights (self included)."""
+    n = x.shape[0]
+    out = []
+    for i in range(n):
+        d = np.array([np.linalg.norm(x[i] - x[j]) for j in range(n)])
+        logits = -d / sigma if kernel == "laplace" else -d ** 2 / (2 * sigma * sigma)
+        w = np.exp(logits - logits.max())
+        w /= w.sum()
+        out.append(-(w * np.log(np.maximum(w, 1e-300))).sum())
+    return float(np.exp(np.mean(out)))
 
 
 def pixels(x: torch.Tensor, i: int) -> np.ndarray:
@@ -197,16 +207,34 @@ def test_other_consistency_measures_golden_and_zero_when_equal():
 
 # --------------------------------------------------------------------------- kernel regression
 @pytest.mark.parametrize("kernel", ["laplace", "gaussian", "linear"])
-@pytest.mark.parametrize("rule", arfd_mod.BANDWIDTH_RULES)
+@pytest.mark.parametrize("rule", ["rms", "median"])
 def test_kernel_regression_golden(kernel, rule):
     g = torch.Generator().manual_seed(4)
     x = torch.randn(2, 10, 3, generator=g, dtype=torch.float64)
     for chunk in (None, 3):
-        got = arfd_mod.recalibrate(x, kernel, bandwidth=0.7, chunk=chunk, exact=True, bandwidth_rule=rule,
-                                   bandwidth_k=3)
+        got = arfd_mod.recalibrate(x, kernel, bandwidth=0.7, chunk=chunk, exact=True, bandwidth_rule=rule)
         for i in range(2):
-            ref = np_nadaraya_watson(npy(x[i]), kernel, 0.7, rule, k=3)
+            ref = np_nadaraya_watson(npy(x[i]), kernel, 0.7, rule)
             assert np.allclose(npy(got[i]), ref, atol=1e-9), (kernel, rule, chunk)
+
+
+@pytest.mark.parametrize("kernel", ["laplace", "gaussian"])
+def test_perplexity_bandwidth_smooths_each_pixel_over_the_target_count(kernel):
+    """The default rule: σ per image such that the kernel weights (self included) have the target
+    perplexity on average, checked in numpy over every pixel (the calibration samples 128 of them;
+    here n < 128, so all), and the recalibration is the Nadaraya–Watson mean with that σ."""
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(2, 40, 16, generator=g, dtype=torch.float64) * 3.0
+    for target in (4.0, 8.0):
+        sigma = arfd_mod.perplexity_bandwidth(x, target, kernel)
+        for i in range(2):
+            assert np_perplexity(npy(x[i]), kernel, sigma[i].item()) == pytest.approx(target, rel=0.01)
+    got = arfd_mod.recalibrate(x, kernel, chunk=None, exact=True)  # the default: perplexity 8
+    sigma = arfd_mod.perplexity_bandwidth(x, 8.0, kernel)
+    for i in range(2):
+        assert np.allclose(npy(got[i]), np_nadaraya_watson(npy(x[i]), kernel, sigma=sigma[i].item()), atol=1e-9)
+    # scale-free: features ×10 give σ ×10 (Laplace) and the same recalibrated map ×10
+    torch.testing.assert_close(arfd_mod.recalibrate(10 * x, kernel, chunk=None, exact=True), 10 * got)
 
 
 def test_median_pairwise_distance_bandwidth():
@@ -331,13 +359,22 @@ def test_arfd_stage_golden_recalibration_then_cka():
     s = torch.randn(2, 3, 4, 5, generator=g, dtype=torch.float64)
     t = torch.randn(2, 4, 4, 5, generator=g, dtype=torch.float64) + 0.5 * torch.cat([s, s[:, :1]], 1)
     for kernel in ("laplace", "gaussian", "none"):
-        for rule in arfd_mod.BANDWIDTH_RULES:
+        for rule in ("rms", "median"):
             got = arfd_mod.arfd_stage_loss(s, t, kernel=kernel, bandwidth=1.0, consistency="cka", chunk=7,
-                                           exact=True, bandwidth_rule=rule, bandwidth_k=4)
-            ref = np.mean([1 - np_gram_cka(np_nadaraya_watson(pixels(s, i), kernel, 1.0, rule, 4),
-                                           np_nadaraya_watson(pixels(t, i), kernel, 1.0, rule, 4))
+                                           exact=True, bandwidth_rule=rule)
+            ref = np.mean([1 - np_gram_cka(np_nadaraya_watson(pixels(s, i), kernel, 1.0, rule),
+                                           np_nadaraya_watson(pixels(t, i), kernel, 1.0, rule))
                            for i in range(2)])
             assert got.item() == pytest.approx(ref, abs=1e-9), (kernel, rule)
+        if kernel == "none":
+            continue
+        got = arfd_mod.arfd_stage_loss(s, t, kernel=kernel, consistency="cka", chunk=7, exact=True)  # perplexity 8
+        sig_s = arfd_mod.perplexity_bandwidth(arfd_mod._pixels(s), 8.0, kernel)
+        sig_t = arfd_mod.perplexity_bandwidth(arfd_mod._pixels(t), 8.0, kernel)
+        ref = np.mean([1 - np_gram_cka(np_nadaraya_watson(pixels(s, i), kernel, sigma=sig_s[i].item()),
+                                       np_nadaraya_watson(pixels(t, i), kernel, sigma=sig_t[i].item()))
+                       for i in range(2)])
+        assert got.item() == pytest.approx(ref, abs=1e-9), (kernel, "perplexity")
 
 
 @pytest.mark.parametrize("kernel", arfd_mod.KERNELS)
@@ -364,8 +401,9 @@ def spec_for(channels, n_classes=C):
 
 def test_arfd_distiller_golden_with_its_aligners():
     """The registered method: per tap the student's map Conv1×1 -> BN (batch statistics) ->
-    ReLU, the teacher's map standardised per channel -> ReLU, both recalibrated (Laplace, k-NN
-    bandwidth) -> 1 − CKA, averaged over the taps; recomputed in numpy from the parameters."""
+    ReLU, the teacher's map standardised per channel -> ReLU, both recalibrated (Laplace, the
+    perplexity bandwidth) -> 1 − CKA, averaged over the taps; recomputed in numpy from the
+    parameters (the bandwidth is checked on its own in the perplexity test)."""
     channels = {"a": (3, 4), "b": (2, 2)}
     torch.manual_seed(0)
     d = DISTILLERS["arfd"](spec_for(channels), chunk=5, exact_distances=True)
@@ -386,9 +424,12 @@ def test_arfd_distiller_golden_with_its_aligners():
         t = npy(tf[k])
         t = np.maximum((t - t.mean(axis=(0, 2, 3), keepdims=True)) / np.sqrt(t.var(axis=(0, 2, 3), keepdims=True)
                                                                             + 1e-5), 0)
+        ps, pt = z.reshape(2, z.shape[1], -1).transpose(0, 2, 1), t.reshape(2, t.shape[1], -1).transpose(0, 2, 1)
+        sig_s = arfd_mod.perplexity_bandwidth(torch.from_numpy(ps.copy()), 8.0)
+        sig_t = arfd_mod.perplexity_bandwidth(torch.from_numpy(pt.copy()), 8.0)
         for i in range(2):
-            xs = np_nadaraya_watson(z[i].reshape(z.shape[1], -1).T, "laplace")
-            xt = np_nadaraya_watson(t[i].reshape(t.shape[1], -1).T, "laplace")
+            xs = np_nadaraya_watson(ps[i], "laplace", sigma=sig_s[i].item())
+            xt = np_nadaraya_watson(pt[i], "laplace", sigma=sig_t[i].item())
             ref += (1 - np_gram_cka(xs, xt)) / 2 / len(channels)
     assert got["arfd"].item() == pytest.approx(ref, abs=1e-5)
 
@@ -731,14 +772,14 @@ def region_map(layout: str, seed: int, h: int = 24, w: int = 32, d: int = 16) ->
 
 
 def test_recalibration_keeps_unrelated_maps_apart_and_related_maps_close():
-    """With the default bandwidth (each pixel's distance to its 7th nearest pixel), recalibration
+    """With the default bandwidth (perplexity 8: each pixel smoothed over about 8 pixels), recalibration
     keeps most of a structured map's variance, and under every measure of Table V unrelated maps
     stay about as far apart as without recalibration (no collapse toward zero loss) while related
     maps stay close."""
     teacher = region_map("quadrants", 1)
     related = teacher + 0.3 * torch.randn(teacher.shape, generator=torch.Generator().manual_seed(3))
     unrelated = region_map("stripes", 2)
-    rec = arfd_mod.recalibrate  # laplace, bandwidth 1, knn 7: the defaults
+    rec = arfd_mod.recalibrate  # laplace, perplexity 8: the defaults
     assert arfd_mod.variance_kept(teacher, rec(teacher)).item() > 0.6
     for measure in cka_mod.CONSISTENCY:
         raw = cka_mod.consistency_loss(unrelated, teacher, measure).item()

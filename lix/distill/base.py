@@ -75,7 +75,7 @@ class DistillBatch:
     student_feats:  tap -> (N, Cs, h, w), in the graph.
     teacher_feats:  tap -> (N, Ct, h, w), detached; same (h, w) as the student's at each tap.
     world_size:     processes of the DDP run; losses that average over pixels or images divide
-                    by the global count (lix/losses/reduce.py), as the cross-entropy does.
+                    by the global count (lix/reduce.py), as the cross-entropy does.
     student_forward: for methods with ``wants_student_forward`` (DWLD's lookahead controller):
                     params -> the student's logits on this batch with those parameters
                     (``torch.func.functional_call``, buffers copied), ``.params`` the student's

@@ -40,17 +40,22 @@ Per tapped stage pair (the trainer's taps; ``taps=None`` -> the family's DEFAULT
    K = exp(−‖x − y‖²/(2σ²)); ``"linear"`` K = 1 + cos(x, y) (the linear kernel on unit-normalised
    features, shifted by 1 so that the weights are non-negative and their sum cannot vanish; no
    bandwidth); ``"none"`` no recalibration.
-   **Bandwidth** (eq. 14 was lost in our copy of the text; ``bandwidth_rule``, detached):
-   ``"knn"`` (default) a local bandwidth per query pixel, σ_i = ``bandwidth`` × the distance
-   from f_i to its ``bandwidth_k``-th (7th) nearest pixel of the same image (the self-tuning
-   scale of Zelnik-Manor & Perona 2004: dense regions smooth over a small radius, sparse ones
-   over a larger one); ``"median"`` one σ per image, the median pairwise distance (the median
-   heuristic); ``"rms"`` one σ per image, the RMS pairwise distance sqrt(2 Σ_c Var_c) (this
-   module's former default). A global σ of the size of the typical pairwise distance averages
-   every pixel with most of the image: on a synthetic check the maps keep ~7 % of their variance
-   and unrelated maps look closer under cosine / Euclidean / Pearson (tests/test_losses_lix.py);
-   on real MFNet taps the share kept per tap is measured by benchmarks/arfd_recalibration.py
-   (README) and logged during training (dvclive ``train/diag.arfd.kept.<tap>.<side>``).
+   **Bandwidth** (eq. 14 was lost in our copy of the text; ``bandwidth_rule``, one σ per image
+   and map, detached): ``"perplexity"`` (default) the σ at which each pixel's kernel weights over
+   the image (itself included) have perplexity ``bandwidth_k`` = 8 on average, i.e. each pixel
+   is smoothed over about 8 pixels whatever the dimension and scale of the features (t-SNE's
+   calibration, by bisection on log σ over 64 sampled pixels: :func:`perplexity_bandwidth`);
+   ``"median"`` the median pairwise distance (the median heuristic); ``"rms"`` the RMS pairwise
+   distance sqrt(2 Σ_c Var_c) (this module's former default). × ``bandwidth``. Why: a σ of the
+   size of the typical pairwise distance averages every pixel with most of the image. On real
+   MFNet taps (benchmarks/arfd_recalibration.py, vKITTI2, a 6-epoch teacher and a 3-epoch
+   student, fresh aligner) the RMS and median rules keep 0.2–4 % of a map's variance (rgb4
+   0.2 %, fused 0.4–0.6 %, decoder 3.3–4.1 %); a local σ_i = the distance to the 7th nearest
+   pixel keeps 58–62 % at the 32-channel decoder but 0.9–1.5 % at rgb4 and fused (96 and 132
+   channels, where all distances concentrate near one value); perplexity 8 keeps 61–98 %
+   (rgb4 77–80 %, fused 61–67 %, decoder 98 %). The choice of 8 rests on that share alone
+   (≥ 60 % at every tap; 16 drops fused to 45–51 %), not on any accuracy. The share kept per
+   tap is logged during training (dvclive ``train/diag.arfd.kept.<tap>.<side>``).
    Distances are computed from the matrix-product expansion by default (``exact_distances``:
    from the differences, exactly 0 on the diagonal and chunk-invariant, slower; see
    ``_nw_chunk``).
@@ -84,14 +89,16 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from lix.losses.cka import CONSISTENCY, consistency_loss, full_precision
-from lix.losses.reduce import global_mean
+from lix.reduce import global_mean
 
 KERNELS = ("laplace", "gaussian", "linear", "none")
-BANDWIDTH_RULES = ("knn", "median", "rms")
+BANDWIDTH_RULES = ("perplexity", "median", "rms")
 TEACHER_NORMS = ("bn_relu", "none")
 REDUCTIONS = ("mean", "sum")
 EPS = 1e-12
 MEDIAN_SAMPLE = 256  # pixels per image whose pairwise distances give the median heuristic
+PERPLEXITY_SAMPLE = 64  # query pixels per image on which the perplexity bandwidth is calibrated
+PERPLEXITY_STEPS = 10  # bisection steps on log σ (the bracket e^±10 × the median distance: ±2 %)
 
 
 def _as_float(x: torch.Tensor) -> torch.Tensor:
@@ -118,28 +125,61 @@ def median_pairwise_distance(x: torch.Tensor, sample: int = MEDIAN_SAMPLE) -> to
         return dist[:, off].median(dim=1).values if m > 1 else dist.flatten(1).amax(1)
 
 
+def perplexity_bandwidth(x: torch.Tensor, perplexity: float, kernel: str = "laplace",
+                         sample: int = PERPLEXITY_SAMPLE, steps: int = PERPLEXITY_STEPS) -> torch.Tensor:
+    """One bandwidth σ per image such that the kernel weights of a pixel over the image's pixels
+    (itself included), w_ij = K(x_i, x_j) / Σ_j K(x_i, x_j), have on average the perplexity
+    exp(H(w_i·)) = ``perplexity``: each pixel is smoothed over about that many pixels, whatever
+    the dimension or scale of the features (the calibration of t-SNE, van der Maaten & Hinton
+    2008). The mean entropy runs over ``sample`` evenly spaced query pixels; bisection on log σ
+    (``steps`` halvings of the bracket e^±10 × the median distance). x (N, n, d) -> (N,),
+    detached. Needs 1 < perplexity < n."""
+    with torch.no_grad():
+        n = x.shape[1]
+        idx = torch.linspace(0, n - 1, min(n, sample), device=x.device).round().long()
+        dist = torch.cdist(x[:, idx], x, compute_mode="use_mm_for_euclid_dist")   # (N, m, n)
+        if kernel == "gaussian":
+            dist = dist.square()
+        scale = dist.flatten(1).median(dim=1).values.clamp_min(1e-12)
+        lo = torch.full_like(scale, -10.0)
+        hi = torch.full_like(scale, 10.0)
+        target = math.log(min(max(float(perplexity), 1.0 + 1e-6), n - 1e-6))
+        for _ in range(steps):
+            mid = (lo + hi) / 2
+            z = -dist / (scale * mid.exp())[:, None, None]
+            lse = z.logsumexp(dim=2, keepdim=True)
+            entropy = (lse.squeeze(2) - ((z - lse).exp() * z).sum(dim=2)).mean(dim=1)  # H = lse − Σ w z
+            too_flat = entropy > target          # too many neighbours: a smaller bandwidth
+            hi = torch.where(too_flat, mid, hi)
+            lo = torch.where(too_flat, lo, mid)
+        sigma = scale * ((lo + hi) / 2).exp()
+        # the kernels use exp(-d/σ) (laplace) and exp(-d²/(2σ²)) (gaussian): σ in distance units
+        return sigma if kernel != "gaussian" else (sigma / 2.0).sqrt()
+
+
 def _nw_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel: str, sigma: torch.Tensor | None,
-              exact: bool = False, knn: int | None = None) -> torch.Tensor:
+              exact: bool = False, self_offset: int | None = None) -> torch.Tensor:
     """Nadaraya–Watson for one chunk of queries: q (N, m, d), k (N, n, d), v (N, n, dv) -> (N, m, dv).
-    sigma (N, 1, 1) for laplace/gaussian: a global bandwidth, or with ``knn`` = k a multiplier of
-    each query's own bandwidth, the distance to its k-th nearest key (the query itself, at distance
-    0, not counted when it is among the keys), detached (the self-tuning local scale of
-    Zelnik-Manor & Perona, NIPS 2004)."""
+    sigma (N, 1, 1) for laplace/gaussian. ``self_offset``: the queries are keys[offset:offset+m]
+    (recalibration of a map by itself), whose distance to themselves is set to exactly 0."""
     if kernel == "linear":
         kw = 1.0 + F.normalize(q, dim=2, eps=1e-8) @ F.normalize(k, dim=2, eps=1e-8).transpose(1, 2)
         return (kw @ v) / kw.sum(dim=2, keepdim=True).clamp_min(EPS)
     # exact: direct differences, not the |q|² + |k|² − 2 q·k expansion: exact 0 on the diagonal
     # and independent of the chunking, but 8-10x slower on the CPU (8 x 864 x 32 pixels: 86 ms vs
-    # 11 ms). The expansion's cancellation error is ~0.02-0.04 in distance at the diagonal for
-    # features whose pairwise distances are ~20-50, i.e. a Laplace weight of ~0.999 instead of 1
-    # there; cdist's gradient where q_i = k_j is 0 either way (its backward uses the differences).
+    # 11 ms). The expansion's cancellation error is largest at the diagonal (~0.02-0.04 in distance
+    # for features whose pairwise distances are ~20-50), which matters once the bandwidth is of
+    # the order of the nearest-neighbour distance (the perplexity rule): for a map recalibrated by
+    # itself the diagonal is therefore set to exactly 0 (``self_offset``), after which chunked and
+    # unchunked results agree to float32 rounding (tested). cdist's gradient where q_i = k_j is 0
+    # either way (its backward uses the differences).
     mode = "donot_use_mm_for_euclid_dist" if exact else "use_mm_for_euclid_dist"
     dist = torch.cdist(q, k, compute_mode=mode)
-    if knn is not None:
-        with torch.no_grad():
-            kk = min(int(knn), dist.shape[2] - 1)
-            local = dist.topk(kk + 1, dim=2, largest=False).values[..., kk:kk + 1]  # (N, m, 1)
-            sigma = (sigma * local).clamp_min(1e-6)
+    if self_offset is not None and not exact:  # the expansion's cancellation error is largest there
+        m = q.shape[1]
+        eye = torch.zeros(m, k.shape[1], dtype=torch.bool, device=q.device)
+        eye[torch.arange(m), torch.arange(self_offset, self_offset + m)] = True
+        dist = dist.masked_fill(eye, 0.0)
     if kernel == "laplace":
         logits = -dist / sigma
     elif kernel == "gaussian":
@@ -152,7 +192,7 @@ def _nw_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel: str, si
 @full_precision
 def kernel_regression(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, kernel: str = "laplace",
                       sigma: torch.Tensor | float | None = None, chunk: int | None = 1024,
-                      exact: bool = False, knn: int | None = None) -> torch.Tensor:
+                      exact: bool = False) -> torch.Tensor:
     """Nadaraya–Watson: out_i = Σ_j K(query_i, keys_j) values_j / Σ_j K(query_i, keys_j).
 
     query (N, m, d), keys (N, n, d), values (N, n, dv) -> (N, m, dv). ``sigma``: bandwidth, a
@@ -160,8 +200,7 @@ def kernel_regression(query: torch.Tensor, keys: torch.Tensor, values: torch.Ten
     (None: all at once, O(m·n) memory kept for the backward); with a gradient each block is
     checkpointed, so peak memory is O(chunk·n + (m + n)·d). ``kernel="none"`` returns ``query``.
     ``exact``: distances from the differences (chunk-invariant to rounding, slower) instead of the
-    matrix-product expansion (see ``_nw_chunk``). ``knn``: per-query bandwidths, ``sigma`` × the
-    distance to the query's ``knn``-th nearest key (see ``_nw_chunk``)."""
+    matrix-product expansion (see ``_nw_chunk``)."""
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
     if kernel == "none":
@@ -177,37 +216,43 @@ def kernel_regression(query: torch.Tensor, keys: torch.Tensor, values: torch.Ten
         s = torch.as_tensor(sigma, dtype=query.dtype, device=query.device).detach()
         s = s.reshape(-1, 1, 1).expand(query.shape[0], 1, 1).clamp_min(1e-6)
     m = query.shape[1]
+    is_self = query is keys
     if chunk is None or chunk >= m:
-        return _nw_chunk(query, keys, values, kernel, s, exact, knn)
+        return _nw_chunk(query, keys, values, kernel, s, exact, 0 if is_self else None)
     if int(chunk) < 1:
         raise ValueError(f"chunk must be a positive integer or None, got {chunk!r}")
     need_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (query, keys, values))
     out = []
     for start in range(0, m, int(chunk)):
         qc = query[:, start:start + int(chunk)]
+        offset = start if is_self else None
         if need_grad:
-            out.append(checkpoint(_nw_chunk, qc, keys, values, kernel, s, exact, knn, use_reentrant=False,
+            out.append(checkpoint(_nw_chunk, qc, keys, values, kernel, s, exact, offset, use_reentrant=False,
                                   preserve_rng_state=False))  # nothing random inside
         else:
-            out.append(_nw_chunk(qc, keys, values, kernel, s, exact, knn))
+            out.append(_nw_chunk(qc, keys, values, kernel, s, exact, offset))
     return torch.cat(out, dim=1)
 
 
 def recalibrate(x: torch.Tensor, kernel: str = "laplace", bandwidth: float = 1.0, chunk: int | None = 1024,
-                exact: bool = False, bandwidth_rule: str = "knn", bandwidth_k: int = 7) -> torch.Tensor:
+                exact: bool = False, bandwidth_rule: str = "perplexity", bandwidth_k: float = 8.0) -> torch.Tensor:
     """Eq. 13–14 (our reading): every pixel of x (N, n, d) replaced by the Nadaraya–Watson mean of
-    the same image's pixels -> (N, n, d). Bandwidth σ = ``bandwidth`` × (``bandwidth_rule``):
-    ``"knn"`` each pixel's distance to its ``bandwidth_k``-th nearest pixel (local, adaptive),
-    ``"median"`` the image's median pairwise distance, ``"rms"`` its RMS pairwise distance."""
+    the same image's pixels -> (N, n, d). Bandwidth σ per image = ``bandwidth`` × (``bandwidth_rule``):
+    ``"perplexity"`` the σ whose weights smooth each pixel over about ``bandwidth_k`` pixels
+    (:func:`perplexity_bandwidth`), ``"median"`` the median pairwise distance, ``"rms"`` the RMS
+    pairwise distance."""
     if kernel == "none":
         return x
     if bandwidth_rule not in BANDWIDTH_RULES:
         raise ValueError(f"bandwidth_rule must be one of {BANDWIDTH_RULES}, got {bandwidth_rule!r}")
     if kernel not in ("laplace", "gaussian"):
         return kernel_regression(x, x, x, kernel, None, chunk, exact)
-    if bandwidth_rule == "knn":
-        return kernel_regression(x, x, x, kernel, bandwidth, chunk, exact, knn=int(bandwidth_k))
-    scale = median_pairwise_distance(x) if bandwidth_rule == "median" else rms_pairwise_distance(x)
+    if bandwidth_rule == "perplexity":
+        scale = perplexity_bandwidth(x, bandwidth_k, kernel)
+    elif bandwidth_rule == "median":
+        scale = median_pairwise_distance(x)
+    else:
+        scale = rms_pairwise_distance(x)
     return kernel_regression(x, x, x, kernel, bandwidth * scale, chunk, exact)
 
 
@@ -247,7 +292,7 @@ def _pixels(x: torch.Tensor) -> torch.Tensor:
 @full_precision
 def arfd_stage_terms(student: torch.Tensor, teacher: torch.Tensor, kernel: str = "laplace", bandwidth: float = 1.0,
                      consistency: str = "cka", chunk: int | None = 1024, max_pixels: int | None = 1024,
-                     exact: bool = False, bandwidth_rule: str = "knn", bandwidth_k: int = 7
+                     exact: bool = False, bandwidth_rule: str = "perplexity", bandwidth_k: float = 8.0
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One stage pair: student (N, C, h, w) and teacher (N, C', h', w'), both *already aligned
     and normalised* (eq. 12) -> (the consistency loss per image (N,) between the recalibrated
@@ -268,7 +313,7 @@ def arfd_stage_terms(student: torch.Tensor, teacher: torch.Tensor, kernel: str =
 
 def arfd_stage_loss(student: torch.Tensor, teacher: torch.Tensor, kernel: str = "laplace", bandwidth: float = 1.0,
                     consistency: str = "cka", chunk: int | None = 1024, max_pixels: int | None = 1024,
-                    exact: bool = False, bandwidth_rule: str = "knn", bandwidth_k: int = 7,
+                    exact: bool = False, bandwidth_rule: str = "perplexity", bandwidth_k: float = 8.0,
                     world_size: int = 1) -> torch.Tensor:
     """:func:`arfd_stage_terms`' loss, averaged over the images of the (global) batch: a scalar."""
     per_image = arfd_stage_terms(student, teacher, kernel, bandwidth, consistency, chunk, max_pixels, exact,
@@ -278,8 +323,8 @@ def arfd_stage_loss(student: torch.Tensor, teacher: torch.Tensor, kernel: str = 
 
 def arfd_loss(student_aligned: list[torch.Tensor], teacher_feats: list[torch.Tensor], kernel: str = "laplace",
               bandwidth: float = 1.0, consistency: str = "cka", chunk: int | None = 1024,
-              max_pixels: int | None = 1024, exact: bool = False, bandwidth_rule: str = "knn",
-              bandwidth_k: int = 7, reduction: str = "mean", world_size: int = 1) -> torch.Tensor:
+              max_pixels: int | None = 1024, exact: bool = False, bandwidth_rule: str = "perplexity",
+              bandwidth_k: float = 8.0, reduction: str = "mean", world_size: int = 1) -> torch.Tensor:
     """L_FD (eq. 17) over the N stage pairs (aligned, normalised student and teacher maps, lists
     in the same order): the mean (``reduction="mean"``, the paper's 1/N) or the sum of
     :func:`arfd_stage_loss`. A scalar."""
@@ -306,7 +351,7 @@ class ARFDHead(nn.Module):
     tap and side (``kept.<tap>.student``, ``kept.<tap>.teacher``: batch means, detached)."""
 
     def __init__(self, channels: dict[str, tuple[int, int]], *, kernel: str = "laplace", bandwidth: float = 1.0,
-                 bandwidth_rule: str = "knn", bandwidth_k: int = 7, teacher_norm: str = "bn_relu",
+                 bandwidth_rule: str = "perplexity", bandwidth_k: float = 8.0, teacher_norm: str = "bn_relu",
                  consistency: str = "cka", reduction: str = "mean", chunk: int | None = 1024,
                  max_pixels: int | None = 1024, exact_distances: bool = False):
         super().__init__()
@@ -322,8 +367,8 @@ class ARFDHead(nn.Module):
             raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
         if not bandwidth > 0:
             raise ValueError(f"bandwidth must be > 0, got {bandwidth!r}")
-        if int(bandwidth_k) < 1:
-            raise ValueError(f"bandwidth_k must be a positive integer (neighbours), got {bandwidth_k!r}")
+        if not float(bandwidth_k) > 1:
+            raise ValueError(f"bandwidth_k must be > 1 (the pixels each one is smoothed over), got {bandwidth_k!r}")
         if chunk is not None and int(chunk) < 1:
             raise ValueError(f"chunk must be a positive integer or None, got {chunk!r}")
         if max_pixels is not None and int(max_pixels) < 1:
@@ -331,7 +376,7 @@ class ARFDHead(nn.Module):
         if not channels:
             raise ValueError("ARFD needs at least one tap")
         self.kernel, self.bandwidth, self.consistency = kernel, float(bandwidth), consistency
-        self.bandwidth_rule, self.bandwidth_k = bandwidth_rule, int(bandwidth_k)
+        self.bandwidth_rule, self.bandwidth_k = bandwidth_rule, float(bandwidth_k)
         self.teacher_norm, self.reduction = teacher_norm, reduction
         self.chunk = None if chunk is None else int(chunk)
         self.max_pixels = None if max_pixels is None else int(max_pixels)

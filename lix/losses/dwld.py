@@ -95,7 +95,7 @@ Which signal is the default is decided by measurement (benchmarks/dwc_signal.py;
 the reasoning are in the README's "DWC training signal" section): see DEFAULT_SIGNAL_NOTE.
 
 DDP: every mean over pixels is over the labelled pixels of the global batch
-(lix/losses/reduce.py), like the cross-entropy.
+(lix/reduce.py), like the cross-entropy.
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lix.losses.cka import full_precision
-from lix.losses.reduce import global_mean
+from lix.reduce import global_mean
 
 IGNORE_INDEX = 255
 MASK_VALUE = 1000.0  # eq. 11's "large negative value" (mdistiller's 1000)
@@ -183,7 +183,7 @@ def dwld_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target
     student_logits, teacher_logits (N, C, H, W), target (N, H, W) with ``ignore_index``;
     ``weights``: a float (every logit weighted β: per-pixel DKD) or (N, C, H, W) per-logit
     weights (the target channel is ignored). 0 if no pixel is labelled. ``world_size`` > 1: the
-    mean over the labelled pixels of the global batch (lix/losses/reduce.py)."""
+    mean over the labelled pixels of the global batch (lix/reduce.py)."""
     tcld, g, _gt, valid = dwld_terms(student_logits, teacher_logits, target, temperature, ignore_index, ncld_terms)
     if isinstance(weights, torch.Tensor):
         if weights.shape != g.shape:
@@ -407,7 +407,7 @@ class DWLDHead(nn.Module):
     def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor,
                 ignore_index: int = IGNORE_INDEX, world_size: int = 1, student_forward=None,
                 loss_weight: float = 1.0) -> torch.Tensor:
-        """``world_size``: means over the global batch (lix/losses/reduce.py). ``student_forward``
+        """``world_size``: means over the global batch (lix/reduce.py). ``student_forward``
         (``dwc_training="lookahead"`` only): params -> the student's logits for this batch with
         those parameters, with ``.params`` the student's trainable parameters by name (set by the
         distillation trainer); ``loss_weight``: λ1, the term's weight in the student's loss."""

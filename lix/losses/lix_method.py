@@ -34,10 +34,10 @@ DWLD (``dwld``, ``lix``)
 ARFD (``arfd``, ``lix``)
   kernel         "laplace" (default, eq. 13) | "gaussian" | "linear" | "none" (Table V)
   bandwidth      a multiplier of the bandwidth rule's σ (1.0)
-  bandwidth_rule "knn" (default: each pixel's distance to its bandwidth_k-th nearest pixel) |
-                 "median" (the median heuristic, per image) | "rms" (the RMS pairwise distance,
-                 per image; the former default, which washes the maps out)
-  bandwidth_k    the neighbour of the knn rule (7)
+  bandwidth_rule "perplexity" (default: the σ at which each pixel is smoothed over about
+                 bandwidth_k pixels) | "median" (the median heuristic) | "rms" (the RMS pairwise
+                 distance; the former default, which washes the maps out); one σ per image
+  bandwidth_k    the perplexity target: pixels each pixel is smoothed over (8.0)
   teacher_norm   "bn_relu" (default: the teacher's maps standardised and activated like the
                  aligned student's) | "none" (as they come)
   consistency    "cka" (default) | "cosine" | "euclidean" | "pearson" (Table V)
@@ -90,7 +90,7 @@ DWLD_DEFAULTS: dict[str, object] = {
     "dwc_inputs": "softmax_conf", "dwc_hidden": 32, "dwc_depth": 3, "dwc_dropout": 0.0, "dwc_tau": 1.0,
     "dwc_training": "adversarial", "lookahead_lr": 0.01, "lookahead_every": 1, "ncld_terms": "generalized"}
 ARFD_DEFAULTS: dict[str, object] = {
-    "kernel": "laplace", "bandwidth": 1.0, "bandwidth_rule": "knn", "bandwidth_k": 7, "teacher_norm": "bn_relu",
+    "kernel": "laplace", "bandwidth": 1.0, "bandwidth_rule": "perplexity", "bandwidth_k": 8.0, "teacher_norm": "bn_relu",
     "consistency": "cka", "reduction": "mean", "chunk": 1024, "max_pixels": 1024, "exact_distances": False}
 
 
