@@ -221,14 +221,14 @@ def test_kernel_regression_golden(kernel, rule):
 @pytest.mark.parametrize("kernel", ["laplace", "gaussian"])
 def test_perplexity_bandwidth_smooths_each_pixel_over_the_target_count(kernel):
     """The default rule: σ per image such that the kernel weights (self included) have the target
-    perplexity on average, checked in numpy over every pixel (the calibration samples 128 of them;
-    here n < 128, so all), and the recalibration is the Nadaraya–Watson mean with that σ."""
+    perplexity on average (to 2 %), checked in numpy over every pixel (the calibration samples 64
+    of them; here n = 40, so all), and the recalibration is the Nadaraya–Watson mean with that σ."""
     g = torch.Generator().manual_seed(11)
     x = torch.randn(2, 40, 16, generator=g, dtype=torch.float64) * 3.0
     for target in (4.0, 8.0):
         sigma = arfd_mod.perplexity_bandwidth(x, target, kernel)
         for i in range(2):
-            assert np_perplexity(npy(x[i]), kernel, sigma[i].item()) == pytest.approx(target, rel=0.01)
+            assert np_perplexity(npy(x[i]), kernel, sigma[i].item()) == pytest.approx(target, rel=0.02)
     got = arfd_mod.recalibrate(x, kernel, chunk=None, exact=True)  # the default: perplexity 8
     sigma = arfd_mod.perplexity_bandwidth(x, 8.0, kernel)
     for i in range(2):
