@@ -93,6 +93,10 @@ def test_repro_noop_and_targeted_rerun(repo):
         assert (repo / "data/previews" / f"{d}.png").is_file()
     report = (repo / "data/report/README.md").read_text()
     assert "vKITTI2" in report and "LIX" in report
+    # the shipped paper tables beside ours, with the two scale-free comparisons
+    assert "### vKITTI2: the paper's published figures beside ours" in report
+    assert "### vKITTI2: share of the teacher–student gap closed, ours beside the paper's" in report
+    assert "Kendall's τ (mIoU) between our ranking and the paper's" in report
     for d in datasets:  # the pictures from real runs: curves, Fig. 5's CKA, the same-image grid, the DWC
         for fig in ("curves", "cka", "grid", "dwc"):
             assert (repo / "data/report" / f"{fig}_{d}_mfnet.png").is_file(), (fig, d)
