@@ -117,6 +117,40 @@ def summarise(rows: list[dict], dataset: str, header: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+SIGNALS = ("adversarial", "joint", "joint-paper", "lookahead", "confidence")  # the DWC's candidates
+MAX_AT_BOUND = 0.5   # degenerate: more than half of the non-target weights within 1 % of a bound
+MIN_SPREAD = 0.05    # degenerate: spread across classes + across pixels below this (one fixed β)
+
+
+def select_default(per_dataset: dict[str, list[dict]]) -> tuple[str | None, dict[str, dict]]:
+    """The selection rule fixed before the measurement (README, "DWC training signal"): among the
+    DWC signals, the one with the highest val mIoU averaged over the datasets (each the mean over
+    its seeds) that is not degenerate on any dataset (mean over seeds: share at a bound ≤ 0.5 and
+    spread across classes + across pixels ≥ 0.05). ``per_dataset``: dataset -> the jsonl rows.
+    Returns (the chosen signal or None, signal -> {"miou": {ds: mean}, "score", "degenerate", "why"})."""
+    table: dict[str, dict] = {}
+    for sig in SIGNALS:
+        miou, why = {}, []
+        for ds, rows in per_dataset.items():
+            rs = [r for r in rows if r.get("variant") == sig and r.get("miou") is not None]
+            if not rs:
+                continue
+            miou[ds] = 100 * sum(r["miou"] for r in rs) / len(rs)
+            w = [r.get("weights") or {} for r in rs]
+            at_bound = sum(x.get("w_at_bound", 0.0) for x in w) / len(w)
+            spread = sum(x.get("w_std_class", 0.0) + x.get("w_std_pixel", 0.0) for x in w) / len(w)
+            if at_bound > MAX_AT_BOUND:
+                why.append(f"{ds}: {100 * at_bound:.0f} % of the weights at a bound")
+            if spread < MIN_SPREAD:
+                why.append(f"{ds}: spread {spread:.3f} < {MIN_SPREAD}")
+        if miou:
+            complete = len(miou) == len(per_dataset)
+            table[sig] = {"miou": miou, "score": sum(miou.values()) / len(miou) if complete else None,
+                          "degenerate": bool(why), "why": why}
+    ok = [s for s, v in table.items() if not v["degenerate"] and v["score"] is not None]
+    return (max(ok, key=lambda s: table[s]["score"]) if ok else None), table
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dataset", required=True)
@@ -133,7 +167,19 @@ def main(argv=None) -> int:
     ap.add_argument("--teacher-workers", type=int, default=None, help="DataLoader workers per teacher run "
                     "(default --workers; the teachers run first, so they can use the cores the students will)")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--select", nargs="+", metavar="DATASET", default=None,
+                    help="train nothing: apply the selection rule to <out>/<dataset>.jsonl of these datasets")
     a = ap.parse_args(argv)
+    if a.select:
+        rows = {ds: [json.loads(ln) for ln in (Path(a.out) / f"{ds}.jsonl").read_text().splitlines()]
+                for ds in a.select}
+        chosen, table = select_default(rows)
+        for sig, v in table.items():
+            score = "–" if v["score"] is None else f"{v['score']:.2f}"
+            print(f"{sig:12s} " + " ".join(f"{ds} {m:.2f}" for ds, m in v["miou"].items()) +
+                  f"  mean {score}" + (f"  DEGENERATE ({'; '.join(v['why'])})" if v["degenerate"] else ""))
+        print(f"default: {chosen}")
+        return 0
     shards = a.shards or f"data/shards/{a.dataset}"
     out = Path(a.out)
     runs = Path(a.runs or out / "runs") / a.dataset
