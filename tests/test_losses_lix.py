@@ -674,7 +674,10 @@ def real_batch(student, teacher, taps, h=16, w=32):
         lt = teacher(rgb, x)
     target = torch.randint(0, C, (2, h, w), generator=g)
     target[:, :2] = 255
-    return DistillBatch(ls, lt, target, dict(ts.features), dict(tt.features))
+    # what the distillation trainer passes for the lookahead controller: the student re-run with
+    # other parameters on the same input
+    return DistillBatch(ls, lt, target, dict(ts.features), dict(tt.features),
+                        student_forward=tiny_student_forward(student, rgb))
 
 
 def test_registered_as_ours():
