@@ -94,8 +94,8 @@ gives the student ∂DWLD/∂θ with the weights held fixed and the controller i
 Which signal is the default of the registered methods (``DWLD_DEFAULTS`` in lix_method.py) was
 decided by measurement with a rule fixed beforehand (benchmarks/dwc_signal.py ``--select``: the
 best val mIoU averaged over vKITTI2 and nuImages among the non-degenerate signals). MFNet, DWLD
-alone, 3 epochs (teachers 6), 3 seeds (2 for lookahead on nuImages), mIoU %:
-lookahead 23.14 / 21.01 (mean 22.07), joint 22.93 / 19.78, confidence 22.35 / 20.10,
+alone, 3 epochs (teachers 6), 3 seeds, mIoU % vKITTI2 / nuImages:
+lookahead 23.14 / 20.37 (mean 21.75), joint 22.93 / 19.78, confidence 22.35 / 20.10,
 adversarial 20.16 / 19.90, joint with the paper's terms 16.34 / 17.21 (degenerate: 99 % of its
 weights at a bound on nuImages); DKD with fixed β 21.7–25.6 / 19.9–21.7. Hence
 ``dwc_training="lookahead"``; every difference is within about one seed's std at this length, and
