@@ -102,6 +102,10 @@ class _OursDistiller(Distiller):
 
     def __init__(self, spec: TapSpec, **hyper):
         super().__init__(spec)
+        unknown = sorted(set(hyper) - set(self.defaults))
+        if unknown:
+            raise ConfigError(f"distill.hyper.{self.name}.{unknown[0]}",
+                              f"unknown hyper-parameter; {self.name} takes {sorted(self.defaults)}")
         h = {**self.defaults, **hyper}
         if "alpha" in self.defaults:
             self.dwld = _build(self.name, DWLDHead, spec.n_classes, **{k: h[k] for k in DWLD_DEFAULTS})
