@@ -447,8 +447,12 @@ class DWLDHead(nn.Module):
             if train_step and student_forward is None:
                 raise ValueError("dwc_training 'lookahead' needs the student's forward (DistillBatch.student_forward, "
                                  "set by the distillation trainer) to take its virtual step")
-            if not (train_step and (self.steps - 1) % self.lookahead_every == 0):
+            if not train_step:
                 return loss
+            if (self.steps - 1) % self.lookahead_every:
+                # no virtual step this time: the controller's gradient is 0, but present, so that
+                # DDP (which expects a gradient for every parameter each step) does not stall
+                return loss + 0.0 * u_logit.sum()
             grad_w = self._lookahead_gradient(student_logits, target, ignore_index, w, tcld, g, gt, valid,
                                               student_forward, loss_weight)
             obj = lookahead_objective(u_logit, grad_w, gt, valid, self.controller.prior_logit, self.tau,
