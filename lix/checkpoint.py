@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import random
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +31,10 @@ FORMAT, VERSION = "lix-checkpoint", 1
 REQUIRED = ("model", "optimizer", "scheduler", "epoch", "step", "rng", "loader", "config", "history")
 # Config keys a resumed run may change: they decide how long or where the run goes, not the
 # trajectory of the weights (device: a CPU checkpoint may go on on a GPU, not bit-identically).
+# distill.teacher: where the teacher's file is (relative or absolute, moved or copied); the file
+# itself is compared by its sha256 (distill.teacher_sha256).
 RESUMABLE_KEYS = frozenset({"train.epochs", "train.patience", "train.num_workers", "train.device",
-                            "train.compile", "train.eval_every"})
+                            "train.compile", "train.eval_every", "distill.teacher"})
 
 
 class ConfigMismatch(ConfigError):
@@ -84,26 +87,92 @@ def save_checkpoint(path: str | Path, ckpt: dict) -> Path:
     return path
 
 
+# Types of the entries a loader relies on (checked when present), so that a hand-edited or
+# damaged file is refused here, naming it, and not by a TypeError deep in the trainer.
+ENTRY_TYPES: dict[str, type] = {
+    "model": dict, "optimizer": dict, "scheduler": dict, "epoch": int, "step": int, "rng": list,
+    "loader": dict, "config": dict, "history": list, "best": dict, "bad_evals": int, "extra": dict}
+
+
+def _first_line(e: BaseException) -> str:
+    """``Type: first line of the message`` (at most 200 characters); just ``Type`` when the
+    message is empty (EOFError from a 0-byte file has none)."""
+    text = e.args[0] if isinstance(e, KeyError) and e.args and isinstance(e.args[0], str) else str(e)
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return f"{type(e).__name__}: {lines[0][:200]}" if lines else type(e).__name__
+
+
+def _unreadable(e: BaseException) -> str:
+    """Why torch.load refused a file, in one line."""
+    text = str(e)
+    if "Weights only load failed" in text:  # torch's long advice; the one useful line is "Unsupported ..."
+        detail = next((ln.strip().removeprefix("WeightsUnpickler error:").strip() for ln in text.splitlines()
+                       if "Unsupported" in ln), "")
+        if "Unsupported global" in detail:
+            return (f"not a readable checkpoint: it holds Python objects a lix checkpoint does not "
+                    f"({detail.split(' was not', 1)[0][:200]}; refused by weights_only loading)")
+        return f"not a readable checkpoint (not a torch file: {detail[:200] or _first_line(e)})"
+    return f"not a readable checkpoint ({_first_line(e)})"
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
                     required: tuple[str, ...] = REQUIRED) -> dict:
     """Read a checkpoint with ``weights_only=True``. DataError naming the file when it is
-    missing, unreadable, or not one of ours."""
+    missing, unreadable (empty, truncated, not a torch file, objects beyond tensors and plain
+    types), not one of ours, lacks one of ``required`` or holds an entry of the wrong type."""
     path = Path(path)
+    if path.is_dir():
+        raise DataError(path, "is a directory, expected a checkpoint file (best.pt, last.pt)")
     if not path.is_file():
         raise DataError(path, "checkpoint not found")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # truncated zip, bad pickle, refused global: all mean a corrupt file
-        raise DataError(path, f"not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})") \
-            from None
+        size = path.stat().st_size
+        if size == 0:
+            raise DataError(path, "not a readable checkpoint (empty file, 0 bytes: an interrupted copy?)")
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": a foreign file, refused below
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except DataError:
+        raise
+    except Exception as e:  # truncated zip, bad pickle, refused global, I/O: all mean a corrupt file
+        raise DataError(path, _unreadable(e)) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise DataError(path, f"not a {FORMAT} file")
+        what = f"a dict with keys {sorted(map(str, ckpt))[:8]}" if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise DataError(path, f"not a {FORMAT} file (a torch file holding {what}; expected a checkpoint of "
+                              f"lix train / lix distill)")
     if ckpt.get("version") != VERSION:
         raise DataError(path, f"checkpoint version {ckpt.get('version')!r}; this code reads version {VERSION}")
     missing = [k for k in required if k not in ckpt]
     if missing:
         raise DataError(path, f"checkpoint lacks {missing}")
+    for key, kind in ENTRY_TYPES.items():
+        if key in ckpt and (not isinstance(ckpt[key], kind) or (kind is int and isinstance(ckpt[key], bool))):
+            raise DataError(path, f"checkpoint entry {key!r} is a {type(ckpt[key]).__name__}, expected "
+                                  f"a {kind.__name__}")
+    bad = [k for k, v in ckpt.get("model", {}).items() if not (isinstance(k, str) and torch.is_tensor(v))]
+    if bad:
+        raise DataError(path, f"checkpoint entry 'model' is not a state dict of tensors (entry {bad[0]!r})")
     return ckpt
+
+
+def load_resume_checkpoint(last: str | Path, best: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """:func:`load_checkpoint` of ``last`` (``<out>/last.pt``) for a resume. When it cannot be
+    read, DataError naming it that says how to go on: ``--no-resume`` starts afresh, and, when
+    ``best`` (``<out>/best.pt``) loads, that it is intact (with its epoch) and can be copied to
+    ``last`` to resume from there."""
+    last, best = Path(last), Path(best)
+    try:
+        return load_checkpoint(last, map_location)
+    except DataError as e:
+        problem = f"{e.problem}; the checkpoint to resume from is corrupt: start afresh with --no-resume"
+    try:
+        intact = load_checkpoint(best, "cpu") if best.is_file() and best != last else None
+    except DataError:
+        intact = None
+    if intact is not None:
+        problem += (f", or go on from {best} (epoch {intact['epoch']}), which is intact: copy it to {last} "
+                    f"and run again")
+    raise DataError(last, problem)
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, Any]:

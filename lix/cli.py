@@ -8,6 +8,7 @@ import typer
 
 from lix.cli_cross import cross_app
 from lix.cli_distill import distill_app
+from lix.cli_predict import predict_app
 from lix.cli_prepare import prepare_app
 from lix.cli_report import report_app
 from lix.cli_sweep import sweep_app
@@ -21,6 +22,7 @@ app.add_typer(distill_app)  # lix distill
 app.add_typer(report_app)  # lix report
 app.add_typer(sweep_app)  # lix sweep
 app.add_typer(cross_app)  # lix cross-evaluate
+app.add_typer(predict_app)  # lix predict
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import typer
 
-from lix.cli_common import Dataset, EvaluateOpt, ParamsOpt, ProgressOpt, SeedOpt, out, user_errors
+from lix.cli_common import (Dataset, EvaluateOpt, FreshIfChangedOpt, MetricsOpt, ParamsOpt, ProgressOpt, ResumeOpt,
+                            SeedOpt, VerifyOpt, out, run_outcome, user_errors)
 
 distill_app = typer.Typer(help="Distillation of the teacher into the RGB-only student.")
 
@@ -49,7 +50,10 @@ def distill_cmd(
                                                     'of distill.hyper.<method>, e.g. \'{"temperature": 2}\'.'),
     shards: Path = typer.Option(None, "--shards", help="Shard directory (default data/shards/<dataset>)."),
     params: Path = ParamsOpt,
-    resume: bool = typer.Option(True, "--resume/--no-resume", help="Go on from <out>/last.pt when it exists."),
+    resume: bool = ResumeOpt,
+    fresh_if_changed: bool = FreshIfChangedOpt,
+    metrics: Path = MetricsOpt,
+    verify: str = VerifyOpt,
     evaluate: bool = EvaluateOpt,
     list_methods: bool = typer.Option(False, "--list", help="Print every method with its reference, loss terms "
                                                             "and hyper-parameters, and exit."),
@@ -59,23 +63,24 @@ def distill_cmd(
     if list_methods:
         print_methods()
         return
-    from lix.cli_train import evaluate_run
-    from lix.config import PLAIN_STUDENT, load_params, variant_hyper
+    from lix.cli_train import finish_run
+    from lix.config import PLAIN_STUDENT, load_params
+    from lix.distill.base import validate_hyper
     from lix.distill.train import distill_fit
+    from lix.validate import check_method_name, check_model_name, check_params
     from pipeline.errors import ConfigError
 
     if dataset is None or method is None:
         raise ConfigError("--dataset/--method", "both are required (or --list)")
-    p = load_params(params)
+    p = check_params(load_params(params))
     d = dataset.value
+    if model is not None:
+        check_model_name(model, "--model")
     cfg = p.train_config(d, model, seed)
     if p.distill.epochs is not None:
         cfg = dataclasses.replace(cfg, epochs=p.distill.epochs)
-    try:
-        base, pairs = variant_hyper(method)
-    except ValueError as e:
-        raise ConfigError("--method", str(e)) from None
-    kw = dict(p.distill.hyper.get(base, {})) if base != PLAIN_STUDENT else {}
+    base, pairs = check_method_name(method, "--method")
+    kw = dict(p.distill.hyper.get(base) or {}) if base != PLAIN_STUDENT else {}
     kw |= pairs
     if hyper:
         try:
@@ -84,21 +89,22 @@ def distill_cmd(
             raise ConfigError("--hyper", f"not valid JSON ({e.msg}): {hyper!r}") from None
         if not isinstance(extra, dict):
             raise ConfigError("--hyper", f"expected a JSON object, got {hyper!r}")
+        if base == PLAIN_STUDENT and extra:
+            raise ConfigError("--hyper", "the plain student takes no hyper-parameters")
         kw |= extra
+    if base != PLAIN_STUDENT:
+        kw = validate_hyper(base, kw, prefix="--hyper" if hyper else None)
     run_root = Path("data/runs") / d / cfg.model
     teacher = teacher or run_root / "teacher" / f"seed{cfg.seed}" / f"{p.distill.teacher}.pt"
     out_dir = out_dir or run_root / method / f"seed{cfg.seed}"
     shard_dir = shards or Path("data/shards") / d
-    try:
+    if verify not in ("size", "sha256"):
+        raise ConfigError("--verify", f"expected size or sha256, got {verify!r}")
+    with run_outcome(out_dir):
         summary = distill_fit(shard_dir, out_dir, cfg, dataset=d, method=base, teacher_checkpoint=teacher,
-                              hyper=kw, resume=resume, progress=progress)
+                              hyper=kw, progress=progress, verify=verify,
+                              resume="if_same" if fresh_if_changed and resume else resume)
         out.print(f"[green]{d}[/] {method} ({cfg.model}, seed {cfg.seed}): {summary['epochs']} epochs, stopped: "
                   f"{summary['stopped']}, best val mIoU {100 * summary['best_miou']:.2f} % at epoch "
                   f"{summary['best_epoch']} -> {out_dir}")
-        if evaluate:
-            evaluate_run(out_dir, shard_dir, progress, summary.get("best_val"))
-    except Exception as e:
-        from lix.cli_common import record_failure
-
-        record_failure(out_dir, e)
-        raise
+        finish_run(out_dir, shard_dir, summary, evaluate, metrics, progress)

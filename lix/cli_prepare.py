@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from enum import Enum
 from pathlib import Path
 
 import typer
@@ -183,10 +184,52 @@ def preview_cmd(
     out.print(f"[green]{d}[/] preview -> {path}")
 
 
+class SplitChoice(str, Enum):
+    train = "train"
+    val = "val"
+    all = "all"
+
+
+@prepare_app.command("verify-shards")
+@user_errors
+def verify_shards_cmd(
+    shards: Path = typer.Option(None, "--shards", help="Shard directory (holds manifest.json)."),
+    dataset: Dataset = typer.Option(None, "--dataset", "-d", help="Instead of --shards: data/shards/<dataset>."),
+    sha256: bool = typer.Option(False, "--sha256", help="Also check every byte against the manifest's SHA-256 "
+                                                        "(reads every shard once): after copying or downloading "
+                                                        "shards, or when in doubt."),
+    split: SplitChoice = typer.Option(SplitChoice.all, "--split", help="Which split to check: train, val or all."),
+    progress: bool = ProgressOpt,
+):
+    """Check the shards against their manifest: presence, byte size, HDF5 schema, dataset, split and
+    sample counts (the check every loader does); with --sha256 also every byte."""
+    from pipeline.errors import ConfigError
+    from pipeline.progress import progress_bar
+    from pipeline.shards import read_manifest, split_entries, verify_shards
+
+    if shards is None and dataset is None:
+        raise ConfigError("--shards/--dataset", "give the shard directory (--shards DIR) or a dataset (--dataset)")
+    shard_dir = shards or Path("data/shards") / dataset.value
+    m = read_manifest(shard_dir)
+    splits = list(m["splits"]) if split is SplitChoice.all else [split.value]
+    entries = {s: split_entries(shard_dir, s, m) for s in splits}
+    method = "sha256" if sha256 else "size"
+    with progress_bar(f"verifying shards ({method})", sum(map(len, entries.values())), enabled=progress) as advance:
+        for s in splits:
+            verify_shards(shard_dir, s, method, on_shard=lambda _p: advance())
+    for s in splits:
+        n = sum(e["count"] for e in entries[s])
+        k = len(entries[s])
+        out.print(f"[green]{m['dataset']}[/] {s}: {k} shard{'s' * (k != 1)}, {n} samples, ok "
+                  f"({'every byte' if sha256 else 'size and schema'}) in {shard_dir}", soft_wrap=True)
+
+
 @prepare_app.command("check-params")
 @user_errors
 def check_params_cmd(params: Path = ParamsOpt):
-    """Validate params.yaml and print the resolved values."""
+    """Validate params.yaml (types, ranges, and every model, method and hyper-parameter against the
+    registries) and print the resolved values."""
     from lix.config import load_params
+    from lix.validate import check_params
 
-    out.print(load_params(params))
+    out.print(check_params(load_params(params)))

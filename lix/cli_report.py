@@ -25,17 +25,23 @@ def report_cmd(
     overhead: Path = typer.Option(None, "--overhead", help="benchmarks/distill_step.py --json output (default "
                                                            "<runs>/overhead.json when present)."),
     shards: Path = typer.Option(None, "--shards", help="Shards root (<shards>/<dataset>): the val images of the "
-                                                       "qualitative grid and the DWC maps."),
+                                                       "qualitative grid and the DWC maps, and the depth source "
+                                                       "of each dataset (recorded per sample in its shards)."),
     paper: Path = typer.Option(None, "--paper", help="The paper's published figures quoted beside ours: a JSON "
                                                      "file or a directory holding tables.json (format: "
                                                      "lix/paper_figures.py). Default: the shipped Tables I-V "
                                                      "(lix/paper_tables.json)."),
     no_paper: bool = typer.Option(False, "--no-paper", help="Quote none of the paper's figures."),
+    curves: Path = typer.Option(None, "--curves", help="Also write the val mIoU curves of every run as DVC plot "
+                                                       "data: <curves>/<dataset>.csv (epoch, run, miou; "
+                                                       "lix/curves.py)."),
     device: str = typer.Option("cpu", help="cpu or cuda[:N] for the pictures' forward passes."),
     progress: bool = ProgressOpt,
 ):
-    """Tables in the paper's layout (mean ± std over seeds), per-class IoU, ablations, overhead,
-    paired seed comparisons: README.md and summary.json."""
+    """The protocol (checkpoint chosen and scored on val, the teacher-vs-student premise, the
+    setup of every run), tables in the paper's layout (mean ± std over seeds) with the last
+    epoch's mIoU beside the chosen one, per-class IoU, ablations, overhead, paired seed
+    comparisons: README.md and summary.json."""
     from lix.report import write_report
 
     if not runs.is_dir():
@@ -46,6 +52,10 @@ def report_cmd(
 
     s = write_report(runs, out_dir, plots=plots, shards_root=shards, device=device, cross_root=cross,
                      overhead=overhead, paper=None if no_paper else (paper or SHIPPED))
+    if curves is not None:
+        from lix.curves import write_val_curves
+
+        write_val_curves(runs, curves)
     c = s["counts"]
     out.print(f"[green]report[/]: {c['finished']} finished, {c['failed']} failed, {c['missing']} missing run(s) "
               f"over {len(s['datasets'])} dataset(s) -> {out_dir / 'README.md'}", soft_wrap=True)

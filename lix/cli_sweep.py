@@ -19,7 +19,7 @@ def sweep_cmd(
     filters: list[str] = typer.Option(None, "--filter", "-f", help="Only stages matching this glob (and what "
                                       "they need), e.g. 'student@*-lix-*'; repeatable."),
     report: bool = typer.Option(True, "--report/--no-report", help="Run the report stage last."),
-    dry: bool = typer.Option(False, "--dry", help="Print what would run, run nothing."),
+    dry: bool = typer.Option(False, "--dry", help="Print what would run, run nothing (params.yaml is not written, -S included)."),
     pull: bool = typer.Option(False, "--pull", help="Restore runs finished on other machines (pushed with `dvc push "
                               "--run-cache`) from the default DVC remote instead of running them (dvc repro --pull)."),
     repo: Path = typer.Option(Path("."), "--repo", help="The DVC repository (default: here)."),
@@ -30,16 +30,25 @@ def sweep_cmd(
     `-j` at a time; failed runs are reported and do not stop the others; rerunning resumes."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from lix.config import load_params
     from lix.sweep import set_params, sweep
+    from lix.validate import check_params
 
-    if set_:
-        for key, value in set_params(repo / "params.yaml", set_).items():
-            out.print(f"params.yaml: {key} = {value!r}", highlight=False)
+    changed: dict = {}
+    if set_:  # validated as a whole (the registries included) before the file is touched
+        changed = set_params(repo / "params.yaml", set_, write=not dry)
+        for key, value in changed.items():
+            out.print(f"{'would set' if dry else 'params.yaml:'} {key} = {value!r}", highlight=False)
+    else:
+        check_params(load_params(repo / "params.yaml"))
     if dry:
-        p, _ = sweep(repo, jobs, filters or None, report, dry=True)
+        p, _ = sweep(repo, jobs, filters or None, report, dry=True, would_change=list(changed))
         for s in p.order:
             out.print(f"{'run' if s in p.todo else 'up to date':>10}  {s}", highlight=False)
         out.print(f"{len(p.todo)} of {len(p.order)} stage(s) would run")
+        if any(k == "datasets" or k.startswith("sweep.") for k in changed):
+            out.print("[yellow]note:[/] the plan lists the current matrix; the -S values change the matrix "
+                      "itself (params.yaml is not written with --dry)", highlight=False)
         return
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=out, transient=False) as bar:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import typer
 
-from lix.cli_common import (Dataset, DatasetOpt, EvaluateOpt, ParamsOpt, ProgressOpt, SeedOpt, out, record_failure,
-                            user_errors)
+from lix.cli_common import (Dataset, DatasetOpt, EvaluateOpt, FreshIfChangedOpt, MetricsOpt, ParamsOpt, ProgressOpt,
+                            ResumeOpt, SeedOpt, VerifyOpt, out, run_outcome, user_errors, write_run_metrics)
 
 train_app = typer.Typer(help="Training and evaluation of the teacher and the student.")
 
@@ -29,29 +29,48 @@ def train_cmd(
     seed: int = SeedOpt,
     shards: Path = typer.Option(None, "--shards", help="Shard directory (default data/shards/<dataset>)."),
     params: Path = ParamsOpt,
-    resume: bool = typer.Option(True, "--resume/--no-resume",
-                                help="Go on from <out>/last.pt when it exists (refused if the config changed)."),
+    resume: bool = ResumeOpt,
+    fresh_if_changed: bool = FreshIfChangedOpt,
+    metrics: Path = MetricsOpt,
+    verify: str = VerifyOpt,
     evaluate: bool = EvaluateOpt,
     progress: bool = ProgressOpt,
 ):
     """Train the teacher or the student on a dataset's shards (torchrun for several processes)."""
     from lix.config import load_params
     from lix.train import fit
+    from lix.validate import check_model_name, check_params
+    from pipeline.errors import ConfigError
 
-    p = load_params(params)
+    p = check_params(load_params(params), methods=False)
     d = dataset.value
+    if model is not None:
+        check_model_name(model, "--model")
     cfg = p.train_config(d, model, seed)
     shard_dir = shards or Path("data/shards") / d
-    try:
-        summary = fit(shard_dir, out_dir, cfg, dataset=d, role=role.value, resume=resume, progress=progress)
+    if verify not in ("size", "sha256"):
+        raise ConfigError("--verify", f"expected size or sha256, got {verify!r}")
+    with run_outcome(out_dir):
+        summary = fit(shard_dir, out_dir, cfg, dataset=d, role=role.value, progress=progress, verify=verify,
+                      resume="if_same" if fresh_if_changed and resume else resume)
         best = summary["best_miou"]
         out.print(f"[green]{d}[/] {role.value} ({cfg.model}, seed {cfg.seed}): {summary['epochs']} epochs, stopped: "
                   f"{summary['stopped']}, best val mIoU {100 * best:.2f} % at epoch {summary['best_epoch']} -> {out_dir}")
-        if evaluate:
-            evaluate_run(out_dir, shard_dir, progress, summary.get("best_val"))
-    except Exception as e:
-        record_failure(out_dir, e)
-        raise
+        finish_run(out_dir, shard_dir, summary, evaluate, metrics, progress)
+
+
+def finish_run(out_dir: Path, shard_dir: Path, summary: dict, evaluate: bool, metrics: Path | None,
+               progress: bool) -> None:
+    """After lix train / lix distill: evaluate best.pt into the run directory (``--evaluate``) and
+    write the scalars DVC lists (``--metrics``, which needs the evaluation)."""
+    from pipeline.errors import ConfigError
+
+    if metrics is not None and not evaluate:
+        raise ConfigError("--metrics", "needs --evaluate (the figures come from evaluating best.pt)")
+    if evaluate:
+        m = evaluate_run(out_dir, shard_dir, progress, summary.get("best_val"))
+        if metrics is not None and m:
+            write_run_metrics(metrics, m, summary)
 
 
 def evaluate_run(out_dir: Path, shard_dir: Path, progress: bool, best_val: dict | None = None) -> dict:
@@ -87,23 +106,3 @@ def evaluate_cmd(
                             progress=progress)
     out.print(f"[green]{d}[/] {m['role']} ({m['model']}): val mIoU {100 * m['miou']:.2f} %, "
               f"mFsc {100 * m['mfsc']:.2f} %, pixel acc {100 * m['pixel_acc']:.2f} % -> {out_dir}")
-
-
-@train_app.command("predict")
-@user_errors
-def predict_cmd(
-    checkpoint: Path = typer.Option(..., "--checkpoint", help="An RGB-only student: best.pt / last.pt / "
-                                                              "model.safetensors of lix train or lix distill."),
-    input_dir: Path = typer.Option(..., "--input", help="Folder of images (png, jpg, jpeg, bmp; any size)."),
-    output_dir: Path = typer.Option(..., "--output", help="Where <name>_label.png, _colour.png, _overlay.png go."),
-    batch_size: int = typer.Option(8, "--batch-size", help="Images per forward pass (images of one size)."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda[:N]."),
-    progress: bool = ProgressOpt,
-):
-    """Segment a folder of RGB images with a trained student: label maps, colours, overlays."""
-    from lix.predict import predict_folder
-
-    r = predict_folder(checkpoint, input_dir, output_dir, batch_size=batch_size, device=device, progress=progress)
-    out.print(f"[green]{len(r['written'])}[/] image(s) segmented -> {output_dir}")
-    for path, reason in r["skipped"]:
-        out.print(f"[yellow]skipped[/] {path}: {reason}")

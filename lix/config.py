@@ -9,6 +9,7 @@ what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -232,6 +233,20 @@ class DistillConfig:
         _require(self.epochs is None or self.epochs >= 1, "epochs", f"must be >= 1 or null, got {self.epochs}")
 
 
+# Method and variant names become directory names (data/runs/<dataset>/<model>/<method>/...) and
+# DVC stage names: letters, digits and _ . , = ~ + -, not starting with a dot, no "..".
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.,=~+-]*")
+
+
+def check_safe_name(key: str, name: str) -> str:
+    """``name`` unchanged if it is safe as one path component and a DVC stage key, else ConfigError
+    naming ``key``."""
+    ok = isinstance(name, str) and _SAFE_NAME.fullmatch(name) is not None and ".." not in name
+    _require(ok, key, f"{name!r} is not a safe name: use letters, digits and _ . , = ~ + - "
+                      f"(no '/', no '..', not starting with '.')")
+    return name
+
+
 VARIANT_SEP = "~"  # <method>~<key>=<value>[,<key>=<value>...]: DVC stage names cannot hold "@"
 PLAIN_STUDENT = "student"  # the sweep's name for the RGB-only student trained with the CE alone
 
@@ -282,6 +297,9 @@ class SweepConfig:
         _require(len(self.models) >= 1, "models", "must name at least one model")
         _require(len(self.seeds) >= 1, "seeds", "must name at least one seed")
         _require(all(s >= 0 for s in self.seeds), "seeds", f"must be >= 0, got {list(self.seeds)}")
+        for key in ("models", "methods", "ablations"):
+            for name in getattr(self, key):
+                check_safe_name(key, name)
         bad = [m for m in self.methods if VARIANT_SEP in m]
         _require(not bad, "methods", f"{bad}: variants go under sweep.ablations")
         for a in self.ablations:
@@ -298,10 +316,6 @@ class SweepConfig:
 
 
 _ARCH_KEYS_FIXED = ("model", "seed")  # set by the sweep's axes, never by an arch entry
-
-
-def _per_dataset(cls, **overrides):
-    return field(default_factory=lambda: {d: cls(**overrides.get(d, {})) for d in DATASETS})
 
 
 def _per_dataset(cls, **overrides):
@@ -350,6 +364,12 @@ class Params:
                 _require(k in allowed, f"arch.{model}.{k}",
                          f"not a train key an architecture may set (or a dataset: {sorted(DATASETS)}); "
                          f"allowed: {allowed}")
+
+    def check_matrix_entries(self) -> None:
+        """Every model and method the sweep runs has its ``arch`` / ``distill.hyper`` entry (each
+        DVC stage depends on its own key). Called by :func:`lix.validate.check_params` after the
+        names were checked against the registries, so that a misspelt name is reported as unknown,
+        not as a missing entry (the registries import torch, which this module does not)."""
         missing = [m for m in self.sweep.models if m not in self.arch]
         _require(not missing, "arch", f"needs an entry for each model in sweep.models ({{}} = train.<dataset> "
                                       f"as it is); missing: {missing}")
@@ -453,6 +473,8 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         raise DataError(path, "parameter file not found")
     try:
         data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise DataError(path, f"not valid YAML: {e}") from None
+    except yaml.YAMLError as e:  # one line: where and what (PyYAML's own message spans several)
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise DataError(path, f"not valid YAML{where}: {getattr(e, 'problem', None) or type(e).__name__}") from None
     return from_dict(Params, data or {})

@@ -17,6 +17,10 @@ already run (``persistent_workers=True``); call it before iterating the epoch, a
 DistributedSampler (items a worker prefetched earlier keep the epoch they were drawn with).
 Augmentations are drawn from a generator seeded by (seed, epoch, index), so a sample is the
 same whatever the number of workers, their start method, and in the main process.
+A shard that cannot be read (a damaged file) raises ``pipeline.shards.ShardError``, a DataError
+naming the shard, the sample index and the dataset; from a worker it reaches the main process
+as the same one-line error (torch rebuilds it from its message), not a RuntimeError carrying
+the worker's traceback.
 
 Augmentations, applied consistently to every modality:
 * random rescale: RGB bilinear (align_corners=False); labels, depth, normals and the validity
@@ -63,7 +67,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from pipeline.shards import VERIFY_METHODS, open_shard, read_manifest, verify_shards
+from pipeline.errors import DataError
+from pipeline.shards import (VERIFY_METHODS, ShardError, open_shard, read_field, read_manifest, reading,
+                            split_entries, verify_shards)
 from pipeline.sources.base import IGNORE
 
 MAPS = ("label", "depth", "depth_valid", "normals", "normal_valid")  # resampled with the nearest rule
@@ -221,9 +227,10 @@ class ShardDataset(Dataset):
         verify = {True: "size", False: "none"}.get(verify, verify)
         if verify not in (*VERIFY_METHODS, "none"):
             raise ValueError(f"verify={verify!r}; expected one of {[*VERIFY_METHODS, 'none']}")
+        entries = split_entries(self.dir, split, self.manifest)
         paths = verify_shards(self.dir, split, verify) if verify != "none" else \
-            [self.dir / e["file"] for e in self.manifest["splits"][split]["shards"]]
-        counts = [e["count"] for e in self.manifest["splits"][split]["shards"]]
+            [self.dir / e["file"] for e in entries]
+        counts = [e["count"] for e in entries]
         self.index = [(p, i) for p, n in zip(paths, counts) for i in range(n)]
         self.class_names = self.manifest["class_names"]
         self.augment_cfg, self.seed = augment, seed
@@ -261,24 +268,39 @@ class ShardDataset(Dataset):
         if self._pid != os.getpid():  # a fresh worker: never reuse handles across fork
             self._files, self._pid = {}, os.getpid()
         if path not in self._files:
-            f = open_shard(path)
-            self._files[path] = {k: f[k] for k in f.keys()} | {"_file": f}
+            try:
+                f = open_shard(path)
+            except DataError as e:  # rebuildable from its message: one line also from a DataLoader worker
+                raise e if isinstance(e, ShardError) else ShardError(e.path, e.problem) from None
+            try:
+                with reading(path, "the shard's datasets"):
+                    self._files[path] = {k: f[k] for k in f.keys()} | {"_file": f}
+            except ShardError:
+                f.close()
+                raise
         return self._files[path]
 
     def raw(self, idx: int) -> dict:
-        """Item ``idx`` without augmentation."""
+        """Item ``idx`` without augmentation. ShardError (a DataError naming the shard, the
+        sample and the dataset) when the shard cannot be read, also from a DataLoader worker."""
         path, i = self.index[idx]
         f = self._file(path)
-        return {
-            "rgb": torch.from_numpy(f["rgb"][i]).permute(2, 0, 1),
-            "label": torch.from_numpy(f["label"][i]),
-            "depth": torch.from_numpy(f["depth"][i])[None],
-            "depth_valid": torch.from_numpy(f["depth_valid"][i]),
-            "normals": torch.from_numpy(f["normals"][i]).permute(2, 0, 1),
-            "normal_valid": torch.from_numpy(f["normal_valid"][i]),
-            "K": torch.from_numpy(f["K"][i]),
-            "id": f["id"][i].decode(),
-        }
+
+        def get(k: str):
+            return read_field(f, path, k, i)
+
+        item = {k: get(k) for k in ("rgb", "label", "depth", "depth_valid", "normals", "normal_valid", "K", "id")}
+        with reading(path, f"sample {i}"):
+            return {
+                "rgb": torch.from_numpy(item["rgb"]).permute(2, 0, 1),
+                "label": torch.from_numpy(item["label"]),
+                "depth": torch.from_numpy(item["depth"])[None],
+                "depth_valid": torch.from_numpy(item["depth_valid"]),
+                "normals": torch.from_numpy(item["normals"]).permute(2, 0, 1),
+                "normal_valid": torch.from_numpy(item["normal_valid"]),
+                "K": torch.from_numpy(item["K"]),
+                "id": item["id"],
+            }
 
     def _rng(self, idx: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, self.epoch, idx])

@@ -12,11 +12,14 @@ atomically and returns its path, or None where the figure does not apply):
 * :func:`cka_curves` -- the paper's Fig. 5: the teacher-student feature CKA (``val/cka``, logged
   by lix/distill/monitor.py) against the epoch, plus one small panel per tap;
 * :func:`qualitative_grid` -- RGB | ground truth | one prediction column per method, for the same
-  first val images; a method whose run is missing gets a grey column marked "missing";
+  first val images, the class legend below; a method whose run is missing gets a grey column
+  marked "missing";
 * :func:`dwc_maps` -- what the dynamic weight controller of a LIX/DWLD run does on a few val
   images: the student's confidence in the true class, the mean non-target weight, and the class
   whose weight is largest;
-* :func:`read_tsv` -- one dvclive metric file as [(step, value)].
+* :func:`read_tsv` -- one dvclive metric file as [(step, value)];
+* :func:`class_legend` -- the strip of class swatches and names that goes under every picture of
+  class colours (the grid, the DWC maps; lix.train's predictions.png).
 
 The numbers behind the pictures are public too (:func:`seed_curves`, :func:`aggregate_seeds`,
 :func:`confidence_map`, :func:`nontarget_weight_maps`, :func:`dwc_arrays`), so they can be
@@ -368,16 +371,34 @@ def _rgb(item: dict) -> np.ndarray:
     return item["rgb"].permute(1, 2, 0).numpy()
 
 
+# ----------------------------------------------------------------------------- class legend
+# The legend strip lives beside the class palette (pipeline/preview.py), so that the trainer's
+# predictions.png draws it without importing the report's figures.
+from pipeline.preview import (LEGEND_PAD, LEGEND_ROW, LEGEND_SPACING, LEGEND_SWATCH,  # noqa: E402,F401
+                              class_legend, legend_height, with_legend)
+
+
 # ----------------------------------------------------------------------------- 3. qualitative grid
 def title_height(tile_w: int) -> int:
     """Height in px of qualitative_grid's title strip for tiles ``tile_w`` px wide."""
     return max(16, min(40, tile_w // 10))
 
 
-def grid_size(n_rows: int, n_cols: int, tile_h: int, tile_w: int) -> tuple[int, int]:
+def grid_titles(methods: Sequence[str]) -> list[str]:
+    """The column titles of :func:`qualitative_grid` for ``methods``, left to right: the grid
+    draws them and the report's caption lists them, so the two cannot disagree."""
+    return ["RGB", "ground truth", *(display_name(m) for m in methods)]
+
+
+def grid_size(n_rows: int, n_cols: int, tile_h: int, tile_w: int,
+              class_names: Sequence[str] | None = None) -> tuple[int, int]:
     """(H, W) of qualitative_grid's picture: the title strip, then per row a GAP and the row;
-    columns separated by GAP."""
-    return title_height(tile_w) + n_rows * (GAP + tile_h), n_cols * tile_w + (n_cols - 1) * GAP
+    columns separated by GAP; with ``class_names``, a GAP and the class legend below
+    (:func:`legend_height`), as qualitative_grid draws it."""
+    h, w = title_height(tile_w) + n_rows * (GAP + tile_h), n_cols * tile_w + (n_cols - 1) * GAP
+    if class_names is not None:
+        h += GAP + legend_height(class_names, w)
+    return h, w
 
 
 def _text(img: np.ndarray, text: str, colour, max_h: float) -> np.ndarray:
@@ -408,8 +429,9 @@ def qualitative_grid(runs_root: str | Path, shards_root: str | Path, dataset: st
     ground-truth pixels show the RGB). The teacher sees RGB + its X through its own Inputs.
     A method without that checkpoint gets a grey column marked "missing" (an unreadable one:
     "unreadable", with a warning); a run trained on other classes is a DataError. A title
-    strip names the columns. Tiles are the val images' size (H, W), GAP px apart: the picture
-    is :func:`grid_size` (rows, 2 + len(methods), H, W). PNG, written atomically."""
+    strip names the columns (:func:`grid_titles`); the class legend (:func:`class_legend`)
+    runs below. Tiles are the val images' size (H, W), GAP px apart: the picture is
+    :func:`grid_size` (rows, 2 + len(methods), H, W, class names). PNG, written atomically."""
     from lix.checkpoint import load_checkpoint
     from pipeline.imageio import write_image
     from pipeline.preview import class_palette, label_overlay
@@ -420,10 +442,10 @@ def qualitative_grid(runs_root: str | Path, shards_root: str | Path, dataset: st
     h, w = items[0]["rgb"].shape[1:]
     rgbs = [_fit(_rgb(it), h, w) for it in items]
     gts = [_fit(label_overlay(_rgb(it), it["label"].numpy(), pal), h, w) for it in items]
-    columns: list[tuple[str, list[np.ndarray]]] = [("RGB", rgbs), ("ground truth", gts)]
-    for method in methods:
+    col_titles = grid_titles(methods)
+    columns: list[tuple[str, list[np.ndarray]]] = [(col_titles[0], rgbs), (col_titles[1], gts)]
+    for method, name in zip(methods, col_titles[2:]):
         ckpt_path = Path(runs_root) / dataset / model / method / f"seed{seed}" / "best.pt"
-        name = display_name(method)
         if not ckpt_path.is_file():
             columns.append((name, [_missing_tile(h, w, "missing")] * len(items)))
             continue
@@ -447,7 +469,7 @@ def qualitative_grid(runs_root: str | Path, shards_root: str | Path, dataset: st
     for r in range(len(items)):
         row = _hjoin([tiles[r] for _, tiles in columns], gap_v)
         parts += [np.full((GAP, row.shape[1], 3), 255, np.uint8), row]
-    grid = np.concatenate(parts, axis=0)
+    grid = with_legend(np.concatenate(parts, axis=0), class_names, pal)
     write_image(path, grid)
     return Path(path)
 
@@ -678,11 +700,11 @@ def dwc_maps(runs_root: str | Path, shards_root: str | Path, dataset: str, model
     RGB | the student's confidence in the true class (0..1, colour bar) | the mean DWC weight
     over the non-target classes (colour bar over the values shown; the controller's range
     (β_min, β_max) and prior β in the title) | the non-target class with the largest weight,
-    in the dataset's class colours (legend below). Ignored pixels are grey. Returns None
+    in the dataset's class colours (:func:`class_legend` of the classes shown, below). Ignored
+    pixels are grey. Returns None
     (writing nothing) when the run has no DWC (``controller="fixed"``, or a method without
     DWLD); DataError when the run's checkpoint is missing."""
     import matplotlib
-    from matplotlib.patches import Patch
 
     from pipeline.preview import class_palette
 
@@ -722,11 +744,17 @@ def dwc_maps(runs_root: str | Path, shards_root: str | Path, dataset: str, model
               "non-target class with the largest weight")
     for ax, t in zip(axes[0], titles):
         ax.set_title(t, fontsize=8)
-    present = [k for k in np.argsort(-counts[:len(d["class_names"])], kind="stable") if counts[k] > 0][:12]
-    if present:
-        fig.legend(handles=[Patch(color=pal[k] / 255, label=d["class_names"][k]) for k in present],
-                   loc="lower center", ncol=min(6, len(present)), fontsize=7, frameon=False)
     fig.suptitle(f"{_title(dataset, model)}: {display_name(method)}'s dynamic weight controller "
                  f"(seed {seed}, grey = ignored)", fontsize=10)
-    fig.tight_layout(rect=(0, 0.06 if present else 0, 1, 1))
-    return _save(fig, path)
+    fig.tight_layout()
+    # the legend of the last column: the classes it shows, most frequent first, as class_legend
+    # draws it under every label picture
+    present = [int(k) for k in np.argsort(-counts[:len(d["class_names"])], kind="stable") if counts[k] > 0]
+    if not present:
+        return _save(fig, path)
+    from pipeline.imageio import write_image
+
+    fig.canvas.draw()
+    picture = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    write_image(path, with_legend(picture, [d["class_names"][k] for k in present], pal[present]))
+    return Path(path)

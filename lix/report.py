@@ -6,7 +6,12 @@ Input layout (the contract the experiment matrix writes)
 
     <runs_root>/<dataset>/<model>/<method>/seed<k>/metrics.json   a finished run
     <runs_root>/<dataset>/<model>/<method>/seed<k>/failed.json    a failed run: {"error": "..."}
-    <runs_root>/<dataset>/<model>/<method>/seed<k>/config.json    optional: {"distill": {"hyper": {...}}}
+    <runs_root>/<dataset>/<model>/<method>/seed<k>/config.json    optional: the resolved run config
+                                                                  (lix.train.run_config: "train", "role",
+                                                                  "world_size"; "distill": {"hyper": {...}})
+    <runs_root>/<dataset>/<model>/<method>/seed<k>/summary.json   optional: lix train's summary ("epochs",
+                                                                  "best_epoch", "stopped", "last": the last
+                                                                  epoch's record, "provenance", "samples")
     <runs_root>/overhead.json                                     optional: {model: {method:
                                                                   {"time_ratio": float, "memory_ratio": float}}}
 
@@ -22,18 +27,24 @@ Input layout (the contract the experiment matrix writes)
   (the overrides the run was started with) and then by the name's pairs.
 * ``seed<k>``: k a non-negative integer. A seed directory with ``metrics.json`` is finished
   (it wins over a ``failed.json`` left by an earlier attempt); with only ``failed.json`` it
-  failed; with neither it is missing (not run, or not finished). An unreadable ``metrics.json``
-  counts as failed.
+  failed; with neither it is missing (not run, or not finished). A ``metrics.json`` that is
+  empty, ``{}``, not valid JSON, without a finite ``miou`` or with fields of the wrong type
+  counts as failed, its reason shown (:func:`read_metrics`).
 * The seeds of a main-table cell are the union of the ``seed<k>`` directories over the
   student-side methods (everything but the teacher, no ablations) of that dataset and model, so a
   seed that one method lacks entirely counts as missing for it; the teacher and ablation cells
   count their own seed directories.
 * ``overhead.json`` is benchmarks/distill_step.py's ratios of a distillation step to the plain
   student step (time and peak memory), per model and method.
+* The tables score each run's ``best.pt``: the epoch with the best val mIoU, evaluated on that
+  same val split (an optimistic estimate, the report's "Protocol" says so); beside each mIoU
+  the main tables give the last epoch's val mIoU from ``summary.json``. With ``--shards`` the
+  depth source of each dataset is read from its shards (per-sample ``depth_backend``).
 
 Output
 ------
-``<out_dir>/README.md`` (markdown), ``<out_dir>/summary.json`` (the same numbers, machine-readable:
+``<out_dir>/README.md`` (markdown: a Protocol section first, then per dataset the tables, and a
+setup table of every run at the end), ``<out_dir>/summary.json`` (the same numbers, machine-readable:
 percent, means over the finished seeds, sample standard deviations (ddof=1; null with one seed),
 per-seed values) and ``<out_dir>/beta_sweep_<dataset>.png`` where fixed-β ablations exist. The
 markdown is rendered from the summary alone (``render_markdown``). Missing numbers are never
@@ -95,6 +106,8 @@ class Run:
     error: str | None = None
     hyper: dict | None = None  # config.json's distill.hyper
     notes: tuple[str, ...] = field(default=())
+    config: dict | None = None  # config.json: the resolved run config (lix.train.run_config)
+    summary: dict | None = None  # summary.json: epochs, best_epoch, stopped, last, provenance, samples
 
     @property
     def name(self) -> str:
@@ -117,26 +130,100 @@ def _read_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+def _read_optional(path: Path, notes: list[str]) -> dict | None:
+    """A JSON object file that only adds detail (config.json, summary.json): None when absent;
+    when unreadable or not an object, None and a note (the run's numbers do not depend on it)."""
+    if not path.is_file():
+        return None
+    try:
+        data = _read_json(path)
+    except (OSError, ValueError) as e:
+        notes.append(f"{path}: unreadable ({e}); ignored")
+        return None
+    if not isinstance(data, dict):
+        notes.append(f"{path}: not a JSON object; ignored")
+        return None
+    return data
+
+
+def read_metrics(path: Path) -> tuple[dict | None, str | None]:
+    """(metrics, None) for a usable ``metrics.json``, else (None, why not). Usable: a JSON object
+    with a finite ``miou`` and fields of the types evaluate_checkpoint writes. An empty file,
+    ``{}``, invalid JSON or a file without ``miou`` is what an evaluation that died half-way
+    leaves; counting it as finished would put a row of dashes in the tables as if the run had no
+    numbers to give, so it is a failure with its reason."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, ValueError) as e:
+        return None, f"metrics.json unreadable: {e}"
+    if not text.strip():
+        return None, "metrics.json is empty (0 bytes): the evaluation did not finish"
+    try:
+        metrics = json.loads(text)
+    except ValueError as e:
+        return None, f"metrics.json is not valid JSON ({e}): the evaluation did not finish"
+    if not isinstance(metrics, dict):
+        return None, "metrics.json is not a JSON object"
+    if not metrics:
+        return None, "metrics.json is empty ({}): the evaluation wrote no numbers"
+    if _finite(metrics.get("miou")) is None:
+        has = ", ".join(sorted(map(str, metrics))[:8])
+        return None, f"metrics.json is incomplete: no finite 'miou' (it has: {has})"
+    wrong = _wrong_type(metrics)
+    if wrong:
+        return None, f"metrics.json is malformed: {wrong}"
+    return metrics, None
+
+
+def _is_number(v: Any) -> bool:
+    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+
+
+def _wrong_type(metrics: dict) -> str | None:
+    """The first field of ``metrics`` that evaluate_checkpoint could not have written: a scalar
+    metric that is not a number (or null), a per-class table that is not {class: number or null}.
+    Such a file was damaged after the fact; its other numbers are not to be trusted either."""
+    for k in ALL_METRICS:
+        if not _is_number(metrics.get(k)):
+            return f"{k!r} is a {type(metrics[k]).__name__}, not a number"
+    for k in ("per_class_iou", "per_class_f1"):
+        table = metrics.get(k)
+        if table is None:
+            continue
+        if not isinstance(table, dict):
+            return f"{k!r} is a {type(table).__name__}, not a {{class: value}} object"
+        bad = next((c for c, v in table.items() if not _is_number(v)), None)
+        if bad is not None:
+            return f"{k}[{bad!r}] is a {type(table[bad]).__name__}, not a number"
+    return None
+
+
+def _failed_error(f_path: Path) -> str:
+    try:
+        data = _read_json(f_path)
+        return str(data.get("error", data)) if isinstance(data, dict) else str(data)
+    except (OSError, ValueError) as e:
+        return f"failed.json unreadable: {e}"
+
+
 def read_run(seed_dir: Path, dataset: str, model: str, method: str, seed: int) -> Run:
     """The state of one seed directory (see the module docstring)."""
     notes: list[str] = []
+    config = _read_optional(seed_dir / "config.json", notes)
     hyper = None
-    cfg_path = seed_dir / "config.json"
-    if cfg_path.is_file():
-        try:
-            h = (_read_json(cfg_path).get("distill") or {}).get("hyper")
-            hyper = dict(h) if isinstance(h, dict) else None
-        except (OSError, ValueError, AttributeError) as e:
-            notes.append(f"{cfg_path}: unreadable ({e}); ignored")
-    kw = dict(dataset=dataset, model=model, method=method, seed=seed, hyper=hyper)
+    if config is not None:
+        distill = config.get("distill")
+        h = distill.get("hyper") if isinstance(distill, dict) else None
+        hyper = dict(h) if isinstance(h, dict) else None
+    summary = _read_optional(seed_dir / "summary.json", notes)
+    kw = dict(dataset=dataset, model=model, method=method, seed=seed, hyper=hyper, config=config, summary=summary)
     m_path, f_path = seed_dir / "metrics.json", seed_dir / "failed.json"
     if m_path.is_file():
-        try:
-            metrics = _read_json(m_path)
-            if not isinstance(metrics, dict):
-                raise ValueError("not a JSON object")
-        except (OSError, ValueError) as e:
-            return Run(status="failed", error=f"metrics.json unreadable: {e}", notes=tuple(notes), **kw)
+        metrics, why = read_metrics(m_path)
+        if metrics is None:
+            if f_path.is_file():  # the run's own account of what went wrong, when it left one
+                why += f"; failed.json: {_failed_error(f_path)}"
+            return Run(status="failed", error=why, notes=tuple(notes), **kw)
         got = metrics.get("dataset")
         if got is not None and got != dataset:
             notes.append(f"{m_path}: says dataset {got!r}, its directory {dataset!r}")
@@ -145,12 +232,7 @@ def read_run(seed_dir: Path, dataset: str, model: str, method: str, seed: int) -
             notes.append(f"{m_path}: says model {got!r}, its directory {model!r}")
         return Run(status="ok", metrics=metrics, notes=tuple(notes), **kw)
     if f_path.is_file():
-        try:
-            data = _read_json(f_path)
-            error = str(data.get("error", data)) if isinstance(data, dict) else str(data)
-        except (OSError, ValueError) as e:
-            error = f"failed.json unreadable: {e}"
-        return Run(status="failed", error=error, notes=tuple(notes), **kw)
+        return Run(status="failed", error=_failed_error(f_path), notes=tuple(notes), **kw)
     return Run(status="missing", notes=tuple(notes), **kw)
 
 
@@ -207,6 +289,66 @@ def read_overhead(runs_root: str | Path, path: str | Path | None = None) -> dict
     if machine:
         result["machine"] = machine
     return result
+
+
+# ----------------------------------------------------------------------------- depth source
+# What the teacher's X was computed from decides what "distilling geometry" means: KITTI's X on
+# the default pipeline is classical SGBM stereo, where the paper used a CREStereo network. The
+# shards record the depth backend of every sample (pipeline/shards.py: ``depth_backend``, from
+# `lix prepare depth`'s manifest), so the report reads it there rather than trusting params.
+DEPTH_BACKEND_KIND = {"sgbm": "stereo", "crestereo": "stereo network", "depth_anything": "monocular network",
+                      "ground_truth": "the dataset's own depth"}
+PAPER_DEPTH = {"vkitti2": ("ground_truth", "rendered depth"), "kitti": ("crestereo", "CREStereo"),
+               "nuimages": ("depth_anything", "Depth Anything")}  # the paper's Sec. IV-A
+
+
+def read_depth_source(shard_dir: str | Path) -> dict[str, int]:
+    """{depth backend: samples} over the train and val shards of ``shard_dir`` (the per-sample
+    ``depth_backend`` field; "" where the preparation recorded none). DataError when the shards
+    cannot be read."""
+    from pipeline.shards import open_shard, read_manifest
+
+    shard_dir = Path(shard_dir)
+    counts: dict[str, int] = {}
+    for split in read_manifest(shard_dir)["splits"].values():
+        for entry in split["shards"]:
+            with open_shard(shard_dir / entry["file"]) as f:
+                names = f["depth_backend"][:] if "depth_backend" in f else [b""] * len(f["id"])
+                for b in names:
+                    name = b.decode() if isinstance(b, bytes) else str(b)
+                    counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def depth_sources(shards_root: str | Path | None, datasets: Iterable[str]) -> tuple[dict, list[str]]:
+    """({dataset: {backend: samples}}, notes) for the datasets with shards under ``shards_root``;
+    {} without a shards root. A dataset whose shards cannot be read is left out, with a note."""
+    out, notes = {}, []
+    if shards_root is None:
+        return out, notes
+    for ds in datasets:
+        d = Path(shards_root) / ds
+        if not d.is_dir():
+            continue
+        try:
+            out[ds] = read_depth_source(d)
+        except (DataError, OSError, KeyError) as e:
+            notes.append(f"{d}: the depth source could not be read from the shards ({e})")
+    return out, notes
+
+
+def fmt_depth_source(counts: dict[str, int] | None) -> str:
+    """"sgbm (stereo)", or a mix "crestereo (stereo network) 150, sgbm (stereo) 50"; "—" unknown."""
+    if not counts:
+        return "—"
+    order = sorted(counts, key=lambda b: (-counts[b], b))
+
+    def label(b: str) -> str:
+        return (b or "not recorded") + (f" ({DEPTH_BACKEND_KIND[b]})" if b in DEPTH_BACKEND_KIND else "")
+
+    if len(order) == 1:
+        return label(order[0])
+    return ", ".join(f"{label(b)} {counts[b]}" for b in order)
 
 
 # ----------------------------------------------------------------------------- registry
@@ -290,6 +432,7 @@ def aggregate(runs: list[Run], seeds: Iterable[int] = ()) -> dict:
                 per_class.setdefault(str(cls), [])
                 if _finite(v) is not None:
                     per_class[str(cls)].append(100.0 * float(v))
+    last = {m: _last_epoch_values([by_seed[s] for s in ok], m) for m in METRICS}
     status = "ok" if ok else "failed" if failed else "missing"
     return {"status": status, "n": len(expected), "n_ok": len(ok), "n_failed": len(failed),
             "n_missing": len(missing), "dirs": len(by_seed),
@@ -298,7 +441,40 @@ def aggregate(runs: list[Run], seeds: Iterable[int] = ()) -> dict:
             "errors": {str(s): by_seed[s].error for s in failed},
             "metrics": metrics,
             "per_class_iou": {c: {"mean": mean_std(v)[0], "n": len(v)} for c, v in per_class.items()},
+            "last": last, "selection_gap": _selection_gap(metrics["miou"], last["miou"]),
+            "epochs": {str(s): _epochs_of(by_seed[s]) for s in ok},
             "bold": []}
+
+
+def _last_record(run: Run) -> dict:
+    """summary.json's ``last``: the history record of the run's last epoch ({} when absent)."""
+    last = (run.summary or {}).get("last")
+    return last if isinstance(last, dict) else {}
+
+
+def _last_epoch_values(runs: list[Run], metric: str) -> dict:
+    """The last epoch's val ``metric`` (percent) of each run that recorded it: the figure no
+    checkpoint selection touched, to set beside the best-on-val one."""
+    values = {}
+    for r in runs:
+        v = _finite(_last_record(r).get(f"val/{metric}"))
+        if v is not None:
+            values[str(r.seed)] = 100.0 * v
+    mean, std = mean_std(values.values())
+    return {"mean": mean, "std": std, "n": len(values), "values": values}
+
+
+def _selection_gap(best: dict, last: dict) -> dict:
+    """Per seed with both, best-on-val − last-epoch (pp): what choosing the epoch on the split it
+    is scored on adds to the reported figure."""
+    diffs = {s: best["values"][s] - last["values"][s] for s in best["values"] if s in last["values"]}
+    return {"mean": mean_std(diffs.values())[0], "n": len(diffs), "diffs": diffs}
+
+
+def _epochs_of(run: Run) -> dict:
+    s = run.summary or {}
+    return {"best": s.get("best_epoch"), "ran": s.get("epochs"),
+            "configured": _train_config(run).get("epochs")}
 
 
 def mark_best(cells: list[dict | None], metrics: Iterable[str] = METRICS, digits: int = 2) -> None:
@@ -413,6 +589,7 @@ def build_summary(runs: list[Run], overhead: dict | None = None, runs_root: str 
 
         by_method = {row["method"]: row for row in main}
         per_class, paired, lix_best = {}, {}, {}
+        premise = {model: teacher_vs_student(by_method, model) for model in models}
         for model in models:
             cell = {m: by_method[m]["cells"][model] for m in ("student", "lix", "teacher") if m in by_method}
             if any(c["n_ok"] for c in cell.values()):
@@ -452,16 +629,64 @@ def build_summary(runs: list[Run], overhead: dict | None = None, runs_root: str 
         datasets[ds] = {"display": display_dataset(ds), "models": models,
                         "model_display": {m: display_model(m) for m in models}, "teacher_x": teacher_x,
                         "main": main, "per_class": per_class, "paired": paired, "lix_best": lix_best,
+                        "premise": premise,
                         "ablations": {k: v for k, v in abl.items() if v}}
     counts = {"run_dirs": len(runs), "finished": sum(r.status == "ok" for r in runs),
               "failed": sum(r.status == "failed" for r in runs), "missing": sum(r.status == "missing" for r in runs)}
     return {"schema": 1, "runs_root": str(runs_root), "layout": LAYOUT,
             "units": "percent (0-100); mean over the finished seeds; std: sample std (ddof=1), null with one seed",
             "counts": counts, "datasets": datasets, "overhead": overhead, "problems": problems,
+            "setup": [setup_row(r) for r in sorted(runs, key=_setup_order)], "depth_sources": {},
             "notes": sorted(set(notes)), "paper_note": PAPER_NOTE}
 
 
 _FAMILY_AXES = {"dwc_inputs": ("dwc_inputs",), "kernel_consistency": ("kernel", "consistency")}
+
+
+def teacher_vs_student(by_method: dict, model: str) -> dict | None:
+    """The distillation premise, checked: the teacher's and the plain student's mean mIoU (%)
+    over the seeds both finished, and whether the teacher is at least as good (``holds``).
+    None when the two share no finished seed (nothing to compare like with like)."""
+    if "teacher" not in by_method or "student" not in by_method:
+        return None
+    t = by_method["teacher"]["cells"][model]["metrics"]["miou"]["values"]
+    s = by_method["student"]["cells"][model]["metrics"]["miou"]["values"]
+    seeds = sorted((k for k in t if k in s), key=int)
+    if not seeds:
+        return None
+    teacher, student = (statistics.fmean(v[k] for k in seeds) for v in (t, s))
+    return {"seeds": [int(k) for k in seeds], "teacher": teacher, "student": student, "holds": teacher >= student}
+
+
+# ----------------------------------------------------------------------------- setup of each run
+def _train_config(run: Run) -> dict:
+    """config.json's ``train``: the resolved TrainConfig ({} when absent)."""
+    train = (run.config or {}).get("train")
+    return train if isinstance(train, dict) else {}
+
+
+def _setup_order(run: Run) -> tuple:
+    ds = list(DATASET_DISPLAY).index(run.dataset) if run.dataset in DATASET_DISPLAY else 99
+    return (ds, run.dataset, run.model, VARIANT_SEP in run.method, _method_order(parse_method(run.method)[0]),
+            run.method, run.seed)
+
+
+def setup_row(run: Run) -> dict:
+    """What one run was: its schedule, data and code, from config.json, summary.json and
+    metrics.json; None where the run did not record it (older runs: no provenance, no samples)."""
+    train, summ = _train_config(run), run.summary or {}
+    prov = summ.get("provenance") if isinstance(summ.get("provenance"), dict) else {}
+    samples = summ.get("samples") if isinstance(summ.get("samples"), dict) else {}
+    val = samples.get("val", (run.metrics or {}).get("val_samples"))
+    return {"run": run.name, "dataset": run.dataset, "model": run.model, "method": run.method, "seed": run.seed,
+            "role": (run.config or {}).get("role") or ("teacher" if run.method == "teacher" else "student"),
+            "status": run.status, "epochs_run": summ.get("epochs"), "epochs_configured": train.get("epochs"),
+            "stopped": summ.get("stopped"), "best_epoch": summ.get("best_epoch"), "crop": train.get("crop"),
+            "crop_known": "crop" in train, "batch_size": train.get("batch_size"),
+            "world_size": (run.config or {}).get("world_size"), "train_images": samples.get("train"),
+            "val_images": val, "commit": prov.get("commit"), "dirty": prov.get("dirty"),
+            "run_digest": prov.get("run_digest"), "code_digest": prov.get("code_digest"), "host": prov.get("host"),
+            "torch": prov.get("torch"), "python": prov.get("python")}
 
 
 def _jsonable(d: dict) -> dict:
@@ -648,6 +873,82 @@ def _metric_cells(cells: dict, models: list[str]) -> list[str]:
     return [fmt_value(cells.get(m), k) if k != "n" else fmt_n(cells.get(m)) for m in models for k in (*METRICS, "n")]
 
 
+LAST_LABEL = "mIoU (last epoch)"
+SELECTION_GAP_PP = 2.0  # best-on-val − last-epoch mIoU (pp) from which the report calls it out
+
+
+def fmt_last(cell: dict | None, metric: str = "miou", digits: int = 2) -> str:
+    """The last epoch's val ``metric``, ``mean ± std`` over the finished seeds that recorded it
+    (``(n=k)`` when not all did); ``–`` where none did (a run from before summary.json had it)."""
+    if cell is None or cell["n_ok"] == 0 or not cell.get("last") or cell["last"][metric]["mean"] is None:
+        return "–"
+    m = cell["last"][metric]
+    std = "–" if m["std"] is None else f"{m['std']:.{digits}f}"
+    return f"{m['mean']:.{digits}f} ± {std}" + (f" (n={m['n']})" if m["n"] != cell["n_ok"] else "")
+
+
+def _main_keys() -> list[str]:
+    """The main tables' columns per model: the paper's metrics, the last-epoch mIoU right after
+    the mIoU it qualifies, then n."""
+    keys = list(METRICS)
+    keys.insert(keys.index("miou") + 1, "last")
+    return [*keys, "n"]
+
+
+def _main_columns(models: list[str], d: dict) -> list[str]:
+    return [f"{d['model_display'][m]} {LAST_LABEL if k == 'last' else METRIC_LABEL[k]}" for m in models
+            for k in _main_keys()]
+
+
+def _main_cells(cells: dict, models: list[str]) -> list[str]:
+    out = []
+    for m in models:
+        for k in _main_keys():
+            out.append(fmt_n(cells.get(m)) if k == "n" else fmt_last(cells.get(m)) if k == "last"
+                       else fmt_value(cells.get(m), k))
+    return out
+
+
+def _premise_warnings(d: dict) -> list[str]:
+    """One line per model whose teacher is weaker than its plain student (teacher_vs_student)."""
+    out = []
+    for model in d["models"]:
+        p = (d.get("premise") or {}).get(model)
+        if p is None or p["holds"]:
+            continue
+        out.append(f"* ⚠ **{d['display']}, {d['model_display'][model]}: the teacher is weaker than its plain "
+                   f"student**: {p['teacher']:.2f} % vs {p['student']:.2f} % mIoU (seeds "
+                   f"{', '.join(map(str, p['seeds']))}, finished by both). The distillation premise, an RGB + X "
+                   "teacher at least as good as the RGB student, does not hold here: a distilled student's gain or "
+                   "loss is not knowledge passed down from a better model.")
+    return out
+
+
+def _selection_warnings(d: dict) -> list[str]:
+    """One line per main-table cell whose best-on-val mIoU exceeds its last-epoch mIoU by
+    SELECTION_GAP_PP or more (mean over the seeds with both)."""
+    out = []
+    for row in d["main"]:
+        for model in d["models"]:
+            c = row["cells"].get(model)
+            gap = (c or {}).get("selection_gap") or {}
+            if gap.get("mean") is None or gap["mean"] < SELECTION_GAP_PP:
+                continue
+            seeds = sorted(gap["diffs"], key=int)
+            best = statistics.fmean(c["metrics"]["miou"]["values"][k] for k in seeds)
+            last = statistics.fmean(c["last"]["miou"]["values"][k] for k in seeds)
+            epochs = ", ".join(f"{_dash(c['epochs'][k]['best'])} of {_dash(c['epochs'][k]['ran'])}" for k in seeds)
+            out.append(f"* ⚠ **{d['display']}, {d['model_display'][model]}, {row['display']}: {best:.2f} % mIoU at "
+                       f"the epoch chosen on val vs {last:.2f} % at the last epoch** ({gap['mean']:+.2f} pp from "
+                       f"choosing on the split it is scored on; best epoch {epochs}; seeds "
+                       f"{', '.join(seeds)}).")
+    return out
+
+
+def _dash(v: Any) -> str:
+    return "—" if v is None else str(v)
+
+
 def _table_models(d: dict, rows: list[dict]) -> list[str]:
     return [m for m in d["models"] if any(m in r["cells"] for r in rows)]
 
@@ -665,6 +966,7 @@ def render_markdown(summary: dict, out_dir: Path | None = None, runs_root: Path 
           "named. Bold: the best mean per column among the student-side rows (all but the teacher), at the "
           "printed precision. `failed (k of n)`: no seed finished and k of n failed; `–`: no run.", "",
           summary["paper_note"], ""]
+    L += _protocol_section(summary)
     paper = summary.get("paper") or {"datasets": {}}
     for ds, d in summary["datasets"].items():
         L += _dataset_section(ds, d, summary.get("plots", []), paper["datasets"].get(ds), paper.get("source", ""))
@@ -672,6 +974,7 @@ def render_markdown(summary: dict, out_dir: Path | None = None, runs_root: Path 
     L += _cross_section(summary.get("cross") or {})
     if summary["overhead"]:
         L += _overhead_section(summary["overhead"])
+    L += _setup_section(summary)
     if summary["problems"]:
         L += ["## Failed and missing runs", ""]
         for p in summary["problems"]:
@@ -684,6 +987,132 @@ def render_markdown(summary: dict, out_dir: Path | None = None, runs_root: Path 
     return "\n".join(L).rstrip() + "\n"
 
 
+# The sentence a reader needs before any number: which checkpoint, scored on which split.
+PROTOCOL_SELECTION = (
+    "**Checkpoint selection: the best epoch on val, scored on that same val split.** Each run is validated "
+    "during training and keeps the checkpoint of the epoch with the best val mIoU (`best.pt`); every table "
+    "scores that checkpoint on the same val split that chose it, and there is no held-out test split. The "
+    "figures are therefore optimistic estimates: the noisier the val curve and the smaller the val split, the "
+    "more the choice of epoch adds. The paper does the same as far as its text says: it splits each dataset "
+    "into a training and a validation set only (vKITTI2 5:2, KITTI 3:1, nuImages 7:3) and trains for up to "
+    "500 epochs with early stopping (its Sec. IV-A and IV-B). "
+    f"Beside each mIoU, `{LAST_LABEL}` is the val mIoU of the run's last epoch, which no choice touched; "
+    f"where the chosen epoch beats it by {SELECTION_GAP_PP:g} pp or more, a ⚠ line under the table says so.")
+
+
+def _protocol_section(summary: dict) -> list[str]:
+    """How the numbers were made: checkpoint selection, the teacher-vs-student premise, the data
+    and schedule per dataset, the code; the per-run detail is the setup table further down."""
+    L = ["## Protocol", "", f"* {PROTOCOL_SELECTION}", f"* {_premise_line(summary)}"]
+    rows = summary.get("setup") or []
+    for ds, d in summary["datasets"].items():
+        mine = [r for r in rows if r["dataset"] == ds]
+        L.append(f"* **{d['display']}**: depth source of X {_depth_phrase(ds, summary.get('depth_sources'))}; "
+                 f"epochs configured {_distinct(mine, _fmt_epochs_configured)}; crop {_distinct(mine, _fmt_crop)}; "
+                 f"batch {_distinct(mine, _fmt_batch)}; images (train / val) {_distinct(mine, _fmt_images)}.")
+    torch, python = (_distinct(rows, lambda r, k=k: _dash(r[k])) for k in ("torch", "python"))
+    L.append(f"* **Code**: commit {_distinct(rows, _fmt_commit)}; torch {torch}; python {python}. Per run (epochs "
+             "run, stop reason, best epoch, commit, run digest): [Setup of each run](#setup-of-each-run).")
+    return L + [""]
+
+
+def _premise_line(summary: dict) -> str:
+    holds, fails, unchecked = [], [], []
+    for d in summary["datasets"].values():
+        for model in d["models"]:
+            where = f"{d['display']}, {d['model_display'][model]}"
+            p = (d.get("premise") or {}).get(model)
+            if p is None:
+                unchecked.append(where)
+            elif p["holds"]:
+                holds.append(where)
+            else:
+                fails.append(f"{where} (teacher {p['teacher']:.2f} % vs student {p['student']:.2f} %)")
+    parts = [f"**does not hold** for {'; '.join(fails)} ⚠" if fails else "",
+             f"holds for {'; '.join(holds)}" if holds else "",
+             f"not checked for {'; '.join(unchecked)} (no seed finished by both)" if unchecked else ""]
+    return ("**The distillation premise**, a teacher (RGB + X) at least as good as its plain RGB student "
+            "(mean mIoU over the seeds both finished): " + "; ".join(p for p in parts if p) + ".")
+
+
+def _depth_phrase(ds: str, sources: dict | None) -> str:
+    counts = (sources or {}).get(ds)
+    if not counts:
+        return "— (not known: the report reads it from the shards, `--shards`)"
+    text = fmt_depth_source(counts)
+    paper = PAPER_DEPTH.get(ds)
+    if paper is not None and set(counts) != {paper[0]}:
+        text += f" (the paper: {paper[1]})"
+    return text
+
+
+def _distinct(rows: list[dict], fmt) -> str:
+    """The distinct formatted values over ``rows``: one value alone, else each with its run count."""
+    counts: dict[str, int] = {}
+    for r in rows:
+        v = fmt(r)
+        counts[v] = counts.get(v, 0) + 1
+    if len(counts) <= 1:
+        return next(iter(counts), "—")
+    ranked = sorted(counts.items(), key=lambda vn: (-vn[1], vn[0]))
+    return ", ".join(f"{v} ({n} run{'s' * (n != 1)})" for v, n in ranked)
+
+
+STOP_REASON = {"max_epochs": "max epochs", "early_stopping": "early stopping"}
+
+
+def _fmt_epochs_configured(r: dict) -> str:
+    return _dash(r["epochs_configured"])
+
+
+def _fmt_crop(r: dict) -> str:
+    crop = r["crop"]
+    if not r["crop_known"]:
+        return "—"
+    if crop is None:
+        return "full image"
+    return "×".join(map(str, crop)) if isinstance(crop, (list, tuple)) else str(crop)
+
+
+def _fmt_batch(r: dict) -> str:
+    ws = r["world_size"]
+    return _dash(r["batch_size"]) + (f" × {ws} processes" if isinstance(ws, int) and ws > 1 else "")
+
+
+def _fmt_images(r: dict) -> str:
+    return f"{_dash(r['train_images'])} / {_dash(r['val_images'])}"
+
+
+def _fmt_commit(r: dict) -> str:
+    if not r["commit"]:
+        return "—"
+    return str(r["commit"])[:10] + (" (dirty)" if r["dirty"] else "")
+
+
+def _setup_section(summary: dict) -> list[str]:
+    """One row per run directory: what it ran and with which code (— where the run did not
+    record it: runs older than summary.json's provenance and samples)."""
+    rows = []
+    for r in summary.get("setup") or []:
+        rows.append([display_dataset(r["dataset"]), display_model(r["model"]),
+                     r["role"] if r["method"] in ROLES else f"{r['role']}: {display_name(r['method'])}",
+                     str(r["seed"]), r["status"], f"{_dash(r['epochs_run'])} / {_dash(r['epochs_configured'])}",
+                     STOP_REASON.get(r["stopped"], _dash(r["stopped"])), _dash(r["best_epoch"]), _fmt_crop(r),
+                     _fmt_batch(r), _fmt_images(r), fmt_depth_source((summary.get("depth_sources") or {})
+                                                                     .get(r["dataset"])),
+                     f"`{_fmt_commit(r)}`" if r["commit"] else "—",
+                     f"`{str(r['run_digest'])[:12]}`" if r["run_digest"] else "—"])
+    if not rows:
+        return []
+    head = ["dataset", "model", "role / method", "seed", "status", "epochs run / configured", "stop reason",
+            "best epoch", "crop", "batch", "images train / val", "depth source", "commit", "run digest"]
+    return ["## Setup of each run", "",
+            "From each run's config.json (the resolved training config), summary.json (schedule, provenance: "
+            "the commit, with `(dirty)` when the tree had uncommitted changes, and the sha256 of the resolved run "
+            "config, shortened) and metrics.json; the depth source from the dataset's shards. —: not recorded.", "",
+            *_table(head, rows), ""]
+
+
 def _dataset_section(ds: str, d: dict, plots: list[str], paper: dict | None = None, source: str = "") -> list[str]:
     name, models = d["display"], d["models"]
     L = [f"## {name}", "", f"### {name}: student-side methods vs the teacher (Tables I–III layout)", ""]
@@ -691,12 +1120,16 @@ def _dataset_section(ds: str, d: dict, plots: list[str], paper: dict | None = No
     for row in d["main"]:
         kind = row["kind"] if row["kind"] != prev else ""
         prev = row["kind"]
-        rows.append([kind, row["display"], *_metric_cells(row["cells"], models)])
-    L += _table(["KD type", "algorithm", *_metric_columns(models, d)], rows)
+        rows.append([kind, row["display"], *_main_cells(row["cells"], models)])
+    L += _table(["KD type", "algorithm", *_main_columns(models, d)], rows)
     if d["teacher_x"]:
         L += ["", "X (the teacher's geometry): " + "; ".join(f"{d['model_display'][m]}: {x}"
                                                             for m, x in d["teacher_x"].items()) + "."]
-    L.append("")
+    L += ["", f"`{LAST_LABEL}`: the val mIoU of the run's last epoch (summary.json), beside the mIoU of the "
+              "checkpoint chosen on val (see Protocol).", ""]
+    warnings = _premise_warnings(d) + _selection_warnings(d)
+    if warnings:
+        L += [*warnings, ""]
     for model in models:
         lb = d["lix_best"][model]
         where = f"{name}, {d['model_display'][model]}"
@@ -792,10 +1225,21 @@ FIGURE_CAPTION = {
     "curves": "Training curves per method (train loss, val mIoU; mean over seeds, min–max band)",
     "cka": "Linear CKA between the student's and the teacher's features over training, plain student vs the "
            "distilled ones (the paper's Fig. 5; mean over the taps, 16 val images)",
-    "grid": "The same val images for every method: RGB | ground truth | teacher | student | best baseline | LIX",
     "dwc": "The dynamic weight controller: the student's confidence in the true class, the mean weight over "
-           "the non-target logits, and the class given the most weight, per pixel",
+           "the non-target logits, and the class given the most weight, per pixel (class legend below)",
 }
+
+
+def grid_caption(info: dict) -> str:
+    """The qualitative grid's caption from the columns it drew (figures.grid_titles, recorded by
+    draw_figures), so the caption cannot promise a column the picture lacks."""
+    cols = info["columns"]
+    text = (f"The first val images, the same for every column ({len(cols)} columns, seed {info['seed']}): "
+            + " | ".join(cols) + ". Predictions are drawn over the RGB in the class colours of the legend under "
+            "the grid; a run without its checkpoint is a grey column marked missing")
+    if info.get("best_baseline"):
+        text += f"; {display_name(info['best_baseline'])} is the best baseline by mean val mIoU"
+    return text
 
 
 def _pictures_section(ds: str, d: dict, out_dir: Path | None, runs_root: Path | None) -> list[str]:
@@ -817,9 +1261,12 @@ def _pictures_section(ds: str, d: dict, out_dir: Path | None, runs_root: Path | 
         if not items and not confusions:
             continue
         L += [f"### {d['display']}, {d['model_display'][model]}: pictures", ""]
+        info = (d.get("figure_info") or {}).get(model) or {}
         for name in ("curves", "cka", "grid", "dwc"):
             if name in items:
-                L += [f"{FIGURE_CAPTION[name]}:", "", f"![{name}]({items[name]})", ""]
+                caption = grid_caption(info["grid"]) if name == "grid" and "grid" in info else FIGURE_CAPTION.get(
+                    name, name)
+                L += [f"{caption}:", "", f"![{name}]({items[name]})", ""]
         if confusions:
             L += ["Confusion matrices: " + ", ".join(confusions) + ".", ""]
     return L
@@ -1039,8 +1486,9 @@ def draw_figures(summary: dict, runs_root: Path, shards_root: Path | None, out: 
     """The pictures of each dataset and model (lix/figures.py) into ``out``, recorded in
     ``summary["datasets"][ds]["figures"][model]`` (name -> file) for the markdown: training
     curves, the teacher-student CKA over training (Fig. 5), and, with ``shards_root``, the
-    qualitative grid (RGB | GT | teacher | student | best baseline | LIX, the same val images for
-    every method, seed of the first finished LIX run) and the DWC's weight and confidence maps.
+    qualitative grid (RGB | GT | teacher | student | the best baseline where one finished | LIX,
+    the same val images for every method, seed of the first finished LIX run; its columns recorded
+    in ``d["figure_info"][model]["grid"]`` for the caption) and the DWC's weight and confidence maps.
     A figure that cannot be drawn (a run without checkpoint, unreadable shards) is noted in
     ``summary["notes"]``, never fatal: the tables matter more than one picture."""
     import logging
@@ -1050,7 +1498,7 @@ def draw_figures(summary: dict, runs_root: Path, shards_root: Path | None, out: 
     log = logging.getLogger(__name__)
     written: list[Path] = []
     for ds, d in summary["datasets"].items():
-        d["figures"] = {}
+        d["figures"], d["figure_info"] = {}, {}
         for model in d["models"]:
             figs: dict[str, str] = {}
             tag = f"{ds}_{model}"
@@ -1078,6 +1526,9 @@ def draw_figures(summary: dict, runs_root: Path, shards_root: Path | None, out: 
                 if seed is not None:
                     attempt("grid", figures.qualitative_grid, runs_root, shards_root, ds, model, columns,
                             out / f"grid_{tag}.png", seed=seed, device=device)
+                    if "grid" in figs:  # what the caption lists: the titles the grid drew
+                        d["figure_info"][model] = {"grid": {"columns": figures.grid_titles(columns), "seed": seed,
+                                                            "best_baseline": best}}
                 lix_seed = _first_ok_seed(d, model, "lix")
                 if lix_seed is not None:
                     attempt("dwc", figures.dwc_maps, runs_root, shards_root, ds, model, out / f"dwc_{tag}.png",
@@ -1113,6 +1564,8 @@ def write_report(runs_root: str | Path, out_dir: str | Path, *, plots: bool = Tr
 
     runs = scan_runs(runs_root)
     summary = build_summary(runs, read_overhead(runs_root, overhead), runs_root=str(runs_root))
+    summary["depth_sources"], depth_notes = depth_sources(shards_root, summary["datasets"])
+    summary["notes"] += depth_notes
     summary["cross"] = scan_cross(cross_root)
     if paper is not None:
         summary["paper"] = load_paper_figures(paper)

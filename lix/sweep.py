@@ -75,12 +75,14 @@ class Outcome:
         return not self.failed and not self.skipped
 
 
-def set_params(params_path: str | Path, assignments: list[str]) -> dict[str, object]:
+def set_params(params_path: str | Path, assignments: list[str], write: bool = True) -> dict[str, object]:
     """Apply ``key.path=value`` assignments (value read as YAML, as ``dvc exp run -S``) to
-    params.yaml in place, keeping its comments and layout (a ruamel round-trip, lists written in
-    flow style like the file's own, written atomically). The result is validated as a whole
-    first (lix.config), so a typo or a bad value changes nothing and raises ConfigError naming
-    the key. Returns {key: new value}."""
+    params.yaml in place, keeping its comments and layout (a ruamel round-trip at ruamel's
+    default width, as DVC's own ``-S`` writes: params.yaml is laid out so that the round-trip
+    changes only the assigned values; new lists and mappings in flow style like the file's own;
+    written atomically). The result is validated as a whole first (lix.config and the
+    registries, lix.validate), so a typo or a bad value changes nothing and raises ConfigError
+    naming the key. ``write=False`` validates only (``lix sweep --dry``). Returns {key: new value}."""
     import copy
     import io
 
@@ -89,6 +91,7 @@ def set_params(params_path: str | Path, assignments: list[str]) -> dict[str, obj
     from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
     from lix.config import Params, from_dict
+    from lix.validate import check_params
     from pipeline.atomic import write_text
 
     parsed: dict[str, object] = {}
@@ -116,7 +119,9 @@ def set_params(params_path: str | Path, assignments: list[str]) -> dict[str, obj
         raise DataError(path, "parameter file not found")
     trial = copy.deepcopy(yaml.safe_load(path.read_text()) or {})
     apply(trial)
-    from_dict(Params, trial)  # validate everything before touching the file
+    check_params(from_dict(Params, trial))  # validate everything before touching the file
+    if not write:
+        return parsed
 
     def flow(v):
         if isinstance(v, list):
@@ -130,9 +135,7 @@ def set_params(params_path: str | Path, assignments: list[str]) -> dict[str, obj
         return v
 
     rt = YAML()
-    rt.width = 4096  # a flow mapping stays one line (ruamel would otherwise split keys from their values)
     rt.preserve_quotes = True
-    rt.representer.add_representer(type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null"))
     data = rt.load(path.read_text())
     parsed_flow = {k: flow(v) for k, v in parsed.items()}
     saved, parsed = parsed, parsed_flow
@@ -155,6 +158,25 @@ def stage_graph(repo_dir: str | Path = ".") -> tuple[list[str], dict[str, set[st
         upstream = {names[s]: {names[d] for d in graph.successors(s)} for s in graph.nodes}
         order = [names[s] for s in reversed(list(nx.topological_sort(graph)))]
     return order, upstream
+
+
+def stages_reading(keys: list[str], repo_dir: str | Path = ".") -> set[str]:
+    """Stage names whose ``params:`` include one of the dotted ``keys`` (the key itself, a
+    section above it, or a key below it): what a change of those keys makes out of date."""
+    from dvc.dependency.param import ParamsDependency
+    from dvc.repo import Repo
+
+    def overlaps(a: str, b: str) -> bool:
+        return a == b or a.startswith(b + ".") or b.startswith(a + ".")
+
+    hit = set()
+    with Repo(str(repo_dir)) as repo:
+        for stage in repo.index.stages:
+            for dep in stage.deps:
+                if isinstance(dep, ParamsDependency) and any(
+                        not dep.params or overlaps(k, p) for k in keys for p in (dep.params or [""])):
+                    hit.add(stage.addressing)
+    return hit
 
 
 def out_of_date(repo_dir: str | Path = ".") -> set[str]:
@@ -434,12 +456,16 @@ def _run(p: Plan, repo_dir: Path, jobs: int, log_dir: Path, repro: list[str], ev
 
 def sweep(repo_dir: str | Path = ".", jobs: int = 1, filters: list[str] | None = None, report: bool = True,
           dry: bool = False, on_event: Callable[[str, str, str], None] | None = None,
-          pull: bool = False) -> tuple[Plan, Outcome | None]:
+          pull: bool = False, would_change: list[str] | None = None) -> tuple[Plan, Outcome | None]:
     """Plan and (unless ``dry``) run the pipeline of ``repo_dir``: see the module docstring.
     ``pull``: ``dvc repro --pull``, so that a run finished on another machine and pushed with
-    its run cache is restored from the default remote instead of run again."""
+    its run cache is restored from the default remote instead of run again. ``would_change``:
+    params keys a dry run treats as changed (``--dry -S``, which leaves params.yaml alone)."""
     order, upstream = stage_graph(repo_dir)
-    p = plan(order, upstream, out_of_date(repo_dir), filters, report)
+    changed = out_of_date(repo_dir)
+    if would_change:
+        changed |= stages_reading(would_change, repo_dir)
+    p = plan(order, upstream, changed, filters, report)
     if dry:
         return p, None
     return p, run_plan(p, repo_dir, jobs, on_event=on_event, dvc=[sys.executable, "-m", "dvc"],

@@ -409,6 +409,78 @@ def run_config(cfg: TrainConfig, dataset: str, role: str, class_names: list[str]
             "train": json.loads(json.dumps(dataclasses.asdict(cfg)))}
 
 
+def run_digest(config: dict) -> str:
+    """sha256 (hex) of the run config without the keys a resume may change (``RESUMABLE_KEYS``):
+    two runs with the same digest follow the same trajectory of weights (on the same code)."""
+    import hashlib
+
+    from lix.checkpoint import RESUMABLE_KEYS, flatten
+
+    kept = {k: v for k, v in flatten(config).items() if k not in RESUMABLE_KEYS}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def code_digest() -> str:
+    """sha256 (hex) of the source of every project module this process has imported (``lix.*``
+    and ``pipeline.*`` but the CLI's modules): the code a run executes. A fresh process of the
+    same command imports the same modules, so an unchanged checkout gives the same digest."""
+    import hashlib
+    import sys
+
+    h = hashlib.sha256()
+    for name in sorted(sys.modules):
+        if not (name.startswith(("lix.", "pipeline.")) or name in ("lix", "pipeline")) \
+                or name.startswith(("lix.cli", "lix.__main__")):
+            continue
+        src = getattr(sys.modules[name], "__file__", None)
+        if src and src.endswith(".py") and os.path.isfile(src):
+            h.update(name.encode() + b"\0" + Path(src).read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def provenance(config: dict) -> dict:
+    """Where a run comes from: the git commit of the working directory (None outside a
+    repository) and whether tracked files differ from it, the run and code digests, the host and
+    the versions. Recorded in ``summary.json`` (the report's setup table)."""
+    import platform
+    import subprocess
+
+    def git(*args: str) -> str | None:
+        try:
+            res = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return res.stdout.strip() if res.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no") if commit else None
+    return {"commit": commit, "dirty": None if status is None else bool(status), "run_digest": run_digest(config),
+            "code_digest": code_digest(), "host": platform.node(), "torch": torch.__version__,
+            "python": platform.python_version()}
+
+
+RESUME_MODES = ("always", "never", "if_same")  # fit's resume: True = "always", False = "never"
+
+
+def _resume_mode(resume: bool | str) -> str:
+    mode = {True: "always", False: "never"}.get(resume, resume)
+    if mode not in RESUME_MODES:
+        raise ConfigError("resume", f"expected one of {RESUME_MODES} (or a bool), got {resume!r}")
+    return mode
+
+
+def _same_run(saved: dict, config: dict) -> list[str]:
+    """Why the checkpoint's run is not this one: the config keys that differ (resumable keys
+    aside), and "code" when the code that trained it differs from the code running now."""
+    from lix.checkpoint import config_diff
+
+    why = [k for k, _, _ in config_diff(saved["config"], config)]
+    saved_code = saved.get("code_digest")
+    if saved_code is not None and saved_code != code_digest():
+        why.append("code")
+    return why
+
+
 def _write_json(path: Path, data) -> None:
     from lix.metrics import json_safe
     from pipeline.atomic import atomic_path
@@ -432,16 +504,22 @@ def _stop_reason(epoch: int, cfg: TrainConfig, bad_evals: int) -> str | None:
 
 
 def fit(shard_dir: str | Path, out_dir: str | Path, cfg: TrainConfig, *, dataset: str, role: str,
-        resume: bool = True, progress: bool = True, verify: str = "size",
+        resume: bool | str = True, progress: bool = True, verify: str = "size",
         task_factory: Callable[..., Task] = supervised_task) -> dict:
     """Train ``role`` ('teacher': RGB + cfg.x; 'student': RGB) on the shards of ``dataset`` into
-    ``out_dir`` (see the module docstring). ``resume``: go on from ``out_dir/last.pt`` when it
-    exists (a config that changes the run is refused with ConfigMismatch); False starts afresh.
+    ``out_dir`` (see the module docstring). ``resume``: True / "always": go on from
+    ``out_dir/last.pt`` when it exists (a config that changes the run is refused with
+    ConfigMismatch); False / "never": start afresh; "if_same": go on when the checkpoint's run
+    config (resumable keys aside) and code are this run's, else start afresh (what the DVC
+    stages use: their outputs persist, so an interrupted `dvc repro` resumes and a changed
+    parameter or code retrains). Nothing in ``out_dir`` is removed or written before the
+    config, the data, the model and the method were built and checked.
     ``task_factory(model, inputs, d, cfg=, train_loader=, out_dir=, resumed=)`` says what the
     run trains (default: the model, supervised; lix/distill/train.py: a distilled student).
     Returns the summary written to ``summary.json``."""
     if role not in ROLES:
         raise ConfigError("role", f"expected one of {ROLES}, got {role!r}")
+    resume = _resume_mode(resume)
     out_dir = Path(out_dir)
     created = not torch_dist.is_initialized()
     d = init_distributed(cfg.device)
@@ -452,7 +530,7 @@ def fit(shard_dir: str | Path, out_dir: str | Path, cfg: TrainConfig, *, dataset
             torch_dist.destroy_process_group()
 
 
-def _fit(shard_dir: Path, out_dir: Path, cfg: TrainConfig, dataset: str, role: str, resume: bool, progress: bool,
+def _fit(shard_dir: Path, out_dir: Path, cfg: TrainConfig, dataset: str, role: str, resume: str, progress: bool,
          verify: str, d: DistInfo, task_factory: Callable[..., Task]) -> dict:
     seed_everything(cfg.seed + d.rank)
     if d.device.type == "cpu":
@@ -464,17 +542,46 @@ def _fit(shard_dir: Path, out_dir: Path, cfg: TrainConfig, dataset: str, role: s
     class_names = train_loader.dataset.class_names
     config = run_config(cfg, dataset, role, class_names, d.world_size)
     inputs = Inputs.from_config(cfg, role)
-    model = build_model(cfg, len(class_names), inputs.x)
-    if d.distributed and cfg.sync_bn and d.device.type == "cuda":
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    init_rng = rng_state()  # a run that starts afresh after a first look at the checkpoint re-draws the same init
+
+    def make_model() -> nn.Module:
+        set_rng_state(init_rng)
+        model = build_model(cfg, len(class_names), inputs.x)
+        if d.distributed and cfg.sync_bn and d.device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        return model
+
+    model = make_model()
     last, best_path = out_dir / "last.pt", out_dir / "best.pt"
-    resumed = resume and last.is_file()
-    if not resumed and d.is_main:  # a fresh run: no file of an earlier run may pass for one of this run
+    ckpt = None
+    if resume != "never" and last.is_file():
+        from lix.checkpoint import load_resume_checkpoint
+
+        ckpt = load_resume_checkpoint(last, best_path)
+    resumed = ckpt is not None
+
+    def make_task(resumed: bool) -> Task:
+        return task_factory(model, inputs, d, cfg=cfg, train_loader=train_loader, val_loader=val_loader,
+                            out_dir=out_dir, resumed=resumed, progress=progress)
+
+    task = make_task(resumed)
+    config |= task.config
+    if resumed and resume == "if_same":
+        why = _same_run(ckpt, config)
+        if why:
+            if d.is_main:
+                log.info("%s: the run changed since %s (%s): starting afresh", out_dir, last, ", ".join(why))
+            resumed, ckpt = False, None
+            model = make_model()
+            task = make_task(False)
+            config = run_config(cfg, dataset, role, class_names, d.world_size) | task.config
+    if resumed:
+        check_resume_config(last, ckpt["config"], config)
+        if d.is_main and "code" in _same_run(ckpt, config):
+            log.warning("%s was trained by other code than this checkout's; resuming anyway (--resume)", last)
+    elif d.is_main:  # a fresh run: no file of an earlier run may pass for one of this run
         for name in ("last.pt", "best.pt", "model.safetensors", "summary.json", "metrics.json", "failed.json"):
             (out_dir / name).unlink(missing_ok=True)
-    task = task_factory(model, inputs, d, cfg=cfg, train_loader=train_loader, val_loader=val_loader,
-                        out_dir=out_dir, resumed=resumed, progress=progress)
-    config |= task.config
     optimizer = build_optimizer(cfg, task.module)
     scheduler = build_scheduler(cfg, optimizer)
 
@@ -483,8 +590,6 @@ def _fit(shard_dir: Path, out_dir: Path, cfg: TrainConfig, dataset: str, role: s
     best = {"miou": -1.0, "epoch": 0}
     best_val = None  # the full val metrics of the best epoch, when this process evaluated it
     if resumed:
-        ckpt = load_checkpoint(last)
-        check_resume_config(last, ckpt["config"], config)
         task.student.load_state_dict(ckpt["model"])
         for name, module in task.extra.items():
             module.load_state_dict(ckpt["extra"][name])
@@ -498,7 +603,7 @@ def _fit(shard_dir: Path, out_dir: Path, cfg: TrainConfig, dataset: str, role: s
         else:  # world_size is part of the config, so only a hand-edited file gets here
             seed_everything(cfg.seed + d.rank + 1000 * epoch)
         if d.is_main:
-            log.info("resuming %s from %s at epoch %d (step %d)", role, last, epoch, step)
+            log.info("resuming %s from %s at epoch %d of %d (step %d)", role, last, epoch, cfg.epochs, step)
         del ckpt
     train_model, _ = place_model(task.module, cfg, d)
     plain = task.student
@@ -510,6 +615,7 @@ def _fit(shard_dir: Path, out_dir: Path, cfg: TrainConfig, dataset: str, role: s
              max_batches=2)
 
     live = None
+    origin = provenance(config) if d.is_main else {}
     if d.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         _write_json(out_dir / "config.json", config)
@@ -551,8 +657,10 @@ def _fit(shard_dir: Path, out_dir: Path, cfg: TrainConfig, dataset: str, role: s
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "epoch": epoch, "step": step, "rng": _gather_rng(d),
                     "loader": {"seed": cfg.seed, "epoch": epoch}, "config": config, "history": history,
-                    "best": best, "bad_evals": bad_evals, "stopped": _stop_reason(epoch, cfg, bad_evals)}
+                    "best": best, "bad_evals": bad_evals, "stopped": _stop_reason(epoch, cfg, bad_evals),
+                    "code_digest": origin.get("code_digest")}
             if d.is_main:
+                log.info("%s", epoch_line(record, cfg.epochs, best))
                 save_checkpoint(last, ckpt)
                 if improved:
                     save_checkpoint(best_path, ckpt)
@@ -566,7 +674,9 @@ def _fit(shard_dir: Path, out_dir: Path, cfg: TrainConfig, dataset: str, role: s
     summary = {"best_miou": best["miou"], "best_epoch": best["epoch"], "epochs": epoch, "steps": step,
                "stopped": _stop_reason(epoch, cfg, bad_evals),
                "seconds_per_epoch": (sum(h["train/seconds"] for h in history) / len(history)) if history else None,
-               "last": history[-1] if history else None}
+               "last": history[-1] if history else None,
+               "samples": {"train": len(train_loader.dataset), "val": len(val_loader.dataset)},
+               "provenance": origin}
     if d.is_main:
         _write_json(out_dir / "summary.json", summary)
     _barrier(d)
@@ -577,6 +687,24 @@ def _fit(shard_dir: Path, out_dir: Path, cfg: TrainConfig, dataset: str, role: s
     if best_val is not None and best_val["epoch"] == best["epoch"]:
         summary = {**summary, "best_val": best_val}
     return summary
+
+
+def epoch_line(record: dict, epochs: int, best: dict) -> str:
+    """One line per epoch (logged, so it shows without progress bars, e.g. under DVC):
+    ``epoch 3/10  loss 0.812 (ce 0.700, kd 0.112)  val mIoU 41.20 % (best 41.20 % @3)  12.3 s``."""
+    terms = [(k[len("train/"):], v) for k, v in record.items()
+             if k.startswith("train/") and k not in ("train/samples_per_s", "train/seconds")
+             and not k.startswith("train/diag.")]
+    loss = dict(terms).get("loss")
+    parts = [f"epoch {record['epoch']}/{epochs}"]
+    if loss is not None:
+        rest = ", ".join(f"{k} {v:.3f}" for k, v in terms if k != "loss")
+        parts.append(f"loss {loss:.3f}" + (f" ({rest})" if rest else ""))
+    if "val/miou" in record:
+        parts.append(f"val mIoU {100 * record['val/miou']:.2f} % (best {100 * best['miou']:.2f} % @{best['epoch']})")
+    seconds = record.get("train/seconds", 0.0) + record.get("val/seconds", 0.0)
+    parts.append(f"{seconds:.1f} s")
+    return "  ".join(parts)
 
 
 def _log_epoch(live, record: dict) -> None:
@@ -654,7 +782,7 @@ def write_prediction_grid(model: nn.Module, dataset: ShardDataset, inputs: Input
     """RGB | ground truth | prediction (labels over RGB, pipeline.preview's colours), one row
     per val sample, 2 px white gutters."""
     from pipeline.imageio import write_image
-    from pipeline.preview import class_palette, label_overlay
+    from pipeline.preview import class_palette, label_overlay, with_legend
 
     pal = class_palette(class_names)
     lines = []
@@ -672,5 +800,5 @@ def write_prediction_grid(model: nn.Module, dataset: ShardDataset, inputs: Input
         raise DataError(path, "no val samples to draw")
     gap = np.full((2, lines[0].shape[1], 3), 255, np.uint8)
     grid = np.concatenate(sum(([ln, gap] for ln in lines), [])[:-1], axis=0)
-    write_image(path, grid)
+    write_image(path, with_legend(grid, class_names, pal))
     return path

@@ -97,3 +97,62 @@ def preview_from_shards(shard_dir: str | Path, out_path: str | Path, rows: int =
         samples = itertools.chain.from_iterable(iter_samples(p) for p in verify_shards(shard_dir, split))
         picked += [(f"{split} {s.id}", s) for s in itertools.islice(samples, rows)]
     return write_preview(out_path, picked, m["class_names"])
+
+
+# --------------------------------------------------------------------------- class legend
+# A label picture without a legend leaves the reader guessing which colour is which class, so
+# every picture of class colours (the report's grid and DWC maps, the trainer's predictions.png)
+# carries this strip below it. Drawn with OpenCV into the image itself: the same pixels whether
+# the picture is an array stitched by hand or a matplotlib figure.
+LEGEND_PAD = 4  # px around the strip's content
+LEGEND_ROW = 18  # px per line of entries
+LEGEND_SWATCH = 12  # px, square
+LEGEND_SPACING = 12  # px between one entry's name and the next swatch
+_LEGEND_FONT_SCALE = 0.4
+LEGEND_GAP = 2  # px of white between a picture and its legend (lix.figures' GAP)
+
+
+def _legend_layout(class_names: Sequence[str], width: int) -> list[tuple[int, int]]:
+    """(x, line) of each entry (swatch, 4 px, name), filled left to right and wrapped at
+    ``width``; an entry wider than a whole line gets a line of its own (its name clipped)."""
+    places, x, line = [], LEGEND_PAD, 0
+    for name in class_names:
+        (tw, _), _ = cv2.getTextSize(str(name), cv2.FONT_HERSHEY_SIMPLEX, _LEGEND_FONT_SCALE, 1)
+        entry_w = LEGEND_SWATCH + 4 + tw
+        if x > LEGEND_PAD and x + entry_w > width - LEGEND_PAD:
+            x, line = LEGEND_PAD, line + 1
+        places.append((x, line))
+        x += entry_w + LEGEND_SPACING
+    return places
+
+
+def legend_height(class_names: Sequence[str], width: int) -> int:
+    """Height in px of :func:`class_legend`'s strip for these classes at ``width`` px."""
+    places = _legend_layout(class_names, width)
+    lines = places[-1][1] + 1 if places else 0
+    return 2 * LEGEND_PAD + lines * LEGEND_ROW
+
+
+def class_legend(class_names: Sequence[str], palette: np.ndarray, width: int) -> np.ndarray:
+    """A legend strip (H, ``width``, 3) uint8 to put under a picture of class colours: per class
+    ``i`` a LEGEND_SWATCH px square filled with exactly ``palette[i]`` (grey outline, so light
+    colours show on the white) and its name in black, entries wrapped over as many lines as
+    ``width`` needs (H = :func:`legend_height`). ``palette``: (>= len(class_names), 3) uint8,
+    e.g. pipeline.preview.class_palette(class_names). Ignored pixels (255) are not a class and
+    get no entry."""
+    if len(palette) < len(class_names):
+        raise ValueError(f"{len(class_names)} classes but a palette of {len(palette)} colours")
+    strip = np.full((legend_height(class_names, width), int(width), 3), 255, np.uint8)
+    for i, (name, (x, line)) in enumerate(zip(class_names, _legend_layout(class_names, width))):
+        y = LEGEND_PAD + line * LEGEND_ROW + (LEGEND_ROW - LEGEND_SWATCH) // 2
+        cv2.rectangle(strip, (x - 1, y - 1), (x + LEGEND_SWATCH, y + LEGEND_SWATCH), (110, 110, 110), 1)
+        strip[y:y + LEGEND_SWATCH, x:x + LEGEND_SWATCH] = np.asarray(palette[i], np.uint8)[:3]
+        cv2.putText(strip, str(name), (x + LEGEND_SWATCH + 4, y + LEGEND_SWATCH - 2), cv2.FONT_HERSHEY_SIMPLEX,
+                    _LEGEND_FONT_SCALE, (0, 0, 0), 1, cv2.LINE_AA)
+    return strip
+
+
+def with_legend(picture: np.ndarray, class_names: Sequence[str], palette: np.ndarray) -> np.ndarray:
+    """``picture`` (H, W, 3) uint8 with a LEGEND_GAP px white gutter and :func:`class_legend` below."""
+    w = picture.shape[1]
+    return np.concatenate([picture, np.full((LEGEND_GAP, w, 3), 255, np.uint8), class_legend(class_names, palette, w)])

@@ -122,3 +122,38 @@ def test_cli_bad_param(tmp_path):
     res = CliRunner().invoke(app, ["prepare", "check-params", "--params", str(params)])
     assert res.exit_code == 2
     assert "splits.kitti.ratio: both parts must be >= 1" in res.output
+
+
+def test_empty_checkpoint_named(tmp_path):
+    """A 0-byte checkpoint (an interrupted copy): torch raises EOFError with no message."""
+    from lix.checkpoint import load_checkpoint
+
+    p = tmp_path / "best.pt"
+    p.write_bytes(b"")
+    with pytest.raises(DataError, match=r"best\.pt: not a readable checkpoint \(empty file, 0 bytes"):
+        load_checkpoint(p)
+    p.write_bytes(b"\x80")  # a pickle cut after its first byte
+    with pytest.raises(DataError, match=r"best\.pt: not a readable checkpoint \("):
+        load_checkpoint(p)
+
+
+def test_shard_error_rebuilds_from_a_dataloader_message(tmp_path):
+    """torch's DataLoader re-raises a worker's exception as ``type(text)``, the text ending in
+    the worker's traceback: a ShardError comes back with the same path, problem and message."""
+    import pickle
+
+    from torch._utils import ExceptionWrapper
+
+    from pipeline.shards import ShardError
+
+    path = tmp_path / "odd: name" / "train-00001.h5"
+    try:
+        raise ShardError(path, "sample 3, dataset 'rgb': cannot be read (OSError: x)")
+    except ShardError:
+        wrapped = ExceptionWrapper(where="in DataLoader worker process 0")
+    with pytest.raises(ShardError) as e:
+        wrapped.reraise()
+    assert e.value.path == path and e.value.problem == "sample 3, dataset 'rgb': cannot be read (OSError: x)"
+    assert str(e.value) == f"{path}: sample 3, dataset 'rgb': cannot be read (OSError: x)"
+    again = pickle.loads(pickle.dumps(e.value))
+    assert (again.path, again.problem) == (e.value.path, e.value.problem)

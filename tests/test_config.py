@@ -6,6 +6,7 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+import yaml
 
 from lix.config import DATASETS, Params, load_params
 from pipeline.errors import ConfigError, DataError
@@ -125,15 +126,49 @@ def test_sweep_methods_and_ablations_need_their_hyper_entry(tmp_path):
         raw["sweep"]["methods"] = ["student", "lix", "kd"]
         del raw["distill"]["hyper"]["kd"]
 
+    from lix.validate import check_params
+
     with pytest.raises(ConfigError, match=r"distill\.hyper.*missing: \['kd'\]"):
-        load_params(_write_params(tmp_path, methods))
+        check_params(load_params(_write_params(tmp_path, methods)))
 
     def ablations(raw):
         raw["sweep"]["ablations"] = ["dkd~beta=2"]
         del raw["distill"]["hyper"]["dkd"]
 
     with pytest.raises(ConfigError, match=r"distill\.hyper.*missing: \['dkd'\]"):
-        load_params(_write_params(tmp_path, ablations))
+        check_params(load_params(_write_params(tmp_path, ablations)))
+
+
+@pytest.mark.parametrize("edit, key, problem", [
+    # a misspelt name is unknown, not a missing entry (even with the entry added)
+    (lambda raw: raw["sweep"].update(methods=["student", "lixx"]), r"sweep\.methods", "unknown distillation method"),
+    (lambda raw: (raw["sweep"].update(methods=["student", "lixx"]), raw["distill"]["hyper"].update(lixx={})),
+     r"sweep\.methods", "unknown distillation method 'lixx'"),
+    (lambda raw: raw["sweep"].update(models=["mfnett"]), r"sweep\.models", "unknown model 'mfnett'"),
+    (lambda raw: (raw["sweep"].update(models=["mfnett"]), raw["arch"].update(mfnett={})),
+     r"sweep\.models", "unknown model"),
+    (lambda raw: raw["distill"]["hyper"].update(kd={"temperature": "hot"}), r"distill\.hyper\.kd\.temperature",
+     "expected a number"),
+    (lambda raw: raw["distill"]["hyper"].update(kd={"w_kd": "abc"}), r"distill\.hyper\.kd\.w_kd", "expected a number"),
+    (lambda raw: raw["distill"]["hyper"].update(lix={"dwc_hidden": 2.5}), r"distill\.hyper\.lix\.dwc_hidden",
+     "expected an integer"),
+    (lambda raw: raw["distill"]["hyper"].update(kd={"temprature": 2}), r"distill\.hyper\.kd\.temprature",
+     "unknown hyper-parameter"),
+    (lambda raw: raw["sweep"].update(ablations=["dkd~beta=high"]), r"sweep\.ablations\[dkd~beta=high\]\.beta",
+     "expected a number"),
+    (lambda raw: raw["sweep"].update(methods=["student", "../../etc"]), r"sweep\.methods", "not a safe name"),
+    (lambda raw: raw["sweep"].update(methods=["student", "a/b"]), r"sweep\.methods", "not a safe name"),
+    (lambda raw: raw["sweep"].update(ablations=["lix~beta=2/x"]), r"sweep\.ablations", "not a safe name"),
+])
+def test_names_and_hyper_parameters_are_checked_against_the_registries(tmp_path, edit, key, problem):
+    """What check-params, lix sweep, lix train and lix distill check before touching anything:
+    the names against the registries (a typo is 'unknown', not 'missing an entry'), the
+    hyper-parameters' keys and types, and names that become directories."""
+    from lix.validate import check_params
+
+    with pytest.raises(ConfigError, match=key) as e:
+        check_params(load_params(_write_params(tmp_path, edit)))
+    assert problem in str(e.value)
 
 
 @pytest.mark.parametrize("bad, key", [("lix~", "sweep.ablations"), ("lix", "sweep.ablations"),
@@ -190,8 +225,10 @@ def test_arch_overrides_apply_per_model_and_are_checked(tmp_path):
         raw["sweep"]["models"] = ["mfnet", "sne_roadseg"]
         del raw["arch"]["sne_roadseg"]
 
+    from lix.validate import check_params
+
     with pytest.raises(ConfigError, match=r"arch.*missing: \['sne_roadseg'\]"):
-        load_params(_write_params(tmp_path, missing))
+        check_params(load_params(_write_params(tmp_path, missing)))
 
 
 def test_backend_defaults_agree_with_depth_config():
@@ -211,3 +248,36 @@ def test_backend_defaults_agree_with_depth_config():
         for key, value in opts.items():
             if key in sig and sig[key].default is not inspect.Parameter.empty and key != "ground_classes":
                 assert sig[key].default == value, f"{name}.{key}: backend default {sig[key].default!r}, config {value!r}"
+
+
+def test_every_hyper_parameter_is_written_out_with_its_default():
+    """So that `dvc exp run -S distill.hyper.<method>.<key>=...` finds the key (DVC refuses a
+    new one), and the file says what a run uses."""
+    from lix.config import PLAIN_STUDENT
+    from lix.distill import hyper_defaults
+
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for method, hyper in raw["distill"]["hyper"].items():
+        assert hyper == ({} if method == PLAIN_STUDENT else hyper_defaults(method)), method
+
+
+def test_dvcs_set_param_rewrites_only_the_value_it_sets(tmp_path):
+    """DVC's -S (dvc.utils.serialize.modify_yaml, the function `dvc exp run -S` calls) and
+    `lix sweep -S` round-trip params.yaml through ruamel; its layout must survive that."""
+    from dvc.utils.serialize import modify_yaml
+
+    from lix.sweep import set_params
+
+    original = (ROOT / "params.yaml").read_text().splitlines()
+    path = tmp_path / "params.yaml"
+    path.write_text((ROOT / "params.yaml").read_text())
+    with modify_yaml(str(path)) as data:
+        data["distill"]["hyper"]["lix"]["w_dwld"] = 0.5
+        data["train"]["kitti"]["epochs"] = 5
+    changed = [(a, b) for a, b in zip(original, path.read_text().splitlines()) if a != b]
+    assert len(path.read_text().splitlines()) == len(original)
+    assert [b.strip() for _, b in changed] == ["epochs: 5", "w_dwld: 0.5"]
+    path.write_text((ROOT / "params.yaml").read_text())
+    set_params(path, ["distill.hyper.lix.w_dwld=0.5", "train.kitti.epochs=5"])
+    assert [b.strip() for a, b in zip(original, path.read_text().splitlines()) if a != b] == ["epochs: 5",
+                                                                                              "w_dwld: 0.5"]

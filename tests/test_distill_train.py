@@ -150,7 +150,8 @@ def test_cli_list_and_distill(train_shards, teacher, tmp_path):
                             "--hyper", '{"temperature": 2}', "--no-progress"])
     assert r.exit_code == 0, r.output
     assert "kitti kd (mfnet, seed 0): 1 epochs" in r.output
-    assert load_checkpoint(out / "last.pt")["config"]["distill"]["hyper"] == {"temperature": 2}
+    # params.yaml's entry (every default written out) under the --hyper override
+    assert load_checkpoint(out / "last.pt")["config"]["distill"]["hyper"] == {"temperature": 2.0, "w_kd": 1.0}
     assert json.loads((out / "metrics.json").read_text())["role"] == "student"  # evaluated in the run dir
     # an ablation variant: the name's pairs are typed hyper-parameters on top of distill.hyper.<method>
     var = tmp_path / "variant"
@@ -159,7 +160,7 @@ def test_cli_list_and_distill(train_shards, teacher, tmp_path):
                             "--no-evaluate"])
     assert r.exit_code == 0, r.output
     d = load_checkpoint(var / "last.pt")["config"]["distill"]
-    assert d["method"] == "kd" and d["hyper"] == {"temperature": 3}
+    assert d["method"] == "kd" and d["hyper"] == {"temperature": 3.0, "w_kd": 1.0}
     assert not (var / "metrics.json").exists()
     r = runner.invoke(app, ["distill", "--dataset", "kitti", "--method", "kd", "--teacher", str(teacher),
                             "--shards", str(train_shards), "--out", str(out), "--params", str(pfile),

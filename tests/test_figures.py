@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from lix import figures
-from lix.figures import (GAP, GREY, aggregate_seeds, cka_curves, confidence_map, dwc_arrays, dwc_maps, grid_size,
-                         list_methods, nontarget_weight_maps, qualitative_grid, read_tsv, seed_curves,
-                         title_height, training_curves)
+from lix.figures import (GAP, GREY, LEGEND_SWATCH, aggregate_seeds, cka_curves, class_legend, confidence_map,
+                         dwc_arrays, dwc_maps, grid_size, grid_titles, legend_height, list_methods,
+                         nontarget_weight_maps, qualitative_grid, read_tsv, seed_curves, title_height,
+                         training_curves)
 from pipeline.errors import DataError
 from pipeline.imageio import read_rgb
 
@@ -204,8 +205,12 @@ def test_qualitative_grid(ckpt_runs, tmp_path):
     rows, cols, h, w = len(val), 2 + len(methods), 48, 160  # 4 asked, 2 val images exist
     assert rows == 2
     th = title_height(w)
+    names = ckpt_runs["names"]
     assert grid_size(rows, cols, h, w) == (th + rows * (h + GAP), cols * w + (cols - 1) * GAP)
-    img = assert_png(out, grid_size(rows, cols, h, w))
+    width = cols * w + (cols - 1) * GAP
+    # the class legend under the tiles: the picture is taller by a gutter and the legend strip
+    assert grid_size(rows, cols, h, w, names) == (th + rows * (h + GAP) + GAP + legend_height(names, width), width)
+    img = assert_png(out, grid_size(rows, cols, h, w, names))
 
     def tile(r, c):
         y, x = th + GAP + r * (h + GAP), c * (w + GAP)
@@ -228,7 +233,42 @@ def test_qualitative_grid(ckpt_runs, tmp_path):
     titles = img[:th]
     assert (titles < 128).any() and (titles == 255).mean() > 0.5  # dark text on white
     # gutters are white
-    assert (img[:, w:w + GAP] == 255).all() and (img[th:th + GAP] == 255).all()
+    tiles_h = grid_size(rows, cols, h, w)[0]
+    assert (img[:tiles_h, w:w + GAP] == 255).all() and (img[th:th + GAP] == 255).all()
+    # below the tiles: a white gutter, then exactly the legend of the dataset's classes and colours
+    assert (img[tiles_h:tiles_h + GAP] == 255).all()
+    np.testing.assert_array_equal(img[tiles_h + GAP:], class_legend(names, pal, width))
+    assert_swatches(img[tiles_h + GAP:], pal[:len(names)])
+    assert grid_titles(methods) == ["RGB", "ground truth", "Teacher (RGB + X)", "Student (RGB)", "DKD", "LIX", "broken"]
+
+
+def assert_swatches(strip: np.ndarray, colours: np.ndarray) -> None:
+    """Every colour of ``colours`` fills at least one LEGEND_SWATCH-sized square of ``strip``."""
+    for c in colours:
+        same = (strip == c).all(axis=2).astype(np.int64)
+        # a full square: the summed-area table of the matches reaches LEGEND_SWATCH² somewhere
+        sat = np.pad(same.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+        k = LEGEND_SWATCH
+        sums = sat[k:, k:] - sat[:-k, k:] - sat[k:, :-k] + sat[:-k, :-k]
+        assert (sums == k * k).any(), f"no swatch of colour {c}"
+
+
+def test_class_legend_swatches_names_and_wrapping():
+    from pipeline.preview import class_palette
+
+    names = ["road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "car"]
+    pal = class_palette(len(names))
+    wide = class_legend(names, pal, 900)
+    assert wide.dtype == np.uint8 and wide.shape == (legend_height(names, 900), 900, 3)
+    assert_swatches(wide, pal[:len(names)])
+    assert (wide == 255).all(axis=2).mean() > 0.5 and (wide < 60).all(axis=2).any()  # dark names on white
+    narrow = class_legend(names, pal, 160)  # the entries wrap onto more lines: taller, every swatch kept
+    assert narrow.shape[1] == 160 and narrow.shape[0] > wide.shape[0]
+    assert_swatches(narrow, pal[:len(names)])
+    assert not (class_legend(names[:2], pal, 900) == pal[2]).all(axis=2).any()  # only the classes given
+    np.testing.assert_array_equal(class_legend(names, pal, 900), wide)  # deterministic
+    with pytest.raises(ValueError):
+        class_legend(names, pal[:3], 900)
 
 
 def test_qualitative_grid_refuses_a_run_of_other_classes(ckpt_runs, tmp_path):
@@ -306,11 +346,87 @@ def test_dwc_arrays_are_the_trained_controllers_weights(ckpt_runs):
 
 
 def test_dwc_maps(ckpt_runs, tmp_path):
+    from pipeline.preview import class_palette
+
     out = dwc_maps(ckpt_runs["runs"], ckpt_runs["shards"], DS, MODEL, tmp_path / "dwc.png", n_images=2)
-    assert_png(out)
+    img = assert_png(out)
+    # the class legend under the figure: the classes the last column shows, most frequent first
+    d = dwc_arrays(ckpt_runs["runs"], ckpt_runs["shards"], DS, MODEL, "lix", n_images=2)
+    counts = np.bincount(np.concatenate([t.ravel() for t in d["top_class"]]), minlength=256)[:len(d["class_names"])]
+    shown = [int(k) for k in np.argsort(-counts, kind="stable") if counts[k] > 0]
+    pal = class_palette(d["class_names"])[shown]
+    legend = class_legend([d["class_names"][k] for k in shown], pal, img.shape[1])
+    np.testing.assert_array_equal(img[-len(legend):], legend)
     for method in ("lix~controller=fixed", "kd", "student"):  # no DWC: None, nothing written
         assert dwc_maps(ckpt_runs["runs"], ckpt_runs["shards"], DS, MODEL, tmp_path / "x" / "none.png",
                         method=method) is None
     assert not (tmp_path / "x").exists()
     with pytest.raises(DataError, match="checkpoint not found"):
         dwc_maps(ckpt_runs["runs"], ckpt_runs["shards"], DS, MODEL, tmp_path / "x.png", method="dwld")
+
+
+# ----------------------------------------------------------------------------- the report's pictures
+def _report_runs(ckpt_runs, root: Path, methods) -> Path:
+    """A runs tree for lix report: the fixture's checkpoints of ``methods`` (linked) with a
+    finished evaluation each (metrics.json), so the report picks them for its grid."""
+    import json
+
+    for i, method in enumerate(methods):
+        d = root / DS / MODEL / method / "seed0"
+        d.mkdir(parents=True)
+        (d / "best.pt").symlink_to(ckpt_runs["runs"] / DS / MODEL / method / "seed0" / "best.pt")
+        m = {k: 0.2 + 0.05 * i for k in ("miou", "mfsc", "fwiou", "fwfsc", "pixel_acc")}
+        (d / "metrics.json").write_text(json.dumps({**m, "dataset": DS, "model": MODEL}))
+    return root
+
+
+def _grid_caption_columns(md: str) -> list[str]:
+    """The columns the README's grid caption lists (``RGB | ground truth | ...``)."""
+    line = next(ln for ln in md.splitlines() if "RGB | ground truth" in ln)
+    listed = line.split("): ", 1)[1].split(". ", 1)[0]
+    return listed.split(" | ")
+
+
+@pytest.mark.parametrize("methods, want", [
+    (("teacher", "student", "lix"), ["RGB", "ground truth", "Teacher (RGB + X)", "Student (RGB)", "LIX"]),
+    (("teacher", "student", "kd", "lix"), ["RGB", "ground truth", "Teacher (RGB + X)", "Student (RGB)", "KD", "LIX"]),
+])
+def test_report_grid_caption_lists_the_columns_drawn(ckpt_runs, tmp_path, methods, want):
+    """Without a finished baseline the grid has no 'best baseline' column: the caption must not
+    promise one. The caption's columns, counted, are the picture's columns, measured."""
+    from lix.report import write_report
+
+    runs = _report_runs(ckpt_runs, tmp_path / "runs", methods)
+    out = tmp_path / "report"
+    summary = write_report(runs, out, shards_root=ckpt_runs["shards"], paper=None)
+    md = (out / "README.md").read_text(encoding="utf-8")
+    cols = _grid_caption_columns(md)
+    assert cols == want and f"({len(want)} columns, seed 0)" in md
+    assert summary["datasets"][DS]["figure_info"][MODEL]["grid"]["columns"] == want
+    img = read_rgb(out / f"grid_{DS}_{MODEL}.png")
+    tile_w = 160
+    drawn = (img.shape[1] + GAP) // (tile_w + GAP)
+    assert drawn * tile_w + (drawn - 1) * GAP == img.shape[1] and drawn == len(cols)
+    assert "legend under the grid" in md
+
+
+def test_report_reads_the_depth_source_from_the_shards(ckpt_runs, tmp_path):
+    """The test shards were prepared with the dataset's own depth (ground_truth), which is not the
+    paper's KITTI depth (CREStereo): the protocol and the setup table say which it was."""
+    from lix.report import fmt_depth_source, read_depth_source, write_report
+
+    counts = read_depth_source(ckpt_runs["shards"] / DS)
+    assert counts == {"ground_truth": 8}  # 6 train + 2 val samples
+    runs = _report_runs(ckpt_runs, tmp_path / "runs", ("student",))
+    summary = write_report(runs, tmp_path / "report", plots=False, shards_root=ckpt_runs["shards"], paper=None)
+    assert summary["depth_sources"] == {DS: counts}
+    md = (tmp_path / "report" / "README.md").read_text(encoding="utf-8")
+    assert "**KITTI**: depth source of X ground_truth (the dataset's own depth) (the paper: CREStereo)" in md
+    setup = next(ln for ln in md.splitlines() if ln.startswith("| KITTI | MFNet | student |"))
+    assert "| ground_truth (the dataset's own depth) |" in setup
+    # without the shards the source is unknown, not guessed
+    write_report(runs, tmp_path / "bare", plots=False, paper=None)
+    assert "depth source of X — (not known" in (tmp_path / "bare" / "README.md").read_text(encoding="utf-8")
+    assert fmt_depth_source({"sgbm": 200}) == "sgbm (stereo)"
+    assert fmt_depth_source({"sgbm": 50, "crestereo": 150}) == "crestereo (stereo network) 150, sgbm (stereo) 50"
+    assert fmt_depth_source(None) == "—"

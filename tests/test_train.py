@@ -299,7 +299,13 @@ def test_cli_train_then_evaluate(shards, tmp_path):
     assert len(m["per_class_iou"]) == 19 and len(m["matrix"]) == 19
     from pipeline.imageio import read_rgb
 
-    assert read_rgb(ev / "predictions.png").shape == (2 * 48 + 2, 3 * 160 + 4, 3)
+    from pipeline.preview import LEGEND_GAP, class_legend, class_palette
+
+    # 2 rows of RGB | ground truth | prediction, then the class legend (issue 18: every label picture)
+    img, names = read_rgb(ev / "predictions.png"), list(m["per_class_iou"])
+    legend = class_legend(names, class_palette(names), 3 * 160 + 4)
+    assert img.shape == (2 * 48 + 2 + LEGEND_GAP + legend.shape[0], 3 * 160 + 4, 3)
+    np.testing.assert_array_equal(img[2 * 48 + 2 + LEGEND_GAP:], legend)
     assert (ev / "confusion.png").stat().st_size > 0
     # the exported weights evaluate alike, without pickle
     r = runner.invoke(app, ["evaluate", "--checkpoint", str(run / "model.safetensors"), "--dataset", "kitti",

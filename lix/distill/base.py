@@ -253,15 +253,80 @@ def resolve_taps(cls: type[Distiller], student: nn.Module, hyper: dict) -> tuple
     return tuple(cls.taps)
 
 
+def nullable_hyper(name: str) -> set[str]:
+    """The method's hyper-parameters that take None (null) beside their default's type: those
+    annotated ``X | None`` / ``Optional[X]`` in the function, the class's ``__init__``, or the
+    ``hyper_signatures`` a class declares (DWLD/ARFD's heads)."""
+    cls = _lookup(name)
+    fns = [cls.fn] if issubclass(cls, FunctionDistiller) and cls is not FunctionDistiller else \
+        [cls.__init__, *getattr(cls, "hyper_signatures", ())]
+    out = set()
+    for fn in fns:
+        for p in inspect.signature(fn).parameters.values():
+            ann = p.annotation if isinstance(p.annotation, str) else repr(p.annotation)
+            if p.annotation is not inspect.Parameter.empty and ("None" in ann or "Optional" in ann):
+                out.add(p.name)
+    return out
+
+
+def _typed(value, default, key: str, nullable: bool = False):
+    """``value`` checked against the type of its ``default`` (YAML and JSON give plain types):
+    a float takes any number (not a bool), an int an int, a bool a bool, a string a string, a
+    tuple a list; None where ``nullable``; a None default takes anything (the method checks it)."""
+    if default is None or (value is None and nullable):
+        return value
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif isinstance(default, str):
+        ok = isinstance(value, str)
+    elif isinstance(default, (tuple, list)):
+        ok = isinstance(value, (tuple, list))
+    else:
+        ok = isinstance(value, type(default))
+    if not ok:
+        kind = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
+            type(default), "a list" if isinstance(default, (tuple, list)) else type(default).__name__)
+        raise ConfigError(key, f"expected {kind} (default {default!r}), got {value!r}")
+    return value
+
+
+def validate_hyper(name: str, hyper: Mapping, prefix: str | None = None) -> dict:
+    """``hyper`` checked against method ``name``'s hyper-parameters (:func:`hyper_defaults`):
+    the method registered, every key known, every value of its default's type (ints widen to
+    floats). Returns the typed mapping. ConfigError naming ``<prefix>.<key>`` (default
+    ``distill.hyper.<name>``); an unknown method is a ConfigError naming ``prefix``."""
+    prefix = prefix or f"distill.hyper.{name}"
+    _register_all()
+    if name not in DISTILLERS:
+        raise ConfigError(prefix, f"unknown distillation method {name!r}; expected one of {sorted(DISTILLERS)}")
+    if not isinstance(hyper, Mapping):
+        raise ConfigError(prefix, f"expected a mapping of hyper-parameters, got {hyper!r}")
+    known, nullable = hyper_defaults(name), nullable_hyper(name)
+    out = {}
+    for k, v in hyper.items():
+        if k == "taps":
+            if v is not None and not (isinstance(v, (list, tuple)) and all(isinstance(t, str) for t in v)):
+                raise ConfigError(f"{prefix}.taps", f"expected a list of tap names or null, got {v!r}")
+            out[k] = v
+            continue
+        if k not in known:
+            raise ConfigError(f"{prefix}.{k}", f"unknown hyper-parameter; {name} takes {sorted(known)}")
+        out[k] = _typed(v, known[k], f"{prefix}.{k}", k in nullable)
+    return out
+
+
 def create_distiller(name: str, student: nn.Module, teacher: nn.Module, **hyper) -> Distiller:
     """The method ``name`` for this student/teacher pair. ``hyper``: the method's
-    hyper-parameters (see :func:`hyper_defaults`), ``w_<term>`` loss weights, ``taps``."""
+    hyper-parameters (see :func:`hyper_defaults`), ``w_<term>`` loss weights, ``taps``; checked
+    by :func:`validate_hyper`, and a value the method itself refuses (ValueError, TypeError at
+    construction) becomes a ConfigError naming the method's entry."""
     cls = _lookup(name)
-    known = hyper_defaults(name)
-    bad = [k for k in hyper if k not in known and k != "taps"]
-    if bad:
-        raise ConfigError(f"distill.hyper.{name}.{bad[0]}",
-                          f"unknown hyper-parameter; {name} takes {sorted(known)}")
+    hyper = validate_hyper(name, hyper)
     weights = {k[2:]: float(v) for k, v in hyper.items() if k.startswith("w_")}
     rest = {k: v for k, v in hyper.items() if not k.startswith("w_") and k != "taps"}
     taps = resolve_taps(cls, student, hyper)
@@ -271,7 +336,10 @@ def create_distiller(name: str, student: nn.Module, teacher: nn.Module, **hyper)
         raise ConfigError(f"distill.hyper.{name}.taps", f"unknown taps {missing}; the models have {sorted(s_ch)}")
     n_classes = int(getattr(student, "n_classes"))
     spec = TapSpec(s_ch, t_ch, taps, n_classes)
-    module = cls(spec, **rest)
+    try:
+        module = cls(spec, **rest)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"distill.hyper.{name}", str(e)) from None
     module.loss_weights.update(weights)
     return module
 

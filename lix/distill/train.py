@@ -230,7 +230,7 @@ class DistillTaskFactory:
 
 
 def distill_fit(shard_dir: str | Path, out_dir: str | Path, cfg: TrainConfig, *, dataset: str, method: str,
-                teacher_checkpoint: str | Path, hyper: dict | None = None, resume: bool = True,
+                teacher_checkpoint: str | Path, hyper: dict | None = None, resume: bool | str = True,
                 progress: bool = True, verify: str = "size") -> dict:
     """Distil the teacher of ``teacher_checkpoint`` into an RGB-only student of ``cfg.model``
     with ``method`` (lix.distill registry) on the shards of ``dataset``; everything else as

@@ -99,6 +99,8 @@ class _OursDistiller(Distiller):
 
     defaults: dict[str, object] = {}
     taps = None
+    # where the defaults' keys are declared with their types (validate_hyper reads which take null)
+    hyper_signatures = (DWLDHead.__init__, ARFDHead.__init__)
 
     def __init__(self, spec: TapSpec, **hyper):
         super().__init__(spec)
