@@ -107,13 +107,17 @@ class DepthConfig:
     model_path: Optional[str] = None  # a local directory with config.json and weights
     input_size: int = 518
     alignment: Literal["auto", "sparse", "ground"] = "auto"
-    max_disparity: int = 64  # sgbm search range in pixels
-    block_size: int = 5
-    # sgbm post-processing (pipeline/depth/sgbm.py): what SGBM did not measure stays invalid.
-    sgbm_lr_max_diff: float = 1.0  # left-right consistency tolerance (px)
-    sgbm_smoothing: float = 2000.0  # weight of the plane-preserving, edge-aware smoothing; 0 = off
+    # sgbm (pipeline/depth/sgbm.py). Lengths in px are stated at 320 px image width and scaled
+    # with the image (x width / 320), so one setting serves 320x96 and KITTI's 1242x375.
+    max_disparity: int = 64  # sgbm search range, px at 320 px width (1242 px wide: 256 px)
+    block_size: int = 5  # SGBM's matching window (px; per pixel at every size, it averages pixel noise)
+    # sgbm post-processing: what SGBM did not measure stays invalid, except what the right
+    # camera cannot see (sgbm_fill_occluded).
+    sgbm_lr_max_diff: float = 1.0  # left-right consistency tolerance (px; sub-pixel noise, not scaled)
+    sgbm_smoothing: float = 2000.0  # weight of the plane-preserving, edge-aware smoothing (per pixel); 0 = off
     sgbm_min_evidence: float = 1.0  # match evidence a pixel needs (noise units; sky has ~0); 0 = off
-    sgbm_fill_max_gap: int = 8  # fill row gaps up to this wide (px) inside one surface; 0 = off
+    sgbm_fill_max_gap: int = 8  # fill row/column gaps up to this wide inside one surface (px at 320 px width); 0 = off
+    sgbm_fill_occluded: bool = True  # fill occlusions and the left band the right camera misses from the surface beside
 
     def __post_init__(self):
         _require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
@@ -132,6 +136,8 @@ class DepthConfig:
                  f"must be >= 0 (0 = off), got {self.sgbm_min_evidence}")
         _require(self.sgbm_fill_max_gap >= 0, "sgbm_fill_max_gap",
                  f"must be >= 0 (pixels; 0 = off), got {self.sgbm_fill_max_gap}")
+        _require(self.max_disparity >= 1, "max_disparity", f"must be >= 1 (pixels at 320 px width), "
+                 f"got {self.max_disparity}")
 
 
 @dataclass(frozen=True)

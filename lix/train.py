@@ -420,25 +420,36 @@ def run_digest(config: dict) -> str:
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def code_digest() -> str:
-    """sha256 (hex) of the source of every project module this process has imported (``lix.*``
-    and ``pipeline.*`` but the CLI's modules): the code a run executes. A fresh process of the
-    same command imports the same modules, so an unchanged checkout gives the same digest."""
-    import hashlib
-    import sys
+# Project files a training run never executes (the commands' front ends, the report, the sweep,
+# prediction, the preparation stages): edits there do not make a checkpoint another run's. Any
+# other file counts, a new module included, so the list errs on the side of starting afresh.
+NOT_TRAINING_CODE = ("lix/cli", "lix/__main__.py", "lix/report.py", "lix/figures.py", "lix/paper_figures.py",
+                     "lix/sweep.py", "lix/predict.py", "lix/cross_dataset.py", "lix/curves.py", "pipeline/depth/",
+                     "pipeline/download.py", "pipeline/normals.py", "pipeline/geometry_quality.py",
+                     "pipeline/splits.py", "pipeline/prepare.py", "pipeline/sources/synthetic/")
 
+
+def code_digest() -> str:
+    """sha256 (hex) of the source of the code a training run executes: every ``.py`` file of
+    the ``lix`` and ``pipeline`` packages but those of :data:`NOT_TRAINING_CODE`, by relative
+    path. It depends on the checkout only (not on what happened to be imported), so a resume by
+    any command or process compares like with like."""
+    import hashlib
+
+    import pipeline
+
+    root = Path(__file__).resolve().parent.parent
     h = hashlib.sha256()
-    for name in sorted(sys.modules):
-        if not (name.startswith(("lix.", "pipeline.")) or name in ("lix", "pipeline")) \
-                or name.startswith(("lix.cli", "lix.__main__")):
-            continue
-        src = getattr(sys.modules[name], "__file__", None)
-        if src and src.endswith(".py") and os.path.isfile(src):
-            h.update(name.encode() + b"\0" + Path(src).read_bytes() + b"\0")
+    for package in (Path(__file__).resolve().parent, Path(pipeline.__file__).resolve().parent):
+        for path in sorted(package.rglob("*.py")):
+            rel = path.relative_to(root).as_posix()
+            if "__pycache__" in rel or rel.startswith(NOT_TRAINING_CODE):
+                continue
+            h.update(rel.encode() + b"\0" + path.read_bytes() + b"\0")
     return h.hexdigest()
 
 
-def provenance(config: dict) -> dict:
+def provenance(config: dict, code: str) -> dict:
     """Where a run comes from: the git commit of the working directory (None outside a
     repository) and whether tracked files differ from it, the run and code digests, the host and
     the versions. Recorded in ``summary.json`` (the report's setup table)."""
@@ -455,7 +466,7 @@ def provenance(config: dict) -> dict:
     commit = git("rev-parse", "HEAD")
     status = git("status", "--porcelain", "--untracked-files=no") if commit else None
     return {"commit": commit, "dirty": None if status is None else bool(status), "run_digest": run_digest(config),
-            "code_digest": code_digest(), "host": platform.node(), "torch": torch.__version__,
+            "code_digest": code, "host": platform.node(), "torch": torch.__version__,
             "python": platform.python_version()}
 
 
@@ -469,14 +480,14 @@ def _resume_mode(resume: bool | str) -> str:
     return mode
 
 
-def _same_run(saved: dict, config: dict) -> list[str]:
+def _same_run(saved: dict, config: dict, code: str) -> list[str]:
     """Why the checkpoint's run is not this one: the config keys that differ (resumable keys
-    aside), and "code" when the code that trained it differs from the code running now."""
+    aside), and "code" when the code that trained it (its ``code_digest``) is not ``code``."""
     from lix.checkpoint import config_diff
 
     why = [k for k, _, _ in config_diff(saved["config"], config)]
     saved_code = saved.get("code_digest")
-    if saved_code is not None and saved_code != code_digest():
+    if saved_code is not None and saved_code != code:
         why.append("code")
     return why
 
@@ -532,6 +543,7 @@ def fit(shard_dir: str | Path, out_dir: str | Path, cfg: TrainConfig, *, dataset
 
 def _fit(shard_dir: Path, out_dir: Path, cfg: TrainConfig, dataset: str, role: str, resume: str, progress: bool,
          verify: str, d: DistInfo, task_factory: Callable[..., Task]) -> dict:
+    code = code_digest()
     seed_everything(cfg.seed + d.rank)
     if d.device.type == "cpu":
         # Denormal floats arise in training on the shards (not on random inputs) and make CPU steps
@@ -567,7 +579,7 @@ def _fit(shard_dir: Path, out_dir: Path, cfg: TrainConfig, dataset: str, role: s
     task = make_task(resumed)
     config |= task.config
     if resumed and resume == "if_same":
-        why = _same_run(ckpt, config)
+        why = _same_run(ckpt, config, code)
         if why:
             if d.is_main:
                 log.info("%s: the run changed since %s (%s): starting afresh", out_dir, last, ", ".join(why))
@@ -577,7 +589,7 @@ def _fit(shard_dir: Path, out_dir: Path, cfg: TrainConfig, dataset: str, role: s
             config = run_config(cfg, dataset, role, class_names, d.world_size) | task.config
     if resumed:
         check_resume_config(last, ckpt["config"], config)
-        if d.is_main and "code" in _same_run(ckpt, config):
+        if d.is_main and "code" in _same_run(ckpt, config, code):
             log.warning("%s was trained by other code than this checkout's; resuming anyway (--resume)", last)
     elif d.is_main:  # a fresh run: no file of an earlier run may pass for one of this run
         for name in ("last.pt", "best.pt", "model.safetensors", "summary.json", "metrics.json", "failed.json"):
@@ -615,7 +627,7 @@ def _fit(shard_dir: Path, out_dir: Path, cfg: TrainConfig, dataset: str, role: s
              max_batches=2)
 
     live = None
-    origin = provenance(config) if d.is_main else {}
+    origin = provenance(config, code) if d.is_main else {}
     if d.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         _write_json(out_dir / "config.json", config)
@@ -660,13 +672,13 @@ def _fit(shard_dir: Path, out_dir: Path, cfg: TrainConfig, dataset: str, role: s
                     "best": best, "bad_evals": bad_evals, "stopped": _stop_reason(epoch, cfg, bad_evals),
                     "code_digest": origin.get("code_digest")}
             if d.is_main:
-                log.info("%s", epoch_line(record, cfg.epochs, best))
                 save_checkpoint(last, ckpt)
                 if improved:
                     save_checkpoint(best_path, ckpt)
                     export_safetensors(ckpt["model"], out_dir / "model.safetensors", config)
                 if live is not None:
                     _log_epoch(live, record)
+                log.info("%s", epoch_line(record, cfg.epochs, best))  # after last.pt: the line means it is kept
             _barrier(d)
     finally:
         if live is not None:

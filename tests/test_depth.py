@@ -341,9 +341,15 @@ def test_crestereo_out_of_range_is_invalid(synth_root):
     b = CREStereoBackend(network=_random_crestereo(), device="cpu", iters=1)
     d = b.disparity(f.rgb[None], f.right_rgb[None])[0].astype(np.float64)
     z = np.where(d > 0, f.K[0, 0] * f.baseline / np.where(d > 0, d, 1.0), 0.0)
-    b.max_depth = float(np.median(z[z > 0]))
+    # a threshold between two distinct depths, so float32 vs float64 rounding cannot move a pixel
+    # across it (the median itself is a pixel's depth: flaky)
+    u = np.unique(z[z > 0])
+    k = len(u) // 2
+    b.max_depth = float((u[k] + u[k + 1]) / 2)
     assert (d <= 0).any() and (z > b.max_depth).any()
-    np.testing.assert_allclose(b.predict([f])[0], np.where((z > 0) & (z <= b.max_depth), z, 0.0), rtol=1e-5, atol=0)
+    # rtol 1e-3: predict runs the network again, and two CPU forward passes of it differ by up to
+    # ~1e-4 relative (oneDNN's reductions depend on the thread schedule); the mask is what is tested
+    np.testing.assert_allclose(b.predict([f])[0], np.where((z > 0) & (z <= b.max_depth), z, 0.0), rtol=1e-3, atol=0)
 
 
 def test_ground_truth_keeps_sky_invalid_and_drops_out_of_range(dataset_copy):

@@ -209,7 +209,7 @@ def test_interrupted_run_resumes_under_dvc_and_a_bad_parameter_keeps_the_previou
     _run(["dvc", "repro"], repo)
     params = yaml.safe_load((repo / "params.yaml").read_text())
     saved = yaml.safe_dump(params)
-    params["train"]["vkitti2"] |= {"epochs": 8, "lr": 0.005}  # a changed run: started afresh, then cut
+    params["train"]["vkitti2"] |= {"epochs": 6, "lr": 0.005}  # a changed run: started afresh, then cut
     _write_params(repo, params)
     stage, run = "teacher@vkitti2-mfnet-0", repo / "data/runs/vkitti2/mfnet/teacher/seed0"
     log = tmp_path / "repro.log"
@@ -217,16 +217,16 @@ def test_interrupted_run_resumes_under_dvc_and_a_bad_parameter_keeps_the_previou
         proc = subprocess.Popen(["dvc", "repro", "--single-item", stage], cwd=repo, stdout=fh,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and "epoch 2/8" not in log.read_text() and proc.poll() is None:
+    while time.monotonic() < deadline and "epoch 2/6" not in log.read_text() and proc.poll() is None:
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in a terminal reaches the whole group
     proc.wait(timeout=120)
     first = log.read_text()
     assert "starting afresh" in first and "interrupted" in first, first
     reached = torch.load(run / "last.pt", weights_only=True)["epoch"]
-    assert 2 <= reached < 8, first
+    assert 2 <= reached < 6, first
     again = _run(["dvc", "repro", "--single-item", stage], repo)
-    assert f"at epoch {reached} of 8" in again and "epoch 8/8" in again, again
+    assert f"at epoch {reached} of 6" in again and "epoch 6/6" in again, again
     reference = tmp_path / "reference"
     _run(["lix", "train", "--dataset", "vkitti2", "--model", "mfnet", "--seed", "0", "--role", "teacher",
           "--shards", "data/shards/vkitti2", "--out", str(reference), "--no-resume", "--no-progress",
@@ -265,7 +265,9 @@ def test_dvc_lists_every_run_metric_and_plot_and_a_dry_sweep_writes_nothing(repo
     plots = json.loads(_run(["dvc", "plots", "show", "--json"], repo))["data"]
     for d in PIPELINE_DATASETS:
         rows = plots[f"data/plots/val_miou/{d}.csv"][0]["content"]["data"]["values"]
-        assert {r["run"] for r in rows} == {"mfnet/teacher/seed0", "mfnet/student/seed0", "mfnet/lix/seed0"}
+        # every run in data/runs (the matrix's, and those of earlier tests' matrices), a line each
+        assert {r["run"] for r in rows} >= {"mfnet/teacher/seed0", "mfnet/student/seed0", "mfnet/lix/seed0"}
+        assert {"epoch", "run", "miou"} <= set(rows[0])
 
     text = (repo / "params.yaml").read_bytes()
     dry = _run(["lix", "sweep", "--dry", "-S", "distill.hyper.lix.w_dwld=0.5"], repo)

@@ -37,7 +37,8 @@ def backend_options(name: str, cfg, reader: DatasetReader) -> dict:
                            "local_only": not cfg.hub},  # 'auto' overrides it with where it found them
         "sgbm": {"max_disparity": cfg.max_disparity, "block_size": cfg.block_size,
                  "lr_max_diff": cfg.sgbm_lr_max_diff, "smoothing": cfg.sgbm_smoothing,
-                 "min_evidence": cfg.sgbm_min_evidence, "fill_max_gap": cfg.sgbm_fill_max_gap},
+                 "min_evidence": cfg.sgbm_min_evidence, "fill_max_gap": cfg.sgbm_fill_max_gap,
+                 "fill_occluded": cfg.sgbm_fill_occluded},
         "ground_truth": {},  # max_depth from common
     }
     return {**common, **per[name]}
