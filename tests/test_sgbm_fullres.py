@@ -73,9 +73,11 @@ def test_full_resolution_is_dense_and_right(full_frames, full_outputs):
     density, d1_all = kept / n, (wrong + n - kept) / n
     print(f"1242x375, 3 frames: density {density:.3f}, D1-all {d1_all:.3f} (holes as errors), "
           f"D1 kept {wrong / kept:.4f}")
-    assert density >= 0.90
-    assert d1_all <= 0.10
-    assert wrong / kept <= 0.03
+    # Achieved on these 3 frames: density 0.950, D1-all 0.066, D1 kept 0.017 (the benchmark's 16
+    # frames of seed 1: 0.943, 0.082, 0.027; issue goal for D1-all: 0.08). Small margins.
+    assert density >= 0.93
+    assert d1_all <= 0.075
+    assert wrong / kept <= 0.025
 
 
 def test_full_resolution_sky_stays_invalid(full_frames, full_outputs):
@@ -85,4 +87,4 @@ def test_full_resolution_sky_stays_invalid(full_frames, full_outputs):
         sky_valid += int(((f.label == SKY) & (disp > 0)).sum())
     assert sky > 10000
     print(f"sky pixels with depth at 1242x375: {sky_valid / sky:.1%}")
-    assert sky_valid / sky < 0.15
+    assert sky_valid / sky < 0.10  # achieved: 7.0 %
