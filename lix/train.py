@@ -464,7 +464,9 @@ def provenance(config: dict, code: str) -> dict:
         return res.stdout.strip() if res.returncode == 0 else None
 
     commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no") if commit else None
+    # dirty: tracked files differ from the commit, DVC's own record (dvc.lock, rewritten by every
+    # stage of a `dvc repro`) aside
+    status = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!dvc.lock") if commit else None
     return {"commit": commit, "dirty": None if status is None else bool(status), "run_digest": run_digest(config),
             "code_digest": code, "host": platform.node(), "torch": torch.__version__,
             "python": platform.python_version()}
