@@ -92,11 +92,9 @@ def test_fresh_if_changed_resumes_the_same_run_and_restarts_a_changed_one(train_
     fit(train_shards, out, cfg(), dataset="kitti", role="student", progress=False, resume="if_same")
     # more epochs: the same run, extended (epochs is a resumable key)
     s = fit(train_shards, out, cfg(epochs=2), dataset="kitti", role="student", progress=False, resume="if_same")
+    # (that the resumed weights equal an uninterrupted run's: tests/test_train.py, and under DVC
+    # tests/test_dvc_pipeline.py)
     assert s["epochs"] == 2 and "resuming student" in caplog.text and "at epoch 1 of 2" in caplog.text
-    reference = tmp_path / "reference"
-    fit(train_shards, reference, cfg(epochs=2), dataset="kitti", role="student", progress=False, resume=False)
-    for k, v in load_checkpoint(reference / "last.pt")["model"].items():
-        assert torch.equal(v, load_checkpoint(out / "last.pt")["model"][k]), k  # exact resume
     # another lr: a different run, started afresh (not refused), equal to a fresh run of that config
     caplog.clear()
     s = fit(train_shards, out, cfg(epochs=2, lr=0.02), dataset="kitti", role="student", progress=False,
