@@ -222,27 +222,27 @@ def test_interrupted_run_resumes_under_dvc_and_a_bad_parameter_keeps_the_previou
     after.pop("failed.json")
     assert after == before
 
-    # a changed run (another w_arfd; 4 epochs): started afresh, cut after its second epoch, resumed
+    # a changed run (another w_arfd; 3 epochs): started afresh, cut after its first epoch, resumed
     params = yaml.safe_load(saved)
     params["distill"]["hyper"]["lix"] = {**params["distill"]["hyper"]["lix"], "w_arfd": 0.3}
-    params["distill"]["epochs"] = 4
+    params["distill"]["epochs"] = 3
     _write_params(repo, params)
     log = tmp_path / "repro.log"
     with open(log, "w") as fh:
         proc = subprocess.Popen(["dvc", "repro", "--single-item", stage], cwd=repo, stdout=fh,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and "epoch 2/4" not in log.read_text() and proc.poll() is None:
+    while time.monotonic() < deadline and "epoch 1/3" not in log.read_text() and proc.poll() is None:
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in a terminal reaches the whole group
     proc.wait(timeout=120)
     first = log.read_text()
     assert "starting afresh" in first and "interrupted" in first, first
     reached = torch.load(run / "last.pt", weights_only=True)["epoch"]
-    assert 2 <= reached < 4, first
+    assert 1 <= reached < 3, first
     assert not (run / "failed.json").exists()  # the fresh start removed the old attempt's record
     again = _run(["dvc", "repro", "--single-item", stage], repo)
-    assert f"at epoch {reached} of 4" in again and "epoch 4/4" in again, again
+    assert f"at epoch {reached} of 3" in again and "epoch 3/3" in again, again
     reference = tmp_path / "reference"
     _run(["lix", "distill", "--dataset", "vkitti2", "--model", "mfnet", "--seed", "0", "--method", "lix",
           "--teacher", "data/runs/vkitti2/mfnet/teacher/seed0/best.pt", "--shards", "data/shards/vkitti2",
@@ -281,15 +281,12 @@ def test_dvc_lists_every_run_metric_and_plot_and_a_dry_sweep_writes_nothing(repo
     assert "would set distill.hyper.lix.w_arfd = 0.25" in dry
     planned = {ln.split()[-1] for ln in dry.splitlines() if ln.strip().startswith("run ")}
     assert planned == {f"student@{d}-mfnet-lix-0" for d in PIPELINE_DATASETS} | {"report"}
-    bad = subprocess.run(["lix", "sweep", "--dry", "-S", "sweep.methods=[student, lixx]"], cwd=repo,
-                         capture_output=True, text=True, timeout=300)
-    assert bad.returncode == 2 and "unknown distillation method 'lixx'" in bad.stderr and "Traceback" not in bad.stderr
 
     # the documented way to try a hyper-parameter, and DVC's experiment table lists the run's metrics
     exp = _run(["dvc", "exp", "run", "-S", "distill.hyper.lix.w_arfd=0.25", "student@kitti-mfnet-lix-0"], repo)
     assert "Ran experiment" in exp
     table = _run(["dvc", "exp", "show", "--csv"], repo)
-    assert "miou" in table.splitlines()[0]
+    assert "data/metrics/runs/kitti/mfnet/lix/seed0.json:miou" in table.splitlines()[0]
     # the experiment's run is the workspace's now; what it did not reach follows
     assert _ran(_run(["dvc", "repro"], repo)) == ["report", "student@vkitti2-mfnet-lix-0"]
 

@@ -206,3 +206,19 @@ def test_stopping_the_sweep_stops_every_stage_command(tmp_path, signals, backgro
         for c in children:
             if _alive(c):
                 os.kill(c, signal.SIGKILL)
+
+
+def test_set_params_checks_names_against_the_registries_and_dry_writes_nothing(tmp_path):
+    """`lix sweep -S` (and `--dry -S`, which writes nothing) refuses a misspelt method as unknown."""
+    import shutil
+
+    from lix.sweep import set_params
+    from pipeline.errors import ConfigError
+
+    path = tmp_path / "params.yaml"
+    shutil.copy(Path(__file__).resolve().parents[1] / "params.yaml", path)
+    text = path.read_bytes()
+    with pytest.raises(ConfigError, match="unknown distillation method 'lixx'"):
+        set_params(path, ["sweep.methods=[student, lixx]"])
+    assert set_params(path, ["distill.hyper.lix.w_dwld=0.5"], write=False) == {"distill.hyper.lix.w_dwld": 0.5}
+    assert path.read_bytes() == text
