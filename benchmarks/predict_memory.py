@@ -32,6 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _machine import cpu_model  # noqa: E402  (a sibling module: the benchmarks run as scripts)
+
 ROOT = Path(__file__).resolve().parents[1]
 BEFORE_REF = "4a30c91"  # the last commit whose lix/predict.py had no memory budget
 
@@ -71,14 +73,7 @@ def machine(threads: int) -> str:
     import cv2
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     mem = ""
     try:
         kib = int(Path("/proc/meminfo").read_text().split()[1])

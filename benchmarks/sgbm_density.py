@@ -54,6 +54,8 @@ from pipeline.sources import create_reader  # noqa: E402
 from pipeline.sources.kitti import CLASS_NAMES  # noqa: E402
 from pipeline.sources.synthetic import generate  # noqa: E402
 
+from _machine import cpu_model  # noqa: E402  (a sibling module: the benchmarks run as scripts)
+
 SKY = CLASS_NAMES.index("sky")
 MAX_DEPTH = 80.0
 OLD_REF = "343c253"  # the last commit with the fixed-pixel backend
@@ -80,14 +82,7 @@ def load_old(ref: str):
 def machine() -> str:
     import cv2
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
     return (f"{cpu}, {os.cpu_count()} logical CPUs (load average {load}), Python {platform.python_version()}, "
             f"numpy {np.__version__}, OpenCV {cv2.__version__} ({cv2.getNumThreads()} threads)")
