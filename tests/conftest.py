@@ -44,3 +44,15 @@ def train_shards(synth_root, tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("train_data")
     prepare_kitti(synth_root / "kitti", d)
     return d / "shards"
+
+
+@pytest.fixture(scope="session")
+def teacher(train_shards, tmp_path_factory) -> Path:
+    """best.pt of a 1-epoch MFNet teacher on ``train_shards`` (distill_utils.cfg)."""
+    from distill_utils import cfg
+
+    from lix.train import fit
+
+    out = tmp_path_factory.mktemp("teacher")
+    fit(train_shards, out, cfg(), dataset="kitti", role="teacher", progress=False)
+    return out / "best.pt"

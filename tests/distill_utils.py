@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from lix.config import TrainConfig
+
 from lix.distill import create_distiller
 from lix.distill.train import StudentWithDistiller
 from lix.models import create_model
@@ -91,3 +93,9 @@ def two_trainer_steps(method: str, model: str = "mfnet", **hyper) -> list[dict[s
     missing = sorted(set(trainable) - seen)
     assert not missing, f"{method}: no gradient reached {missing}"
     return steps
+
+
+def cfg(**kw) -> TrainConfig:
+    """A tiny CPU run (MFNet, 1 epoch, batch 2) on the test shards; ``kw`` overrides."""
+    base = dict(model="mfnet", epochs=1, batch_size=2, num_workers=0, device="cpu", lr=0.01, patience=0, seed=3)
+    return TrainConfig(**(base | kw))

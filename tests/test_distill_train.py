@@ -17,19 +17,9 @@ from lix.distill.train import distill_fit
 from lix.train import fit
 from pipeline.errors import ConfigError, DataError
 
+from distill_utils import cfg
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def cfg(**kw) -> TrainConfig:
-    base = dict(model="mfnet", epochs=1, batch_size=2, num_workers=0, device="cpu", lr=0.01, patience=0, seed=3)
-    return TrainConfig(**(base | kw))
-
-
-@pytest.fixture(scope="module")
-def teacher(train_shards, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("teacher")
-    fit(train_shards, out, cfg(), dataset="kitti", role="teacher", progress=False)
-    return out / "best.pt"
 
 
 @pytest.fixture(scope="module")

@@ -16,22 +16,11 @@ import typer
 import yaml
 
 from lix.checkpoint import load_checkpoint
-from lix.config import TrainConfig
 from lix.train import fit
 
+from distill_utils import cfg
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def cfg(**kw) -> TrainConfig:
-    base = dict(model="mfnet", epochs=1, batch_size=2, num_workers=0, device="cpu", lr=0.01, patience=0, seed=3)
-    return TrainConfig(**(base | kw))
-
-
-@pytest.fixture(scope="module")
-def teacher(train_shards, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("teacher")
-    fit(train_shards, out, cfg(), dataset="kitti", role="teacher", progress=False)
-    return out / "best.pt"
 
 
 def _params(tmp_path: Path, edit=None) -> Path:
