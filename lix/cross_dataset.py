@@ -108,7 +108,7 @@ from pipeline.errors import ConfigError, DataError
 from pipeline.sources import kitti as _kitti
 from pipeline.sources import nuimages as _nuimages
 from pipeline.sources import vkitti2 as _vkitti2
-from pipeline.sources.base import IGNORE
+from pipeline.constants import IGNORE_INDEX
 
 # Train ids of each dataset, in order (the readers' CLASS_NAMES, as the shards record them).
 CLASS_NAMES: dict[str, tuple[str, ...]] = {
@@ -238,7 +238,7 @@ def label_map(source: str, target: str) -> tuple[np.ndarray, np.ndarray, tuple[s
     k = len(space.names)
     m_src, m_tgt = space.maps[source], space.maps[target]
     src_lut = np.array([k if m_src[c] is None else index[m_src[c]] for c in dataset_classes(source)], np.int64)
-    tgt_lut = np.full(256, IGNORE, np.int64)
+    tgt_lut = np.full(256, IGNORE_INDEX, np.int64)
     for i, c in enumerate(dataset_classes(target)):
         if m_tgt[c] is not None:
             tgt_lut[i] = index[m_tgt[c]]
@@ -269,12 +269,12 @@ def _count(pred: Any, gt: Any, src_lut: np.ndarray, tgt_lut: np.ndarray, n_targe
     if p.shape != g.shape:
         raise ValueError(f"predictions {p.shape} and ground truth {g.shape} differ in shape")
     p, g = p.reshape(-1), g.reshape(-1)
-    labelled = g != IGNORE
+    labelled = g != IGNORE_INDEX
     bad = labelled & ((g < 0) | (g >= n_target))
     if bad.any():
         raise ValueError(f"ground-truth id {int(g[bad][0])} out of range [0, {n_target}) (255 = ignore)")
     gc = tgt_lut[g[labelled]]
-    keep = gc != IGNORE
+    keep = gc != IGNORE_INDEX
     gc, pk = gc[keep], p[labelled][keep]
     if pk.size and (pk.min() < 0 or pk.max() >= src_lut.size):
         raise ValueError(f"predicted id out of range [0, {src_lut.size}) on a counted pixel")

@@ -70,10 +70,10 @@ from torch.utils.data import Dataset
 from pipeline.errors import DataError
 from pipeline.shards import (VERIFY_METHODS, ShardError, open_shard, read_field, read_manifest, reading,
                             split_entries, verify_shards)
-from pipeline.sources.base import IGNORE
+from pipeline.constants import IGNORE_INDEX
 
 MAPS = ("label", "depth", "depth_valid", "normals", "normal_valid")  # resampled with the nearest rule
-PAD = {"rgb": 0, "label": IGNORE, "depth": 0.0, "depth_valid": False, "normals": 0.0, "normal_valid": False}
+PAD = {"rgb": 0, "label": IGNORE_INDEX, "depth": 0.0, "depth_valid": False, "normals": 0.0, "normal_valid": False}
 
 
 @dataclass(frozen=True)

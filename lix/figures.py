@@ -488,7 +488,7 @@ def _fit(tile: np.ndarray, h: int, w: int) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- 4. DWC maps
-IGNORE = 255
+from pipeline.constants import IGNORE_INDEX  # noqa: E402
 
 
 def confidence_map(logits, label) -> np.ndarray:
@@ -500,7 +500,7 @@ def confidence_map(logits, label) -> np.ndarray:
     lab = np.asarray(_numpy(label)).astype(np.int64)
     z = z - z.max(0, keepdims=True)
     p = np.exp(z) / np.exp(z).sum(0, keepdims=True)
-    valid = lab != IGNORE
+    valid = lab != IGNORE_INDEX
     safe = np.where(valid, lab, 0)
     conf = np.take_along_axis(p, safe[None], axis=0)[0]
     return np.where(valid, conf, np.nan)
@@ -513,11 +513,11 @@ def nontarget_weight_maps(weights, label) -> tuple[np.ndarray, np.ndarray]:
     wts = np.asarray(_numpy(weights), dtype=np.float64)
     wts = wts[0] if wts.ndim == 4 else wts
     lab = np.asarray(_numpy(label)).astype(np.int64)
-    valid = lab != IGNORE
+    valid = lab != IGNORE_INDEX
     target = np.arange(wts.shape[0])[:, None, None] == np.where(valid, lab, -1)[None]
     mean = np.where(target, 0.0, wts).sum(0) / (wts.shape[0] - target.sum(0))
     top = np.where(target, -np.inf, wts).argmax(0)
-    return np.where(valid, mean, np.nan), np.where(valid, top, IGNORE).astype(np.uint8)
+    return np.where(valid, mean, np.nan), np.where(valid, top, IGNORE_INDEX).astype(np.uint8)
 
 
 def _numpy(x):
@@ -649,7 +649,7 @@ def dwc_statistics(run_dir: str | Path, shard_dir: str | Path, teacher: str | Pa
             t = _logits(*t_net, it, dev) if t_net is not None else torch.zeros_like(s)
             label = it["label"].to(dev).long()[None]
             w = head.weights(s, t, label).double()[0]                         # (C, H, W)
-            valid = label[0] != IGNORE
+            valid = label[0] != IGNORE_INDEX
             nt = (torch.arange(n_classes, device=dev)[:, None, None] != label[0][None]) & valid[None]
             k = nt.sum(0).clamp_min(1)
             m = (w * nt).sum(0) / k
@@ -733,7 +733,7 @@ def dwc_maps(runs_root: str | Path, shards_root: str | Path, dataset: str, model
         fig.colorbar(im, ax=a[2], fraction=0.046, pad=0.02)
         top = d["top_class"][r]
         colours = pal[top].copy()
-        colours[top == IGNORE] = GREY
+        colours[top == IGNORE_INDEX] = GREY
         a[3].imshow(colours)
         counts += np.bincount(top.ravel(), minlength=256)
         for ax in a:

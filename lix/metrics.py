@@ -54,7 +54,7 @@ import torch.distributed as dist
 
 from pipeline.atomic import atomic_path
 
-IGNORE_INDEX = 255
+from pipeline.constants import IGNORE_INDEX  # noqa: E402
 
 
 class ConfusionMatrix:

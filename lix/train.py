@@ -57,7 +57,7 @@ from lix.data import AugmentConfig, ShardDataset, to_device
 from lix.inputs import model_inputs, x_channels
 from lix.reduce import global_mean
 from pipeline.errors import ConfigError, DataError, LixError
-from pipeline.sources.base import IGNORE
+from pipeline.constants import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
 
@@ -265,8 +265,8 @@ def place_model(model: nn.Module, cfg: TrainConfig, d: DistInfo) -> tuple[nn.Mod
 def cross_entropy(logits: torch.Tensor, label: torch.Tensor, world_size: int = 1) -> torch.Tensor:
     """logits (N, C, H, W), label (N, H, W) int64 with 255 = ignore. The mean over the labelled
     pixels of the global batch (see the module docstring); 0 when none is labelled."""
-    ce = F.cross_entropy(logits.float(), label, ignore_index=IGNORE, reduction="sum")
-    return global_mean(ce, (label != IGNORE).sum(), world_size)
+    ce = F.cross_entropy(logits.float(), label, ignore_index=IGNORE_INDEX, reduction="sum")
+    return global_mean(ce, (label != IGNORE_INDEX).sum(), world_size)
 
 
 class Supervised:
@@ -379,7 +379,7 @@ def evaluate(model: nn.Module, loader: DataLoader, inputs: Inputs, n_classes: in
 
     was_training = model.training
     model.eval()
-    cm = ConfusionMatrix(n_classes, ignore_index=IGNORE, device=d.device)
+    cm = ConfusionMatrix(n_classes, ignore_index=IGNORE_INDEX, device=d.device)
     total = len(loader) if max_batches is None else min(max_batches, len(loader))
     with _Bar("val", total, progress and d.is_main) as bar:
         for i, batch in enumerate(loader):

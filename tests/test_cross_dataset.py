@@ -397,7 +397,7 @@ def test_cli_cross_evaluate(student, targets, tmp_path):
     import typer
     from typer.testing import CliRunner
 
-    from lix.cli_cross import cross_app
+    from lix.cli.cross import cross_app
 
     app = typer.Typer()
     app.add_typer(cross_app)  # as lix/cli.py mounts it

@@ -327,10 +327,10 @@ def test_runs_made_on_another_machine_are_restored_not_retrained(repo, tmp_path)
 # validates: every value a stage reads is written out in params.yaml (tests/test_config.py), whose
 # keys each stage lists. Every other project module a stage imports must be under one of its deps.
 # The root table imports every command group, so a stage also imports the other groups' modules
-# (lix/cli_*.py), whose commands import their code lazily: only its own group counts.
-NOT_CODE_DEPS = {"pipeline/__init__.py", "lix/__init__.py", "lix/cli.py", "lix/config.py"}
-COMMAND_GROUP = {"teacher": "lix/cli_train.py", "student": "lix/cli_distill.py", "ablation": "lix/cli_distill.py",
-                 "report": "lix/cli_report.py"}  # else lix/cli_prepare.py
+# (lix/cli/*.py), whose commands import their code lazily: only its own group counts.
+NOT_CODE_DEPS = {"pipeline/__init__.py", "lix/__init__.py", "lix/cli/__init__.py", "lix/config.py"}
+COMMAND_GROUP = {"teacher": "lix/cli/train.py", "student": "lix/cli/distill.py", "ablation": "lix/cli/distill.py",
+                 "report": "lix/cli/report.py"}  # else lix/cli/prepare.py
 
 
 def _stages(repo):
@@ -399,8 +399,8 @@ def test_stage_deps_cover_the_code_they_run(repo):
     for stage, (cmd, deps) in _stages(repo).items():
         if stage != "report" and ("@kitti" not in stage or stage.endswith("-student-0")):
             continue  # the same code per dataset and method; one is enough
-        own = COMMAND_GROUP.get(stage.split("@")[0], "lix/cli_prepare.py")
-        other_groups = {str(p.relative_to(REPO)) for p in (REPO / "lix").glob("cli_*.py")} - {own, "lix/cli_common.py"}
+        own = COMMAND_GROUP.get(stage.split("@")[0], "lix/cli/prepare.py")
+        other_groups = {str(p.relative_to(REPO)) for p in (REPO / "lix/cli").glob("*.py")} - {own, "lix/cli/common.py"}
         missing = sorted(f for f in _imported_files(cmd, repo) - NOT_CODE_DEPS - other_groups
                          if not any(f == d or f.startswith(d.rstrip("/") + "/") for d in deps))
         if missing:

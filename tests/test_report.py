@@ -14,7 +14,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from lix.cli_report import report_app
+from lix.cli.report import report_app
 from lix.report import parse_method, write_report
 
 METRICS = ("mfsc", "fwfsc", "miou", "fwiou")

@@ -130,7 +130,7 @@ def test_without_progress_bars_each_epoch_and_the_resume_say_one_line(train_shar
 
 
 def test_ctrl_c_is_acknowledged_and_a_success_clears_an_old_failure(tmp_path, capsys):
-    from lix.cli_common import run_outcome
+    from lix.cli.common import run_outcome
 
     (tmp_path / "last.pt").write_bytes(b"x")
     with pytest.raises(typer.Exit) as e:

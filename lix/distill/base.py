@@ -36,7 +36,7 @@ from torch import nn
 
 from pipeline.errors import ConfigError, LixError
 
-IGNORE_INDEX = 255
+from pipeline.constants import IGNORE_INDEX  # noqa: E402
 
 # The tap names a feature method reads when it is not told: for MFNet the two deepest RGB
 # encoder stages, the fused bottleneck (the only encoder map that has seen X in the late-fusion

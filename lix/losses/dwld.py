@@ -117,7 +117,7 @@ from torch import nn
 from lix.losses.cka import full_precision
 from lix.reduce import global_mean
 
-IGNORE_INDEX = 255
+from pipeline.constants import IGNORE_INDEX  # noqa: E402
 MASK_VALUE = 1000.0  # eq. 11's "large negative value" (mdistiller's 1000)
 NCLD_TERMS = ("generalized", "paper")
 CONTROLLERS = ("dwc", "fixed", "confidence")

@@ -8,8 +8,8 @@ pipeline runs over.
 from pipeline.sources import vkitti2  # noqa: F401, I001  (registered first: the paper's order)
 from pipeline.sources import kitti  # noqa: F401
 from pipeline.sources import nuimages  # noqa: F401
-from pipeline.sources.base import IGNORE, READERS, DatasetReader, Frame, create_reader, register_reader
+from pipeline.sources.base import IGNORE_INDEX, READERS, DatasetReader, Frame, create_reader, register_reader
 
 DATASETS: tuple[str, ...] = tuple(READERS)
 
-__all__ = ["DATASETS", "IGNORE", "READERS", "DatasetReader", "Frame", "create_reader", "register_reader"]
+__all__ = ["DATASETS", "IGNORE_INDEX", "READERS", "DatasetReader", "Frame", "create_reader", "register_reader"]

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.constants import IGNORE_INDEX
 from pipeline.errors import DataError
 from pipeline.imageio import check_same_size, read_rgb
 from pipeline.registry import Registry
 
-IGNORE = 255
 
 
 @dataclass
@@ -149,7 +149,7 @@ def create_reader(name: str, root: str | Path, options: object | None = None, **
     return cls(root, **{**opts, **kwargs})
 
 
-def lut_from_pairs(pairs: dict[int, int], size: int = 256, fill: int = IGNORE) -> np.ndarray:
+def lut_from_pairs(pairs: dict[int, int], size: int = 256, fill: int = IGNORE_INDEX) -> np.ndarray:
     lut = np.full(size, fill, dtype=np.uint8)
     for k, v in pairs.items():
         lut[k] = v

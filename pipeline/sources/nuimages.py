@@ -23,7 +23,7 @@ import numpy as np
 
 from pipeline.errors import DataError
 from pipeline.imageio import read_raw, read_rgb
-from pipeline.sources.base import IGNORE, DatasetReader, register_reader
+from pipeline.sources.base import IGNORE_INDEX, DatasetReader, register_reader
 from pipeline.depth_codec import decode_depth_cm
 
 TABLES = ("attribute", "calibrated_sensor", "category", "ego_pose", "log", "object_ann", "sample",
@@ -45,7 +45,7 @@ _PREFIX_TO_TRAIN = {
     "vehicle.trailer": 3, "vehicle.construction": 3, "vehicle.bus": 4, "human.": 5, "vehicle.bicycle": 6,
     "vehicle.motorcycle": 6, "movable_object.barrier": 7, "movable_object.trafficcone": 8, "animal": 9,
     "movable_object.debris": 9, "movable_object.pushable_pullable": 9, "static_object.bicycle_rack": 9,
-    "vehicle.ego": IGNORE,
+    "vehicle.ego": IGNORE_INDEX,
 }
 # Colour of each train id for previews: the devkit's colour (nuscenes.utils.color_map) of a
 # representative category; background (unannotated) black.

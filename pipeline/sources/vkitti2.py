@@ -21,7 +21,7 @@ import numpy as np
 
 from pipeline.errors import DataError
 from pipeline.imageio import read_raw, read_rgb
-from pipeline.sources.base import IGNORE, DatasetReader, register_reader
+from pipeline.sources.base import IGNORE_INDEX, DatasetReader, register_reader
 from pipeline.depth_codec import decode_depth_cm
 
 CLASS_NAMES = ("Terrain", "Sky", "Tree", "Vegetation", "Building", "Road", "GuardRail", "TrafficSign",
@@ -54,7 +54,7 @@ def parse_colors(path: Path) -> dict[int, int]:
         if len(parts) != 4:
             raise DataError(path, f"line {n}: expected 'Category r g b', got {line!r}")
         name, (r, g, b) = parts[0], (int(x) for x in parts[1:])
-        tid = CLASS_NAMES.index(name) if name in CLASS_NAMES else IGNORE
+        tid = CLASS_NAMES.index(name) if name in CLASS_NAMES else IGNORE_INDEX
         table[(r << 16) | (g << 8) | b] = tid
     return table
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from lix.cli_common import Dataset, ProgressOpt, out, user_errors
+from lix.cli.common import Dataset, ProgressOpt, out, user_errors
 
 cross_app = typer.Typer(help="Generalisation across datasets.")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from lix.cli_common import (Dataset, EvaluateOpt, FreshIfChangedOpt, MetricsOpt, ParamsOpt, ProgressOpt, ResumeOpt,
+from lix.cli.common import (Dataset, EvaluateOpt, FreshIfChangedOpt, MetricsOpt, ParamsOpt, ProgressOpt, ResumeOpt,
                             SeedOpt, VerifyOpt, out, run_outcome, user_errors)
 
 distill_app = typer.Typer(help="Distillation of the teacher into the RGB-only student.")
@@ -63,7 +63,7 @@ def distill_cmd(
     if list_methods:
         print_methods()
         return
-    from lix.cli_train import finish_run
+    from lix.cli.train import finish_run
     from lix.config import PLAIN_STUDENT, load_params
     from lix.distill.base import validate_hyper
     from lix.distill.train import distill_fit

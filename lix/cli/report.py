@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from lix.cli_common import ProgressOpt, out, user_errors
+from lix.cli.common import ProgressOpt, out, user_errors
 
 report_app = typer.Typer(help="The experiment matrix's runs as a report in the paper's layout.")
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from lix.cli_common import ProgressOpt, out, user_errors
+from lix.cli.common import ProgressOpt, out, user_errors
 
 predict_app = typer.Typer(help="Segmentation of a folder of images with a trained student.")
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from lix.cli_common import err, out, user_errors
+from lix.cli.common import err, out, user_errors
 
 sweep_app = typer.Typer(help="The experiment matrix: the DVC pipeline's stages in parallel, then the report.")
 

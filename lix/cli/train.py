@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from lix.cli_common import (Dataset, DatasetOpt, EvaluateOpt, FreshIfChangedOpt, MetricsOpt, ParamsOpt, ProgressOpt,
+from lix.cli.common import (Dataset, DatasetOpt, EvaluateOpt, FreshIfChangedOpt, MetricsOpt, ParamsOpt, ProgressOpt,
                             ResumeOpt, SeedOpt, VerifyOpt, out, run_outcome, user_errors, write_run_metrics)
 
 train_app = typer.Typer(help="Training and evaluation of the teacher and the student.")

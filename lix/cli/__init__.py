@@ -1,18 +1,18 @@
 """The ``lix`` command line: the root command table. Each command group lives in its own module
-(``lix/cli_prepare.py``: data preparation), thin over ``pipeline``/``lix``; this file only
+(``lix/cli/prepare.py``: data preparation), thin over ``pipeline``/``lix``; this file only
 mounts them, so the DVC stages do not depend on it."""
 
 from __future__ import annotations
 
 import typer
 
-from lix.cli_cross import cross_app
-from lix.cli_distill import distill_app
-from lix.cli_predict import predict_app
-from lix.cli_prepare import prepare_app
-from lix.cli_report import report_app
-from lix.cli_sweep import sweep_app
-from lix.cli_train import train_app
+from lix.cli.cross import cross_app
+from lix.cli.distill import distill_app
+from lix.cli.predict import predict_app
+from lix.cli.prepare import prepare_app
+from lix.cli.report import report_app
+from lix.cli.sweep import sweep_app
+from lix.cli.train import train_app
 
 app = typer.Typer(help="LIX: geometry-aware knowledge distillation for semantic segmentation.",
                   no_args_is_help=True, pretty_exceptions_enable=False)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from lix.cli_common import Dataset, DatasetOpt, ParamsOpt, ProgressOpt, out, user_errors
+from lix.cli.common import Dataset, DatasetOpt, ParamsOpt, ProgressOpt, out, user_errors
 
 prepare_app = typer.Typer(help="Data preparation: download, splits, depth, normals, shards (the DVC stages).",
                           no_args_is_help=True)
