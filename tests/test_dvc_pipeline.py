@@ -238,7 +238,8 @@ def test_interrupted_run_resumes_under_dvc_and_a_bad_parameter_keeps_the_previou
     proc.wait(timeout=120)
     first = log.read_text()
     assert "starting afresh" in first and "interrupted" in first, first
-    reached = torch.load(run / "last.pt", weights_only=True)["epoch"]
+    cut = torch.load(run / "last.pt", weights_only=True)
+    reached = cut["epoch"]
     assert 1 <= reached < 3, first
     assert not (run / "failed.json").exists()  # the fresh start removed the old attempt's record
     again = _run(["dvc", "repro", "--single-item", stage], repo)
@@ -248,7 +249,15 @@ def test_interrupted_run_resumes_under_dvc_and_a_bad_parameter_keeps_the_previou
           "--teacher", "data/runs/vkitti2/mfnet/teacher/seed0/best.pt", "--shards", "data/shards/vkitti2",
           "--out", str(reference), "--no-resume", "--no-progress", "--no-evaluate"], repo)
     ours, ref = (torch.load(d / "last.pt", weights_only=True)["model"] for d in (run, reference))
-    assert all(torch.equal(ours[k], ref[k]) for k in ref)
+    assert ours.keys() == ref.keys()
+    # The resumed run lands on the uninterrupted run's weights: far closer to them than the epochs
+    # after the cut moved them (a lost optimizer state, schedule or RNG stream is a distance of the
+    # order of that move). Not bitwise: CPU kernels need not round alike in two processes (CI saw it).
+    floats = [k for k in ref if ref[k].is_floating_point()]
+    gap = sum(float((ours[k] - ref[k]).double().square().sum()) for k in floats) ** 0.5
+    moved = sum(float((ref[k] - cut["model"][k]).double().square().sum()) for k in floats) ** 0.5
+    assert moved > 0 and gap <= 1e-3 * moved, (gap, moved)
+    assert all(torch.equal(ours[k], ref[k]) for k in ref if k not in floats)
     # distill.epochs back to null: the students not rerun above still match their records; the LIX
     # runs (w_arfd) and the report follow
     params["distill"]["epochs"] = None
