@@ -339,7 +339,8 @@ def evaluate_cross(checkpoint: str | Path, target_dataset: str, target_shards: s
 
     from lix.config import TrainConfig, from_dict
     from lix.data import ShardDataset
-    from lix.train import DistInfo, Inputs, _autocast, _Bar, build_model, load_run, prepare_batch, resolve_device
+    from lix.train import Inputs, build_model, load_run, prepare_batch
+    from lix.runtime import DistInfo, ProgressBar, autocast, resolve_device
 
     checkpoint, target_shards, out_dir = Path(checkpoint), Path(target_shards), Path(out_dir)
     state, config = load_run(checkpoint)
@@ -374,11 +375,11 @@ def evaluate_cross(checkpoint: str | Path, target_dataset: str, target_shards: s
     k = len(names)
     matrix = np.zeros((k, k + 1), dtype=np.int64)
     n_target = len(dataset_classes(target_dataset))
-    with torch.no_grad(), _Bar(f"{source} -> {target_dataset}", len(loader), progress) as bar:
+    with torch.no_grad(), ProgressBar(f"{source} -> {target_dataset}", len(loader), progress) as bar:
         for batch in loader:
             label = batch["label"]  # stays on the CPU, where the counting runs
             batch = prepare_batch(batch, d.device)
-            with _autocast(d.device, cfg.amp):
+            with autocast(d.device, cfg.amp):
                 logits = model(*inputs(batch))
             if logits.shape[-2:] != label.shape[-2:]:
                 raise DataError(target_shards, f"the model returned {tuple(logits.shape[-2:])} logits for "

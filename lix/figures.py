@@ -318,7 +318,7 @@ def cka_curves(runs_root: str | Path, dataset: str, model: str, path: str | Path
 
 # ----------------------------------------------------------------------------- networks
 def _device(device: str):
-    from lix.train import resolve_device
+    from lix.runtime import resolve_device
 
     return resolve_device(device, "device")
 

@@ -57,7 +57,8 @@ import numpy as np
 import torch
 
 from lix.config import TrainConfig, from_dict
-from lix.train import DistInfo, Inputs, _autocast, _Bar, build_model, load_run, resolve_device
+from lix.train import Inputs, build_model, load_run
+from lix.runtime import DistInfo, ProgressBar, autocast, resolve_device
 from pipeline.errors import DataError, LixError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -209,7 +210,7 @@ def load_student(checkpoint: str | Path, device: torch.device) -> tuple[torch.nn
 def _logits(model: torch.nn.Module, inputs: Inputs, rgb: torch.Tensor, amp: bool) -> torch.Tensor:
     """(N, C, H, W) logits of (N, H, W, 3) uint8 RGB on the model's device."""
     x, _ = inputs({"rgb": rgb.permute(0, 3, 1, 2).float().div_(255.0)})
-    with _autocast(rgb.device, amp):
+    with autocast(rgb.device, amp):
         return model(x)
 
 
@@ -453,7 +454,7 @@ def predict_folder(checkpoint: str | Path, input_dir: str | Path, output_dir: st
     skipped: list[tuple[Path, str]] = []
     logits_fn = functools.partial(_logits, model, inputs, amp=amp)
     done = 0
-    with _Bar("predict", len(paths), progress) as bar:
+    with ProgressBar("predict", len(paths), progress) as bar:
         for batch_paths, images, tile in _batches(paths, plan, skipped):
             if tile is None:
                 rgb = torch.from_numpy(np.stack(images)).to(d.device)

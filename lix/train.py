@@ -36,8 +36,6 @@ import inspect
 import json
 import logging
 import math
-import os
-import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +54,7 @@ from lix.config import TrainConfig, from_dict
 from lix.data import AugmentConfig, ShardDataset, to_device
 from lix.inputs import model_inputs, x_channels
 from lix.reduce import global_mean
+from lix.runtime import DistInfo, ProgressBar, autocast, barrier, init_distributed, resolve_device, seed_everything
 from pipeline.errors import ConfigError, DataError, LixError
 from pipeline.constants import IGNORE_INDEX
 
@@ -75,58 +74,6 @@ class NonFiniteLoss(LixError):
         where = f"the last good checkpoint {kept} is kept" if kept else "no checkpoint was written yet"
         super().__init__(f"non-finite loss at epoch {epoch} step {step}: "
                          + ", ".join(f"{k} = {v}" for k, v in named.items()) + f"; training stopped, {where}")
-
-
-# --------------------------------------------------------------------------- distributed
-@dataclass(frozen=True)
-class DistInfo:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    device: torch.device = torch.device("cpu")
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-
-def resolve_device(device: str, key: str = "train.device") -> torch.device:
-    """auto -> cuda when available, else cpu. A CUDA request without CUDA is a ConfigError."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(key, f"{device!r} asked for, but CUDA is not available (use auto or cpu)")
-    return torch.device(device)
-
-
-def init_distributed(device: str = "auto") -> DistInfo:
-    """Join the torchrun process group when ``WORLD_SIZE`` > 1 (gloo on CPU, nccl on CUDA, rank on
-    cuda:LOCAL_RANK), else a single process on ``device``. Idempotent."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return DistInfo(device=resolve_device(device))
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = device != "cpu" and resolve_device(device).type == "cuda"
-    if use_cuda:
-        torch.cuda.set_device(local)
-    if not torch_dist.is_initialized():
-        torch_dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    return DistInfo(rank, world, local, torch.device("cuda", local) if use_cuda else torch.device("cpu"))
-
-
-def _barrier(d: DistInfo) -> None:
-    if d.distributed:
-        torch_dist.barrier()
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 # --------------------------------------------------------------------------- data
@@ -305,31 +252,6 @@ def supervised_task(model: nn.Module, inputs: Inputs, d: DistInfo, **_) -> Task:
 
 
 # --------------------------------------------------------------------------- loop
-class _Bar:
-    """A rich progress bar (rank 0, when enabled) with the running loss."""
-
-    def __init__(self, description: str, total: int, enabled: bool):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.prog = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                             TimeRemainingColumn(), TextColumn("{task.fields[info]}"), disable=not enabled)
-        self.task = self.prog.add_task(description, total=total, info="")
-
-    def __enter__(self):
-        self.prog.__enter__()
-        return self
-
-    def advance(self, info: str = "") -> None:
-        self.prog.update(self.task, advance=1, info=info)
-
-    def __exit__(self, *exc):
-        return self.prog.__exit__(*exc)
-
-
-def _autocast(device: torch.device, amp: bool):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda")
-
-
 def train_one_epoch(model: nn.Module, loss_fn: Callable[[nn.Module, dict], dict], optimizer: torch.optim.Optimizer,
                     loader: DataLoader, epoch: int, step: int, *, d: DistInfo = DistInfo(), amp: bool = False,
                     channels_last: bool = False, progress: bool = False) -> tuple[dict[str, float], int]:
@@ -342,10 +264,10 @@ def train_one_epoch(model: nn.Module, loss_fn: Callable[[nn.Module, dict], dict]
     names: list[str] = []
     n_steps = n_samples = 0
     t0 = time.perf_counter()
-    with _Bar(f"epoch {epoch}", len(loader), progress and d.is_main) as bar:
+    with ProgressBar(f"epoch {epoch}", len(loader), progress and d.is_main) as bar:
         for batch in loader:
             batch = prepare_batch(batch, d.device, channels_last)
-            with _autocast(d.device, amp):
+            with autocast(d.device, amp):
                 terms = loss_fn(model, batch)
             names = list(terms)
             values = torch.stack([terms[k].detach().float() for k in names])
@@ -381,12 +303,12 @@ def evaluate(model: nn.Module, loader: DataLoader, inputs: Inputs, n_classes: in
     model.eval()
     cm = ConfusionMatrix(n_classes, ignore_index=IGNORE_INDEX, device=d.device)
     total = len(loader) if max_batches is None else min(max_batches, len(loader))
-    with _Bar("val", total, progress and d.is_main) as bar:
+    with ProgressBar("val", total, progress and d.is_main) as bar:
         for i, batch in enumerate(loader):
             if max_batches is not None and i >= max_batches:
                 break
             batch = prepare_batch(batch, d.device, channels_last)
-            with _autocast(d.device, amp):
+            with autocast(d.device, amp):
                 logits = model(*inputs(batch))
             cm.update(logits.float(), batch["label"])
             bar.advance()
@@ -681,7 +603,7 @@ def _fit(shard_dir: Path, out_dir: Path, cfg: TrainConfig, dataset: str, role: s
                 if live is not None:
                     _log_epoch(live, record)
                 log.info("%s", epoch_line(record, cfg.epochs, best))  # after last.pt: the line means it is kept
-            _barrier(d)
+            barrier(d)
     finally:
         if live is not None:
             live.end()
@@ -693,7 +615,7 @@ def _fit(shard_dir: Path, out_dir: Path, cfg: TrainConfig, dataset: str, role: s
                "provenance": origin}
     if d.is_main:
         _write_json(out_dir / "summary.json", summary)
-    _barrier(d)
+    barrier(d)
     # not in summary.json: the confusion matrix of best.pt's own evaluation, so that the CLI's
     # evaluate_checkpoint need not run the val split again (on the CPU it equals a fresh pass: the
     # same weights, the same deterministic pass; tests/test_train.py checks; on CUDA the trainer's
@@ -803,7 +725,7 @@ def write_prediction_grid(model: nn.Module, dataset: ShardDataset, inputs: Input
     for i in range(min(rows, len(dataset))):
         item = dataset[i]
         batch = prepare_batch({k: v[None] if torch.is_tensor(v) else v for k, v in item.items()}, d.device)
-        with _autocast(d.device, amp):
+        with autocast(d.device, amp):
             pred = model(*inputs(batch)).argmax(1)[0].to(torch.uint8).cpu().numpy()
         rgb = item["rgb"].permute(1, 2, 0).numpy()
         gt = item["label"].numpy()

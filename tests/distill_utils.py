@@ -17,7 +17,8 @@ from lix.config import TrainConfig
 from lix.distill import create_distiller
 from lix.distill.train import StudentWithDistiller
 from lix.models import create_model
-from lix.train import DistInfo, Inputs, train_one_epoch
+from lix.train import Inputs, train_one_epoch
+from lix.runtime import DistInfo
 
 N_CLASSES = 5
 

@@ -15,7 +15,8 @@ import torch
 
 from lix.config import DepthConfig, ReaderConfig
 from pipeline.depth import align, create_backend
-from pipeline.depth.base import disparity_to_depth, resolve_device, use_device
+from pipeline.depth.base import disparity_to_depth
+from pipeline.device import resolve_device, use_device
 from pipeline.depth.crestereo import CREStereoBackend
 from pipeline.depth.crestereo_net import CREStereo
 from pipeline.depth.depth_anything import DepthAnythingBackend, preprocess, target_size
@@ -375,13 +376,13 @@ def test_resolve_device_uses_local_rank(monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "2")  # torchrun's; read from the environment by default
     assert resolve_device("auto") == torch.device("cuda", 2)
     assert resolve_device("cuda") == torch.device("cuda", 2)
-    assert resolve_device("cuda", {"LOCAL_RANK": "3"}) == torch.device("cuda", 3)
-    assert resolve_device("auto", {"LOCAL_RANK": "1"}) == torch.device("cuda", 1)
-    assert resolve_device("cuda:0", {"LOCAL_RANK": "2"}) == torch.device("cuda", 0)  # explicit index stays
-    assert resolve_device("cuda", {}) == torch.device("cuda")
-    assert resolve_device("cpu", {"LOCAL_RANK": "2"}) == torch.device("cpu")
+    assert resolve_device("cuda", env={"LOCAL_RANK": "3"}) == torch.device("cuda", 3)
+    assert resolve_device("auto", env={"LOCAL_RANK": "1"}) == torch.device("cuda", 1)
+    assert resolve_device("cuda:0", env={"LOCAL_RANK": "2"}) == torch.device("cuda", 0)  # explicit index stays
+    assert resolve_device("cuda", env={}) == torch.device("cuda")
+    assert resolve_device("cpu", env={"LOCAL_RANK": "2"}) == torch.device("cpu")
     current = []
     monkeypatch.setattr(torch.cuda, "set_device", current.append)
     assert use_device("cuda") == torch.device("cuda", 2) and current == [torch.device("cuda", 2)]
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert resolve_device("auto", {"LOCAL_RANK": "1"}) == torch.device("cpu")
+    assert resolve_device("auto", env={"LOCAL_RANK": "1"}) == torch.device("cpu")

@@ -12,7 +12,6 @@ import torch
 import yaml
 
 from lix.checkpoint import ConfigMismatch, load_checkpoint
-from lix.config import TrainConfig
 from lix.distill.train import distill_fit
 from lix.train import fit
 from pipeline.errors import ConfigError, DataError

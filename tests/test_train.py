@@ -17,7 +17,7 @@ import yaml
 from torch import nn
 
 from lix.checkpoint import ConfigMismatch, load_checkpoint, rng_state, set_rng_state
-from lix.config import DepthConfig, NormalsConfig, ShardsConfig, SplitConfig, TrainConfig
+from lix.config import TrainConfig
 from lix.inputs import encode_depth, encode_normals, encode_rgb, model_inputs
 from lix.models.registry import MODELS, register_model
 from lix.train import NonFiniteLoss, fit

@@ -39,8 +39,8 @@ from lix.config import PLAIN_STUDENT, TrainConfig, from_dict
 from lix.distill.base import DEFAULT_TAPS, DistillBatch, Distiller, create_distiller
 from lix.distill.monitor import FeatureCKAMonitor
 from lix.models.taps import FeatureTaps
-from lix.train import (DistInfo, Inputs, Supervised, Task, _autocast, _Bar, build_model, cross_entropy, fit,
-                       load_run, prepare_batch)
+from lix.train import Inputs, Supervised, Task, build_model, cross_entropy, fit, load_run, prepare_batch
+from lix.runtime import DistInfo, ProgressBar, autocast
 from pipeline.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -207,11 +207,11 @@ class DistillTaskFactory:
 
         for epoch in range(distiller.pretrain_epochs):
             set_loader_epoch(loader, 10_000 + epoch)  # draws of their own, not the distillation epochs'
-            with _Bar(f"{self.method} pre-training {epoch + 1}/{distiller.pretrain_epochs}", len(loader),
+            with ProgressBar(f"{self.method} pre-training {epoch + 1}/{distiller.pretrain_epochs}", len(loader),
                       progress and d.is_main) as bar:
                 for batch in loader:
                     batch = prepare_batch(batch, d.device)
-                    with _autocast(d.device, cfg.amp):
+                    with autocast(d.device, cfg.amp):
                         t_logits, t_feats = module.teacher_outputs(batch)
                         loss = distiller.pretrain_loss({k: v.float() for k, v in t_feats.items()}, t_logits.float(),
                                                        batch["label"])

@@ -17,12 +17,10 @@ Downstream, 0 means "no geometry here" (pipeline.depth_codec writes it as 0 in t
 
 from __future__ import annotations
 
-import os
 from abc import ABC, abstractmethod
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
-import torch
 
 from pipeline.errors import DataError
 from pipeline.registry import Registry
@@ -81,28 +79,3 @@ def disparity_to_depth(disp: np.ndarray, fx: float, baseline: float, max_depth: 
     with np.errstate(divide="ignore", invalid="ignore"):
         depth = np.where(disp > 0, fx * baseline / np.maximum(disp, 1e-6), 0.0)
     return valid_depth(depth, max_depth)
-
-
-def resolve_device(device: str, env: Mapping[str, str] | None = None) -> torch.device:
-    """The torch device for a DepthConfig ``device`` ('auto', 'cpu', 'cuda' or 'cuda:N').
-
-    Under torchrun every process sees all GPUs, so a bare 'cuda' (or 'auto' on a CUDA
-    machine) means this process's GPU: ``cuda:{LOCAL_RANK}`` when ``env`` (default
-    os.environ) sets LOCAL_RANK, else the current CUDA device. An explicit 'cuda:N' is kept.
-    """
-    env = os.environ if env is None else env
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and env.get("LOCAL_RANK", "") != "":
-        return torch.device("cuda", int(env["LOCAL_RANK"]))
-    return torch.device(device)
-
-
-def use_device(device: str) -> torch.device:
-    """:func:`resolve_device`, and a CUDA result with an index becomes this process's current
-    device, so that library calls which take "the current GPU" (the bf16 check, cuBLAS/cuDNN
-    handles) use it too instead of opening a context on cuda:0 in every torchrun process."""
-    dev = resolve_device(device)
-    if dev.type == "cuda" and dev.index is not None:
-        torch.cuda.set_device(dev)
-    return dev

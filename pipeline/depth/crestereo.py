@@ -13,8 +13,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from pipeline.depth.base import DepthBackend, batches_by_shape, disparity_to_depth, register_backend, use_device
+from pipeline.depth.base import DepthBackend, batches_by_shape, disparity_to_depth, register_backend
 from pipeline.depth.crestereo_net import CREStereo, infer_disparity
+from pipeline.device import use_device
 from pipeline.errors import DataError
 from pipeline.sources.base import Frame
 
@@ -44,7 +45,7 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 class CREStereoBackend(DepthBackend):
     def __init__(self, weights: str | None = None, device: str = "auto", iters: int = 20, batch_size: int = 4,
                  max_depth: float = 250.0, network: CREStereo | None = None, **_):
-        self.device = use_device(device)
+        self.device = use_device(device, "depth.device")
         if network is None:
             network = CREStereo()
             try:

@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.depth import align
-from pipeline.depth.base import (DepthBackend, batches_by_shape, disparity_to_depth, register_backend,
-                                 use_device, valid_depth)
+from pipeline.depth.base import DepthBackend, batches_by_shape, disparity_to_depth, register_backend, valid_depth
+from pipeline.device import use_device
 from pipeline.errors import DataError, LixError
 from pipeline.sources.base import Frame
 
@@ -104,7 +104,7 @@ class DepthAnythingBackend(DepthBackend):
                  device: str = "auto", batch_size: int = 4, input_size: int = 518, alignment: str = "auto",
                  max_depth: float = 250.0, ground_classes: tuple[int, ...] = (), local_only: bool = True,
                  network=None, **_):
-        self.device = use_device(device)
+        self.device = use_device(device, "depth.device")
         self.net = (network if network is not None else load_model(model, model_path, local_only)).to(self.device)
         self.net.eval()
         self.metric = getattr(self.net.config, "depth_estimation_type", "relative") == "metric"
