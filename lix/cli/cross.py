@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from lix import layout
 from lix.cli.common import Dataset, ProgressOpt, out, user_errors
 
 cross_app = typer.Typer(help="Generalisation across datasets.")
@@ -39,7 +40,7 @@ def cross_evaluate_cmd(
                                                                   "on the classes A and B share."),
     pair: str = typer.Option(None, "--pair", help="Instead of --checkpoint/--dataset: <A>-to-<B>, with the run "
                                                   "<runs>/<A>/<model>/<method>/seed<k>/best.pt (the sweep's form)."),
-    runs: Path = typer.Option(Path("data/runs"), "--runs", help="Runs root for --pair."),
+    runs: Path = typer.Option(layout.RUNS, "--runs", help="Runs root for --pair."),
     model: str = typer.Option("mfnet", "--model", help="With --pair: the run's model."),
     method: str = typer.Option("lix", "--method", help="With --pair: the run's method (student, lix, kd, ...)."),
     seed: int = typer.Option(0, "--seed", help="With --pair: the run's seed."),
@@ -56,12 +57,12 @@ def cross_evaluate_cmd(
         if checkpoint is not None or dataset is not None:
             raise ConfigError("--pair", "give either --pair or --checkpoint with --dataset, not both")
         src, d = parse_pair(pair)
-        checkpoint = runs / src / model / method / f"seed{seed}" / "best.pt"
+        checkpoint = layout.run_dir(src, model, method, seed, runs) / "best.pt"
     elif checkpoint is None or dataset is None:
         raise ConfigError("--checkpoint/--dataset", "both are required (or --pair)")
     else:
         d = dataset.value
-    m = evaluate_cross(checkpoint, d, shards or Path("data/shards") / d, out_dir, device=device, progress=progress)
+    m = evaluate_cross(checkpoint, d, shards or layout.shards(d), out_dir, device=device, progress=progress)
     out.print(f"[green]{m['source']} -> {m['target']}[/] ({m['model']}, {len(m['common_classes'])} common classes, "
               f"{m['val_samples']} val samples): mIoU {_pct(m['miou'])}, mFsc {_pct(m['mfsc'])}, "
               f"pixel acc {_pct(m['pixel_acc'])}, predicted without counterpart {_pct(m['other_rate'])} "

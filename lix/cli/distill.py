@@ -8,8 +8,21 @@ from pathlib import Path
 
 import typer
 
-from lix.cli.common import (Dataset, EvaluateOpt, FreshIfChangedOpt, MetricsOpt, ParamsOpt, ProgressOpt, ResumeOpt,
-                            SeedOpt, VerifyOpt, out, run_outcome, user_errors)
+from lix import layout
+from lix.cli.common import (
+    Dataset,
+    EvaluateOpt,
+    FreshIfChangedOpt,
+    MetricsOpt,
+    ParamsOpt,
+    ProgressOpt,
+    ResumeOpt,
+    SeedOpt,
+    VerifyOpt,
+    out,
+    run_outcome,
+    user_errors,
+)
 
 distill_app = typer.Typer(help="Distillation of the teacher into the RGB-only student.")
 
@@ -94,10 +107,9 @@ def distill_cmd(
         kw |= extra
     if base != PLAIN_STUDENT:
         kw = validate_hyper(base, kw, prefix="--hyper" if hyper else None)
-    run_root = Path("data/runs") / d / cfg.model
-    teacher = teacher or run_root / "teacher" / f"seed{cfg.seed}" / f"{p.distill.teacher}.pt"
-    out_dir = out_dir or run_root / method / f"seed{cfg.seed}"
-    shard_dir = shards or Path("data/shards") / d
+    teacher = teacher or layout.teacher_checkpoint(d, cfg.model, cfg.seed, p.distill.teacher)
+    out_dir = out_dir or layout.run_dir(d, cfg.model, method, cfg.seed)
+    shard_dir = shards or layout.shards(d)
     if verify not in ("size", "sha256"):
         raise ConfigError("--verify", f"expected size or sha256, got {verify!r}")
     with run_outcome(out_dir):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 
+from lix import layout
 from lix.cli.common import Dataset, DatasetOpt, ParamsOpt, ProgressOpt, out, user_errors
 
 prepare_app = typer.Typer(help="Data preparation: download, splits, depth, normals, shards (the DVC stages).",
@@ -20,7 +21,7 @@ def download_cmd(
     dataset: Dataset = DatasetOpt,
     root: Path = typer.Option(None, help="Where the dataset goes (default data/raw/<dataset>)."),
     params: Path = ParamsOpt,
-    cache: Path = typer.Option(Path("data/downloads"), help="Where downloaded archives are kept."),
+    cache: Path = typer.Option(layout.DOWNLOADS, help="Where downloaded archives are kept."),
     workers: int = typer.Option(min(2, os.cpu_count() or 1), help="Processes for synthesising."),
     progress: bool = ProgressOpt,
 ):
@@ -30,7 +31,7 @@ def download_cmd(
 
     p = load_params(params)
     d = dataset.value
-    root = root or Path("data/raw") / d
+    root = root or layout.raw(d)
     acquire(d, root, p.download[d], p.synthetic[d], p.reader[d], cache_dir=cache, workers=workers,
             progress=progress)
     out.print(f"[green]{d}[/] ready at {root} (source: {p.download[d].source})")
@@ -51,8 +52,8 @@ def splits_cmd(
 
     p = load_params(params)
     d = dataset.value
-    root = root or Path("data/raw") / d
-    out_path = out_path or Path("data/splits") / f"{d}.json"
+    root = root or layout.raw(d)
+    out_path = out_path or layout.split(d)
     split = build_split(d, root, out_path, p.splits[d], p.reader[d], progress=progress)
     out.print(f"[green]{d}[/] split: {len(split['train'])} train / {len(split['val'])} val -> {out_path}")
 
@@ -81,9 +82,9 @@ def depth_cmd(
 
     p = load_params(params)
     d = dataset.value
-    root = root or Path("data/raw") / d
-    out_dir = out_dir or Path("data/depth") / d
-    metrics = metrics or Path("data/metrics") / f"depth_{d}.json"
+    root = root or layout.raw(d)
+    out_dir = out_dir or layout.depth(d)
+    metrics = metrics or layout.prep_metrics("depth", d)
     part = _env_int("RANK", 0) if part is None else part
     num_parts = _env_int("WORLD_SIZE", 1) if num_parts is None else num_parts
     # Each torchrun process's GPU comes from LOCAL_RANK in pipeline.depth.base.resolve_device.
@@ -128,9 +129,9 @@ def normals_cmd(
 
     p = load_params(params)
     d = dataset.value
-    metrics = metrics or Path("data/metrics") / f"geometry_{d}.json"
-    s = compute_normals(d, root or Path("data/raw") / d, split or Path("data/splits") / f"{d}.json",
-                        depth or Path("data/depth") / d, out_dir or Path("data/normals") / d, p.normals[d],
+    metrics = metrics or layout.prep_metrics("geometry", d)
+    s = compute_normals(d, root or layout.raw(d), split or layout.split(d),
+                        depth or layout.depth(d), out_dir or layout.normals(d), p.normals[d],
                         p.reader[d], metrics_path=metrics, progress=progress)
     vs = s["geometry"]["vs_reference"]
     quality = (f"; vs ground truth: median {vs['median_deg']:.1f} deg, {vs['within_11.25']:.0%} within 11.25 deg"
@@ -159,11 +160,11 @@ def shards_cmd(
 
     p = load_params(params)
     d = dataset.value
-    preview = preview or Path("data/previews") / f"{d}.png"
-    s = build_shards(d, root or Path("data/raw") / d, split or Path("data/splits") / f"{d}.json",
-                     depth or Path("data/depth") / d, normals or Path("data/normals") / d,
-                     out_dir or Path("data/shards") / d, p.shards[d], p.reader[d], preview_path=preview,
-                     metrics_path=metrics or Path("data/metrics") / f"shards_{d}.json", progress=progress)
+    preview = preview or layout.preview(d)
+    s = build_shards(d, root or layout.raw(d), split or layout.split(d),
+                     depth or layout.depth(d), normals or layout.normals(d),
+                     out_dir or layout.shards(d), p.shards[d], p.reader[d], preview_path=preview,
+                     metrics_path=metrics or layout.prep_metrics("shards", d), progress=progress)
     out.print(f"[green]{d}[/] shards: {s['train_samples']} train / {s['val_samples']} val in "
               f"{s['train_shards'] + s['val_shards']} files ({s['bytes'] / 2**20:.1f} MiB); preview {preview}")
 
@@ -180,7 +181,7 @@ def preview_cmd(
     from pipeline.preview import preview_from_shards
 
     d = dataset.value
-    path = preview_from_shards(shards or Path("data/shards") / d, out_path or Path("data/previews") / f"{d}.png", rows)
+    path = preview_from_shards(shards or layout.shards(d), out_path or layout.preview(d), rows)
     out.print(f"[green]{d}[/] preview -> {path}")
 
 
@@ -209,7 +210,7 @@ def verify_shards_cmd(
 
     if shards is None and dataset is None:
         raise ConfigError("--shards/--dataset", "give the shard directory (--shards DIR) or a dataset (--dataset)")
-    shard_dir = shards or Path("data/shards") / dataset.value
+    shard_dir = shards or layout.shards(dataset.value)
     m = read_manifest(shard_dir)
     splits = list(m["splits"]) if split is SplitChoice.all else [split.value]
     entries = {s: split_entries(shard_dir, s, m) for s in splits}

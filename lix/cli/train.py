@@ -7,8 +7,23 @@ from pathlib import Path
 
 import typer
 
-from lix.cli.common import (Dataset, DatasetOpt, EvaluateOpt, FreshIfChangedOpt, MetricsOpt, ParamsOpt, ProgressOpt,
-                            ResumeOpt, SeedOpt, VerifyOpt, out, run_outcome, user_errors, write_run_metrics)
+from lix import layout
+from lix.cli.common import (
+    Dataset,
+    DatasetOpt,
+    EvaluateOpt,
+    FreshIfChangedOpt,
+    MetricsOpt,
+    ParamsOpt,
+    ProgressOpt,
+    ResumeOpt,
+    SeedOpt,
+    VerifyOpt,
+    out,
+    run_outcome,
+    user_errors,
+    write_run_metrics,
+)
 
 train_app = typer.Typer(help="Training and evaluation of the teacher and the student.")
 
@@ -47,7 +62,7 @@ def train_cmd(
     if model is not None:
         check_model_name(model, "--model")
     cfg = p.train_config(d, model, seed)
-    shard_dir = shards or Path("data/shards") / d
+    shard_dir = shards or layout.shards(d)
     if verify not in ("size", "sha256"):
         raise ConfigError("--verify", f"expected size or sha256, got {verify!r}")
     with run_outcome(out_dir):
@@ -102,7 +117,7 @@ def evaluate_cmd(
     from lix.train import evaluate_checkpoint
 
     d = dataset.value
-    m = evaluate_checkpoint(checkpoint, shards or Path("data/shards") / d, out_dir, rows=rows, device=device,
+    m = evaluate_checkpoint(checkpoint, shards or layout.shards(d), out_dir, rows=rows, device=device,
                             progress=progress)
     out.print(f"[green]{d}[/] {m['role']} ({m['model']}): val mIoU {100 * m['miou']:.2f} %, "
               f"mFsc {100 * m['mfsc']:.2f} %, pixel acc {100 * m['pixel_acc']:.2f} % -> {out_dir}")
