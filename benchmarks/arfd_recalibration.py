@@ -29,7 +29,6 @@ import torch  # noqa: E402
 def main(argv=None) -> int:
     from lix.checkpoint import load_checkpoint
     from lix.data import ShardDataset
-    from lix.distill.base import DEFAULT_TAPS
     from lix.figures import _load_net  # noqa: PLC2701  (the report's loader of a run's network)
     from lix.losses import arfd as A
     from lix.losses.cka import CONSISTENCY, consistency_loss
@@ -50,7 +49,7 @@ def main(argv=None) -> int:
     for role, path in (("teacher", a.teacher), ("student", a.student)):
         nets[role] = _load_net(load_checkpoint(path, required=("model", "config")), Path(path), names, "cpu")[:2]
     family = type(nets["teacher"][0]).__name__
-    taps = DEFAULT_TAPS[family]
+    taps = type(nets["teacher"][0]).default_taps
     items = [ds[i] for i in range(min(a.images, len(ds)))]
     batch = {k: torch.stack([it[k] for it in items]) for k in ("rgb", "depth", "depth_valid", "normals",
                                                                   "normal_valid", "label")}

@@ -252,9 +252,9 @@ def training_curves(runs_root: str | Path, dataset: str, model: str, path: str |
 
 # ----------------------------------------------------------------------------- 2. CKA (Fig. 5)
 def _tap_order(taps: Iterable[str]) -> list[str]:
-    from lix.distill.base import DEFAULT_TAPS
+    from lix.models.registry import MODELS
 
-    known = [t for family in DEFAULT_TAPS.values() for t in family]
+    known = [t for name in MODELS for t in getattr(MODELS[name], "default_taps", ())]
     return sorted(set(taps), key=lambda t: (known.index(t) if t in known else len(known), t))
 
 

@@ -38,15 +38,6 @@ from pipeline.errors import ConfigError, LixError
 
 from pipeline.constants import IGNORE_INDEX  # noqa: E402
 
-# The tap names a feature method reads when it is not told: for MFNet the two deepest RGB
-# encoder stages, the fused bottleneck (the only encoder map that has seen X in the late-fusion
-# teacher) and the decoder's last map; for SNE-RoadSeg the fused stages 1-4 and the decoder.
-DEFAULT_TAPS: dict[str, tuple[str, ...]] = {
-    "MFNet": ("rgb4", "fused", "decoder"),
-    "SNERoadSeg": ("layer1", "layer2", "layer3", "layer4", "decoder"),
-}
-
-
 @dataclass(frozen=True)
 class TapSpec:
     """What a method may know about the networks when it builds its parts.
@@ -246,10 +237,10 @@ def resolve_taps(cls: type[Distiller], student: nn.Module, hyper: dict) -> tuple
     if "taps" in hyper and hyper["taps"] is not None:
         return tuple(hyper["taps"])
     if cls.taps is None:
-        family = type(student).__name__
-        if family not in DEFAULT_TAPS:
-            raise ConfigError("distill.taps", f"no default taps for {family}; name them")
-        return DEFAULT_TAPS[family]
+        default = getattr(type(student), "default_taps", None)
+        if not default:
+            raise ConfigError("distill.taps", f"no default taps for {type(student).__name__}; name them")
+        return tuple(default)
     return tuple(cls.taps)
 
 

@@ -36,7 +36,7 @@ from torch import nn
 
 from lix.checkpoint import load_checkpoint, save_checkpoint
 from lix.config import PLAIN_STUDENT, TrainConfig, from_dict
-from lix.distill.base import DEFAULT_TAPS, DistillBatch, Distiller, create_distiller
+from lix.distill.base import DistillBatch, Distiller, create_distiller
 from lix.distill.monitor import FeatureCKAMonitor
 from lix.models.taps import FeatureTaps
 from lix.train import Inputs, Supervised, Task, build_model, cross_entropy, fit, load_run, prepare_batch
@@ -160,9 +160,9 @@ class DistillTaskFactory:
         digest = file_digest(self.teacher_checkpoint)
         teacher_config = {"teacher": str(self.teacher_checkpoint), "teacher_sha256": digest,
                           "teacher_x": t_config["x"], "teacher_model": t_config["train"]["model"]}
-        family = type(student).__name__
-        monitor = (FeatureCKAMonitor(teacher, t_inputs, inputs, DEFAULT_TAPS[family], val_loader, d.device)
-                   if val_loader is not None and family in DEFAULT_TAPS and d.is_main else None)
+        default_taps = getattr(type(student), "default_taps", ())
+        monitor = (FeatureCKAMonitor(teacher, t_inputs, inputs, default_taps, val_loader, d.device)
+                   if val_loader is not None and default_taps and d.is_main else None)
         if self.method == PLAIN_STUDENT:  # the CE alone; the teacher only for the Fig. 5 monitor
             if self.hyper:
                 raise ConfigError(f"distill.hyper.{PLAIN_STUDENT}", f"the plain student takes no hyper-parameters, "

@@ -152,6 +152,11 @@ class MFNet(nn.Module):
     :func:`load_official`. ``forward(rgb, x=None)`` -> logits (N, n_classes, H, W) for any H, W.
     """
 
+    # The taps a feature method reads when it is not told: the two deepest RGB encoder stages, the
+    # fused bottleneck (the only encoder map that has seen X in the late-fusion teacher) and the
+    # decoder's last map.
+    default_taps: tuple[str, ...] = ("rgb4", "fused", "decoder")
+
     def __init__(self, n_classes: int, x_channels: int = 0, weights: str | Path | None = None):
         super().__init__()
         if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 1:

@@ -114,6 +114,9 @@ class SNERoadSeg(nn.Module):
     ``forward(rgb, x=None)`` -> logits (N, n_classes, H, W) for any H, W (see module docstring).
     """
 
+    # The taps a feature method reads when it is not told: the fused encoder stages 1-4 and the decoder.
+    default_taps: tuple[str, ...] = ("layer1", "layer2", "layer3", "layer4", "decoder")
+
     def __init__(self, n_classes: int, x_channels: int = 0, depth: int = 152,
                  pretrained: str | Path | None = None, reset_encoder_bn: bool = True,
                  init_type: str = "kaiming", init_gain: float = 0.02):
