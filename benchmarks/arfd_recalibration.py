@@ -29,10 +29,10 @@ import torch  # noqa: E402
 def main(argv=None) -> int:
     from lix.checkpoint import load_checkpoint
     from lix.data import ShardDataset
-    from lix.figures import _load_net  # noqa: PLC2701  (the report's loader of a run's network)
     from lix.losses import arfd as A
     from lix.losses.cka import CONSISTENCY, consistency_loss
     from lix.models.taps import FeatureTaps
+    from lix.report.networks import load_net as _load_net  # the report's loader of a run's network
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--teacher", required=True)
@@ -87,7 +87,9 @@ def main(argv=None) -> int:
                     row[f"{m}_matched"] = consistency_loss(rs, rt, m).mean().item()
                     row[f"{m}_unrelated"] = consistency_loss(rs, torch.roll(rt, 1, dims=0), m).mean().item()
                 rows.append(row)
-    print(f"# ARFD recalibration on {family} taps, {len(items)} val images of {a.shards}; {platform.processor() or platform.machine()}, torch {torch.__version__}")
+    machine = platform.processor() or platform.machine()
+    print(f"# ARFD recalibration on {family} taps, {len(items)} val images of {a.shards}; {machine}, "
+          f"torch {torch.__version__}")
     print("| tap | rule | pixels | variance kept (teacher) | (student) | " +
           " | ".join(f"{m} matched / unrelated" for m in CONSISTENCY) + " |")
     print("|---|---|---|---|---|" + "---|" * len(CONSISTENCY))

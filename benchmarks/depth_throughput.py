@@ -22,7 +22,12 @@ import torch
 
 
 def depth_anything_small(model_path: str | None):
-    from transformers import AutoModelForDepthEstimation, DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config
+    from transformers import (
+        AutoModelForDepthEstimation,
+        DepthAnythingConfig,
+        DepthAnythingForDepthEstimation,
+        Dinov2Config,
+    )
 
     if model_path:
         return AutoModelForDepthEstimation.from_pretrained(model_path, local_files_only=True)

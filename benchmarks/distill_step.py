@@ -31,8 +31,8 @@ def measure(model: str, method: str | None, device: str, preset: str, steps: int
 
     from lix.distill import create_distiller
     from lix.distill.train import StudentWithDistiller
+    from lix.inputs import Inputs
     from lix.models import create_model
-    from lix.train import Inputs
 
     xc, batch, h, w, kw = PRESETS[preset][model]
     dev = torch.device(device)

@@ -4,7 +4,7 @@ For one dataset: a teacher per seed, then per seed one MFNet student for each va
 all with the same recipe (``train.<dataset>`` of params.yaml, ``--epochs`` epochs, the same
 patience), in parallel processes. Prints and writes (``<out>/<dataset>.jsonl``, a line per run as
 it finishes; ``<out>/<dataset>-summary.md``) the best val mIoU / mFsc per run and, for every run
-with varying weights, what the weights do on the val split (lix.figures.dwc_statistics: spread
+with varying weights, what the weights do on the val split (lix.report.dwc.dwc_statistics: spread
 across classes and pixels, share at a bound, correlation with the student's per-class error).
 
 Variants: the plain student; DKD with fixed β ∈ {1, 2, 4, 8, 10} (Fig. 4a); DWLD with the DWC
@@ -70,13 +70,13 @@ def _job(kind: str, dataset: str, shards: str, out: str, seed: int, epochs: int,
         method, hyper = VARIANTS[variant]
         summary = distill_fit(shards, out, cfg, dataset=dataset, method=method, teacher_checkpoint=teacher,
                               hyper=hyper, progress=False)
-    from lix.train import evaluate_checkpoint
+    from lix.evaluate import evaluate_checkpoint
 
     evaluate_checkpoint(Path(out) / "best.pt", shards, out, progress=False, device=device,
                         metrics=summary.get("best_val"))  # metrics.json: per-class IoU, no second pass
     result = _result(summary, out, kind, variant, seed, time.perf_counter() - t0)
     if kind == "student" and VARIANTS[variant][0] == "dwld":
-        from lix.figures import dwc_statistics
+        from lix.report.dwc import dwc_statistics
 
         result["weights"] = dwc_statistics(out, shards, teacher, device=device)
     return result

@@ -113,7 +113,8 @@ def run_all(args: argparse.Namespace, tmp: Path, w: int, h: int) -> None:
 
     from lix.checkpoint import export_safetensors
     from lix.config import TrainConfig
-    from lix.train import build_model, run_config
+    from lix.model_factory import build_model
+    from lix.provenance import run_config
     from pipeline.imageio import read_raw, write_image
     from pipeline.sources import kitti
 

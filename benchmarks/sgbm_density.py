@@ -46,6 +46,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _machine import cpu_model  # noqa: E402  (a sibling module: the benchmarks run as scripts)
+
 from pipeline.depth import base  # noqa: E402
 from pipeline.depth.base import disparity_to_depth  # noqa: E402
 from pipeline.geometry_quality import angular_error_deg  # noqa: E402
@@ -53,8 +55,6 @@ from pipeline.normals import surface_normals  # noqa: E402
 from pipeline.sources import create_reader  # noqa: E402
 from pipeline.sources.kitti import CLASS_NAMES  # noqa: E402
 from pipeline.sources.synthetic import generate  # noqa: E402
-
-from _machine import cpu_model  # noqa: E402  (a sibling module: the benchmarks run as scripts)
 
 SKY = CLASS_NAMES.index("sky")
 MAX_DEPTH = 80.0
@@ -176,10 +176,10 @@ def main(argv=None) -> None:
     print(head)
     print("-" * len(head))
     for size, n, name, r in rows:
-        d, l = r["dense"], r["lidar"]
+        d, lid = r["dense"], r["lidar"]
         print(f"{size:9s} {n:6d} {name:4s} | {d['density']:7.3f} {d['d1_all']:6.3f} {d['d1_kept']:7.4f} "
-              f"{d['epe']:5.2f} | {l['density']:11.3f} {l['d1_all']:6.3f} {l['d1_kept']:7.4f} | {r['abs_rel']:6.3f} "
-              f"{r['normals_deg']:7.1f} {r['sky_valid']:5.3f} | {r['s_per_frame']:.2f}")
+              f"{d['epe']:5.2f} | {lid['density']:11.3f} {lid['d1_all']:6.3f} {lid['d1_kept']:7.4f} | "
+              f"{r['abs_rel']:6.3f} {r['normals_deg']:7.1f} {r['sky_valid']:5.3f} | {r['s_per_frame']:.2f}")
     print("density / D1: share of the covered pixels; D1-all counts holes as errors (see the docstring).")
 
 

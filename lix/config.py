@@ -18,8 +18,8 @@ from typing import Any, Literal, Optional
 
 import yaml
 
+from pipeline.datasets import DATASETS, VKITTI2_VARIATIONS
 from pipeline.errors import ConfigError, DataError
-from pipeline.sources import DATASETS
 
 
 def _require(ok: bool, key: str, problem: str) -> None:
@@ -39,14 +39,12 @@ class SyntheticConfig:
     variations: tuple[str, ...] = ("clone",)  # vKITTI2 only
 
     def __post_init__(self):
-        from pipeline.sources.vkitti2 import VARIATIONS
-
         _require(self.n_images >= 1, "n_images", f"must be >= 1, got {self.n_images}")
         _require(16 <= self.width <= 4096, "width", f"must be in [16, 4096], got {self.width}")
         _require(16 <= self.height <= 4096, "height", f"must be in [16, 4096], got {self.height}")
         _require(len(self.variations) >= 1, "variations", "must name at least one variation")
-        bad = [v for v in self.variations if v not in VARIATIONS]
-        _require(not bad, "variations", f"unknown {bad}; allowed: {list(VARIATIONS)}")
+        bad = [v for v in self.variations if v not in VKITTI2_VARIATIONS]
+        _require(not bad, "variations", f"unknown {bad}; allowed: {list(VKITTI2_VARIATIONS)}")
 
 
 @dataclass(frozen=True)
@@ -324,8 +322,9 @@ class SweepConfig:
 _ARCH_KEYS_FIXED = ("model", "seed")  # set by the sweep's axes, never by an arch entry
 
 
-def _per_dataset(cls, **overrides):
-    return field(default_factory=lambda: {d: cls(**overrides.get(d, {})) for d in DATASETS})
+def _per_dataset(cls):
+    """A Params field of one ``cls`` per dataset, each at its defaults."""
+    return field(default_factory=lambda: {d: cls() for d in DATASETS})
 
 
 @dataclass(frozen=True)
@@ -387,7 +386,8 @@ class Params:
 
     def train_config(self, dataset: str, model: str | None = None, seed: int | None = None) -> TrainConfig:
         """``train.<dataset>`` for ``model`` (default its own ``model``) with ``arch.<model>``'s
-        overrides (then ``arch.<model>.<dataset>``'s), and ``seed`` when given; validated as a whole (errors name ``arch.<model>``)."""
+        overrides (then ``arch.<model>.<dataset>``'s), and ``seed`` when given; validated as a whole
+        (errors name ``arch.<model>``)."""
         base = self.train[dataset]
         model = model or base.model
         arch = self.arch.get(model, {})
@@ -472,6 +472,20 @@ def from_dict(cls, data: Any, path: str = ""):
         raise ConfigError(f"{prefix}{e.key}", e.problem) from None
 
 
+# params.yaml's holder of the values the datasets share (YAML anchors the per-dataset sections merge:
+# ``<<: *train``). They reach the stages through those merges only: dropped here, listed by no stage.
+ANCHORS_KEY = "defaults"
+
+
+def params_from_dict(data: Any) -> Params:
+    """:class:`Params` from params.yaml's parsed mapping (merges resolved), without ``ANCHORS_KEY``."""
+    data = dict(data or {})
+    held = data.pop(ANCHORS_KEY, None)
+    _require(held is None or isinstance(held, dict), ANCHORS_KEY,
+             f"expected a mapping of shared values (YAML anchors), got {held!r}")
+    return from_dict(Params, data)
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Read and validate ``params.yaml``."""
     path = Path(path)
@@ -483,4 +497,4 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         raise DataError(path, f"not valid YAML{where}: {getattr(e, 'problem', None) or type(e).__name__}") from None
-    return from_dict(Params, data or {})
+    return params_from_dict(data)

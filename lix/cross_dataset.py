@@ -19,7 +19,7 @@ counterpart for it. With the source's predictions and the target's ground truth 
 Scores are those of :mod:`lix.metrics` (IoU, F1 = the paper's Fsc, the frequency-weighted
 versions, pixel accuracy) over the ``K`` common classes of the ``(K, K + 1)`` matrix.
 
-Sources of the semantics: the readers' docstrings and CLASS_NAMES (``pipeline/sources/``), the
+Sources of the semantics: the readers' docstrings (``pipeline/sources/``), ``pipeline/labels.py``, the
 synthetic writers' ``*_FROM_INTERNAL`` / ``_CATEGORY_OF_INTERNAL`` / ``OBJECT_CATEGORY``
 tables (``pipeline/sources/synthetic/``), the Cityscapes label definitions and the nuScenes /
 nuImages annotator instructions. The judgement calls:
@@ -90,12 +90,11 @@ nuimages <-> vkitti2 (3 common classes)
 | (no counterpart) | background, bus, pedestrian, cycle, barrier, traffic_cone, other_object | Terrain, Sky, Tree, Vegetation, Building, GuardRail, TrafficSign, TrafficLight, Pole, Misc |
 
 A dataset against itself has no entry (``lix evaluate`` scores it on all its classes).
-"""
+"""  # noqa: E501  (the tables are markdown_table's rows verbatim, a test checks; a markdown row cannot wrap)
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,18 +103,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from pipeline.errors import ConfigError, DataError
-from pipeline.sources import kitti as _kitti
-from pipeline.sources import nuimages as _nuimages
-from pipeline.sources import vkitti2 as _vkitti2
 from pipeline.constants import IGNORE_INDEX
+from pipeline.errors import ConfigError, DataError
+from pipeline.labels import CLASS_NAMES  # train ids of each dataset, in order, as the shards record them
 
-# Train ids of each dataset, in order (the readers' CLASS_NAMES, as the shards record them).
-CLASS_NAMES: dict[str, tuple[str, ...]] = {
-    "vkitti2": tuple(_vkitti2.CLASS_NAMES),
-    "kitti": tuple(_kitti.CLASS_NAMES),
-    "nuimages": tuple(_nuimages.CLASS_NAMES),
-}
 OTHER_LABEL = "other (no counterpart)"  # the name of the OTHER column in metrics.json
 
 
@@ -339,8 +330,12 @@ def evaluate_cross(checkpoint: str | Path, target_dataset: str, target_shards: s
 
     from lix.config import TrainConfig, from_dict
     from lix.data import ShardDataset
-    from lix.train import Inputs, build_model, load_run, prepare_batch
+    from lix.evaluate import load_run
+    from lix.inputs import Inputs
+    from lix.loaders import prepare_batch
+    from lix.model_factory import build_model
     from lix.runtime import DistInfo, ProgressBar, autocast, resolve_device
+    from pipeline.atomic import write_json
 
     checkpoint, target_shards, out_dir = Path(checkpoint), Path(target_shards), Path(out_dir)
     state, config = load_run(checkpoint)
@@ -391,16 +386,4 @@ def evaluate_cross(checkpoint: str | Path, target_dataset: str, target_shards: s
               "common_classes": list(names), "columns": [*names, OTHER_LABEL],
               "mapping": {ds: dict(COMMON[_pair(source, target_dataset)].maps[ds]) for ds in (source, target_dataset)},
               "matrix": matrix.tolist(), **cross_metrics(matrix, names), "val_samples": len(val)}
-    result = _write_json(out_dir / "metrics.json", result)
-    return result
-
-
-def _write_json(path: Path, data: dict) -> dict:
-    """Write ``data`` (NaN as null) atomically; return what was written."""
-    from lix.metrics import json_safe
-    from pipeline.atomic import atomic_path
-
-    data = json_safe(data)
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
-    return data
+    return write_json(out_dir / "metrics.json", result, sort_keys=False, nan_as_null=True)

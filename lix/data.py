@@ -67,10 +67,18 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from pipeline.errors import DataError
-from pipeline.shards import (VERIFY_METHODS, ShardError, open_shard, read_field, read_manifest, reading,
-                            split_entries, verify_shards)
 from pipeline.constants import IGNORE_INDEX
+from pipeline.errors import DataError
+from pipeline.shards import (
+    VERIFY_METHODS,
+    ShardError,
+    open_shard,
+    read_field,
+    read_manifest,
+    reading,
+    split_entries,
+    verify_shards,
+)
 
 MAPS = ("label", "depth", "depth_valid", "normals", "normal_valid")  # resampled with the nearest rule
 PAD = {"rgb": 0, "label": IGNORE_INDEX, "depth": 0.0, "depth_valid": False, "normals": 0.0, "normal_valid": False}

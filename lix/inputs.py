@@ -30,8 +30,13 @@ X = normals: the 3 components (x right, y down, z forward, unit length), invalid
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:  # annotations only: the config module is not needed to encode inputs
+    from lix.config import TrainConfig
 
 RGB_NORMS = ("none", "imagenet")
 X_ENCODINGS = ("inverse", "log", "official")
@@ -94,3 +99,22 @@ def model_inputs(batch: dict, x: str | None, rgb_norm: str = "none", x_encoding:
     if x == "normals":
         return rgb, encode_normals(batch["normals"], batch.get("normal_valid"))
     raise ValueError(f"x={x!r}; expected one of {X_KINDS} or None")
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What the net sees: RGB normalisation and the X encoding (above); x None = the RGB-only student.
+    ``inputs(batch)`` -> (rgb (N, 3, H, W), X (N, x_channels, H, W) or None), as :func:`model_inputs`."""
+
+    x: str | None
+    rgb_norm: str = "none"
+    x_encoding: str = "inverse"
+    depth_near: float = 3.0
+    depth_far: float = 100.0
+
+    @classmethod
+    def from_config(cls, cfg: TrainConfig, role: str) -> "Inputs":
+        return cls(cfg.x if role == "teacher" else None, cfg.rgb_norm, cfg.x_encoding, cfg.depth_near, cfg.depth_far)
+
+    def __call__(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return model_inputs(batch, self.x, self.rgb_norm, self.x_encoding, self.depth_near, self.depth_far)

@@ -38,7 +38,7 @@ Definitions (per class ``c``)
 * With no valid pixel at all every score is NaN and ``n_pixels`` is 0.
 
 All scores are **fractions** in ``[0, 1]`` (or NaN); reports multiply by 100 to print percent.
-NaN is not valid strict JSON: :func:`json_safe` maps it to ``None`` for writing.
+NaN is not valid strict JSON: ``pipeline.atomic.json_safe`` maps it to ``None`` for writing.
 """
 
 from __future__ import annotations
@@ -53,8 +53,7 @@ import torch
 import torch.distributed as dist
 
 from pipeline.atomic import atomic_path
-
-from pipeline.constants import IGNORE_INDEX  # noqa: E402
+from pipeline.constants import IGNORE_INDEX
 
 
 class ConfusionMatrix:
@@ -210,17 +209,6 @@ def scores_from_confusion(matrix: Any) -> dict[str, Any]:
         "n_classes_scored": int(defined.sum()),
         "matrix": m.tolist(),
     }
-
-
-def json_safe(obj: Any) -> Any:
-    """``obj`` with every NaN/inf float replaced by ``None`` (strict JSON has no NaN)."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    return obj
 
 
 # ----------------------------------------------------------------------------- plot

@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
 from collections import defaultdict
 from pathlib import Path
@@ -57,7 +56,9 @@ import numpy as np
 import torch
 
 from lix.config import TrainConfig, from_dict
-from lix.train import Inputs, build_model, load_run
+from lix.evaluate import load_run
+from lix.inputs import Inputs
+from lix.model_factory import build_model
 from lix.runtime import DistInfo, ProgressBar, autocast, resolve_device
 from pipeline.errors import DataError, LixError
 
@@ -430,7 +431,7 @@ def predict_folder(checkpoint: str | Path, input_dir: str | Path, output_dir: st
     "colour", "overlay": output names, "tile": [th, tw] or None (whole image)}}, "skipped":
     [[path, reason]]}; ``predict.json`` in the output folder holds the same. Raises DataError
     when no image was segmented (after writing predict.json and skipped.txt)."""
-    from pipeline.atomic import atomic_path
+    from pipeline.atomic import write_json, write_text
     from pipeline.imageio import write_image
     from pipeline.preview import class_palette
 
@@ -481,10 +482,8 @@ def predict_folder(checkpoint: str | Path, input_dir: str | Path, output_dir: st
     result = {"checkpoint": str(checkpoint), "classes": names, "memory_budget_bytes": budget,
               "written": list(outputs), "outputs": outputs,
               "skipped": [[str(p), reason] for p, reason in skipped]}
-    with atomic_path(output_dir / "predict.json") as tmp:
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
-    with atomic_path(output_dir / "skipped.txt") as tmp:
-        tmp.write_text("".join(f"{p}\t{reason}\n" for p, reason in skipped))
+    write_json(output_dir / "predict.json", result, sort_keys=False)
+    write_text(output_dir / "skipped.txt", "".join(f"{p}\t{reason}\n" for p, reason in skipped))
     if not outputs:
         p, reason = skipped[0]
         raise DataError(input_dir, f"no image segmented: all {len(skipped)} image file(s) skipped "

@@ -90,7 +90,7 @@ def set_params(params_path: str | Path, assignments: list[str], write: bool = Tr
     from ruamel.yaml import YAML
     from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
-    from lix.config import Params, from_dict
+    from lix.config import params_from_dict
     from lix.validate import check_params
     from pipeline.atomic import write_text
 
@@ -119,7 +119,7 @@ def set_params(params_path: str | Path, assignments: list[str], write: bool = Tr
         raise DataError(path, "parameter file not found")
     trial = copy.deepcopy(yaml.safe_load(path.read_text()) or {})
     apply(trial)
-    check_params(from_dict(Params, trial))  # validate everything before touching the file
+    check_params(params_from_dict(trial))  # validate everything before touching the file
     if not write:
         return parsed
 

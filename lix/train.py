@@ -1,6 +1,8 @@
 """Supervised training of the RGB + X teacher and the RGB-only student, in small named pieces
-(as torchvision's references): ``build_loaders``, ``build_model``, ``train_one_epoch``,
-``evaluate``, ``fit``; ``evaluate_checkpoint`` for a finished run.
+(as torchvision's references): ``build_loaders`` (lix/loaders.py), ``build_model``
+(lix/model_factory.py), ``train_one_epoch`` (here), ``evaluate`` (lix/evaluate.py), ``fit`` (here);
+``evaluate_checkpoint`` (lix/evaluate.py) for a finished run; the run config, its digests and the
+resume modes in lix/provenance.py.
 
     fit(shard_dir, out_dir, TrainConfig(...), dataset="kitti", role="teacher")
 
@@ -32,36 +34,44 @@ the epoch, step and loss term before the optimizer step; the last good checkpoin
 from __future__ import annotations
 
 import dataclasses
-import inspect
-import json
 import logging
 import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
-import numpy as np
 import torch
 import torch.distributed as torch_dist
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler, Sampler
+from torch.utils.data import DataLoader
 
-from lix.checkpoint import (check_resume_config, export_safetensors, load_checkpoint, load_safetensors,
-                            rng_state, save_checkpoint, set_rng_state)
-from lix.config import TrainConfig, from_dict
-from lix.data import AugmentConfig, ShardDataset, to_device
-from lix.inputs import model_inputs, x_channels
+from lix.checkpoint import (
+    check_resume_config,
+    export_safetensors,
+    load_resume_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from lix.config import TrainConfig
+from lix.evaluate import evaluate, scalar_metrics
+from lix.inputs import Inputs
+from lix.loaders import build_loaders, prepare_batch, set_loader_epoch
+from lix.model_factory import build_model
+from lix.provenance import code_digest, provenance, resume_mode, run_config, same_run
 from lix.reduce import global_mean
-from lix.runtime import DistInfo, ProgressBar, autocast, barrier, init_distributed, resolve_device, seed_everything
-from pipeline.errors import ConfigError, DataError, LixError
+from lix.runtime import DistInfo, ProgressBar, autocast, barrier, init_distributed, seed_everything
+from pipeline.atomic import write_json
 from pipeline.constants import IGNORE_INDEX
+from pipeline.errors import ConfigError, LixError
 
 log = logging.getLogger(__name__)
 
 ROLES = ("teacher", "student")
-SCALAR_METRICS = ("miou", "mfsc", "fwiou", "fwfsc", "pixel_acc")
+# files of an earlier run that a fresh run removes first, so that none passes for one of this run
+RUN_FILES = ("last.pt", "best.pt", "model.safetensors", "summary.json", "metrics.json", "failed.json")
 
 
 class NonFiniteLoss(LixError):
@@ -76,105 +86,7 @@ class NonFiniteLoss(LixError):
                          + ", ".join(f"{k} = {v}" for k, v in named.items()) + f"; training stopped, {where}")
 
 
-# --------------------------------------------------------------------------- data
-class RankSlice(Sampler[int]):
-    """Indices rank, rank + world, ...: disjoint, covering every sample once (evaluation)."""
-
-    def __init__(self, n: int, rank: int = 0, world_size: int = 1):
-        self.n, self.rank, self.world = n, rank, world_size
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(range(self.rank, self.n, self.world))
-
-    def __len__(self) -> int:
-        return len(range(self.rank, self.n, self.world))
-
-
-def augment_config(cfg: TrainConfig) -> AugmentConfig:
-    return AugmentConfig(scale=cfg.scale, crop=cfg.crop, flip=cfg.flip, photometric=cfg.photometric)
-
-
-def build_loaders(shard_dir: str | Path, cfg: TrainConfig, d: DistInfo = DistInfo(),
-                  verify: str = "size") -> tuple[DataLoader, DataLoader]:
-    """Train loader (augmented, DistributedSampler shuffled by (seed, epoch), the last partial
-    batch dropped) and val loader (no augmentation, this rank's slice). Call
-    :func:`set_loader_epoch` before each epoch. The loaders own their generators, so iterating
-    them leaves the global torch RNG alone (exact resume)."""
-    train = ShardDataset(shard_dir, "train", augment=augment_config(cfg), seed=cfg.seed, verify=verify)
-    val = ShardDataset(shard_dir, "val", augment=None, verify=verify)
-    sampler = DistributedSampler(train, num_replicas=d.world_size, rank=d.rank, shuffle=True, seed=cfg.seed)
-    if len(sampler) < cfg.batch_size:
-        raise ConfigError("train.batch_size", f"{cfg.batch_size} per process is more than the {len(sampler)} "
-                                              f"training samples each of {d.world_size} process(es) gets "
-                                              f"from {shard_dir}")
-    common = dict(batch_size=cfg.batch_size, num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0,
-                  pin_memory=d.device.type == "cuda")
-    train_loader = DataLoader(train, sampler=sampler, drop_last=True,
-                              generator=torch.Generator().manual_seed(cfg.seed), **common)
-    val_loader = DataLoader(val, sampler=RankSlice(len(val), d.rank, d.world_size),
-                            generator=torch.Generator().manual_seed(cfg.seed), **common)
-    return train_loader, val_loader
-
-
-def set_loader_epoch(loader: DataLoader, epoch: int) -> None:
-    """The sampler's shuffle and the dataset's augmentation draws for ``epoch``."""
-    if hasattr(loader.sampler, "set_epoch"):
-        loader.sampler.set_epoch(epoch)
-    if hasattr(loader.dataset, "set_epoch"):
-        loader.dataset.set_epoch(epoch)
-
-
-def prepare_batch(batch: dict, device: torch.device, channels_last: bool = False) -> dict:
-    """``to_device`` (stored dtypes -> model dtypes on the device), NHWC images if asked."""
-    batch = to_device(batch, device, non_blocking=device.type == "cuda")
-    if channels_last:
-        batch = {k: v.contiguous(memory_format=torch.channels_last) if torch.is_tensor(v) and v.dim() == 4 else v
-                 for k, v in batch.items()}
-    return batch
-
-
-@dataclass(frozen=True)
-class Inputs:
-    """What the net sees: RGB normalisation and the X encoding (lix/inputs.py); x None = student."""
-
-    x: str | None
-    rgb_norm: str = "none"
-    x_encoding: str = "inverse"
-    depth_near: float = 3.0
-    depth_far: float = 100.0
-
-    @classmethod
-    def from_config(cls, cfg: TrainConfig, role: str) -> "Inputs":
-        return cls(cfg.x if role == "teacher" else None, cfg.rgb_norm, cfg.x_encoding, cfg.depth_near, cfg.depth_far)
-
-    def __call__(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
-        return model_inputs(batch, self.x, self.rgb_norm, self.x_encoding, self.depth_near, self.depth_far)
-
-
 # --------------------------------------------------------------------------- model
-def build_model(cfg: TrainConfig, n_classes: int, x: str | None) -> nn.Module:
-    """The registered model ``cfg.model`` (teacher with X channels, or the RGB-only student).
-    ``depth`` and ``pretrained`` go to models that take them; ``pretrained`` for one that takes
-    none is a ConfigError."""
-    import lix.models  # noqa: F401  (registers the models)
-    from lix.models.registry import MODELS, create_model
-
-    if cfg.model not in MODELS:
-        raise ConfigError("train.model", f"unknown model {cfg.model!r}; expected one of {sorted(MODELS)}")
-    params = inspect.signature(MODELS[cfg.model]).parameters
-    kw = {}
-    if "depth" in params:
-        kw["depth"] = cfg.depth
-    if cfg.pretrained is not None:
-        if "pretrained" not in params:
-            raise ConfigError("train.pretrained", f"model {cfg.model!r} takes no pretrained encoder weights; "
-                                                  f"set it to null")
-        if not Path(cfg.pretrained).is_file():
-            raise DataError(cfg.pretrained, "pretrained weights not found (train.pretrained)")
-        kw["pretrained"] = cfg.pretrained
-    return create_model(cfg.model, n_classes, x_channels(x), **kw)
-
-
 def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, momentum=cfg.momentum,
                            weight_decay=cfg.weight_decay)
@@ -250,6 +162,33 @@ class Task:
 def supervised_task(model: nn.Module, inputs: Inputs, d: DistInfo, **_) -> Task:
     return Task(model, model, Supervised(inputs, d.world_size), inputs)
 
+# --------------------------------------------------------------------------- run state
+@dataclass
+class Run:
+    """A run as built and checked before anything is written: its loaders, resolved config and
+    task, and the checkpoint it resumes from (None: a fresh start)."""
+
+    train_loader: DataLoader
+    val_loader: DataLoader
+    class_names: list[str]
+    config: dict
+    task: Task
+    ckpt: dict | None
+
+
+@dataclass
+class TrainState:
+    """Where the run stands: epochs and optimizer steps done, the per-epoch records, the best val
+    mIoU and its epoch, evaluations without improvement, and the full val metrics of the best
+    epoch when this process evaluated it (``best_val``)."""
+
+    epoch: int = 0
+    step: int = 0
+    bad_evals: int = 0
+    history: list[dict] = dataclasses.field(default_factory=list)
+    best: dict = dataclasses.field(default_factory=lambda: {"miou": -1.0, "epoch": 0})
+    best_val: dict | None = None
+
 
 # --------------------------------------------------------------------------- loop
 def train_one_epoch(model: nn.Module, loss_fn: Callable[[nn.Module, dict], dict], optimizer: torch.optim.Optimizer,
@@ -291,139 +230,6 @@ def train_one_epoch(model: nn.Module, loss_fn: Callable[[nn.Module, dict], dict]
     return stats, step
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, inputs: Inputs, n_classes: int, *, d: DistInfo = DistInfo(),
-             amp: bool = False, channels_last: bool = False, max_batches: int | None = None,
-             progress: bool = False) -> dict:
-    """Confusion-matrix metrics (lix.metrics) of ``model`` (the plain, unwrapped model) over
-    this rank's slice of ``loader``, reduced over ranks."""
-    from lix.metrics import ConfusionMatrix
-
-    was_training = model.training
-    model.eval()
-    cm = ConfusionMatrix(n_classes, ignore_index=IGNORE_INDEX, device=d.device)
-    total = len(loader) if max_batches is None else min(max_batches, len(loader))
-    with ProgressBar("val", total, progress and d.is_main) as bar:
-        for i, batch in enumerate(loader):
-            if max_batches is not None and i >= max_batches:
-                break
-            batch = prepare_batch(batch, d.device, channels_last)
-            with autocast(d.device, amp):
-                logits = model(*inputs(batch))
-            cm.update(logits.float(), batch["label"])
-            bar.advance()
-    if d.distributed:
-        cm.reduce()
-    model.train(was_training)
-    return cm.compute()
-
-
-def scalar_metrics(metrics: dict) -> dict[str, float]:
-    return {k: float(metrics[k]) for k in SCALAR_METRICS if k in metrics}
-
-
-# --------------------------------------------------------------------------- fit
-def run_config(cfg: TrainConfig, dataset: str, role: str, class_names: list[str], world_size: int) -> dict:
-    """The resolved config a checkpoint records (plain types; resume compares it key by key)."""
-    x = cfg.x if role == "teacher" else None
-    return {"dataset": dataset, "role": role, "x": x, "x_channels": x_channels(x), "n_classes": len(class_names),
-            "class_names": list(class_names), "world_size": world_size,
-            "train": json.loads(json.dumps(dataclasses.asdict(cfg)))}
-
-
-def run_digest(config: dict) -> str:
-    """sha256 (hex) of the run config without the keys a resume may change (``RESUMABLE_KEYS``):
-    two runs with the same digest follow the same trajectory of weights (on the same code)."""
-    import hashlib
-
-    from lix.checkpoint import RESUMABLE_KEYS, flatten
-
-    kept = {k: v for k, v in flatten(config).items() if k not in RESUMABLE_KEYS}
-    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()
-
-
-# Project files a training run never executes (the commands' front ends, the report, the sweep,
-# prediction, the preparation stages): edits there do not make a checkpoint another run's. Any
-# other file counts, a new module included, so the list errs on the side of starting afresh.
-NOT_TRAINING_CODE = ("lix/cli", "lix/__main__.py", "lix/report.py", "lix/figures.py", "lix/paper_figures.py",
-                     "lix/sweep.py", "lix/predict.py", "lix/cross_dataset.py", "lix/curves.py", "pipeline/depth/",
-                     "pipeline/download.py", "pipeline/normals.py", "pipeline/geometry_quality.py",
-                     "pipeline/splits.py", "pipeline/prepare.py", "pipeline/sources/synthetic/")
-
-
-def code_digest() -> str:
-    """sha256 (hex) of the source of the code a training run executes: every ``.py`` file of
-    the ``lix`` and ``pipeline`` packages but those of :data:`NOT_TRAINING_CODE`, by relative
-    path. It depends on the checkout only (not on what happened to be imported), so a resume by
-    any command or process compares like with like."""
-    import hashlib
-
-    import pipeline
-
-    root = Path(__file__).resolve().parent.parent
-    h = hashlib.sha256()
-    for package in (Path(__file__).resolve().parent, Path(pipeline.__file__).resolve().parent):
-        for path in sorted(package.rglob("*.py")):
-            rel = path.relative_to(root).as_posix()
-            if "__pycache__" in rel or rel.startswith(NOT_TRAINING_CODE):
-                continue
-            h.update(rel.encode() + b"\0" + path.read_bytes() + b"\0")
-    return h.hexdigest()
-
-
-def provenance(config: dict, code: str) -> dict:
-    """Where a run comes from: the git commit of the working directory (None outside a
-    repository) and whether tracked files differ from it, the run and code digests, the host and
-    the versions. Recorded in ``summary.json`` (the report's setup table)."""
-    import platform
-    import subprocess
-
-    def git(*args: str) -> str | None:
-        try:
-            res = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10)
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return res.stdout.strip() if res.returncode == 0 else None
-
-    commit = git("rev-parse", "HEAD")
-    # dirty: tracked files differ from the commit, DVC's own record (dvc.lock, rewritten by every
-    # stage of a `dvc repro`) aside
-    status = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!dvc.lock") if commit else None
-    return {"commit": commit, "dirty": None if status is None else bool(status), "run_digest": run_digest(config),
-            "code_digest": code, "host": platform.node(), "torch": torch.__version__,
-            "python": platform.python_version()}
-
-
-RESUME_MODES = ("always", "never", "if_same")  # fit's resume: True = "always", False = "never"
-
-
-def _resume_mode(resume: bool | str) -> str:
-    mode = {True: "always", False: "never"}.get(resume, resume)
-    if mode not in RESUME_MODES:
-        raise ConfigError("resume", f"expected one of {RESUME_MODES} (or a bool), got {resume!r}")
-    return mode
-
-
-def _same_run(saved: dict, config: dict, code: str) -> list[str]:
-    """Why the checkpoint's run is not this one: the config keys that differ (resumable keys
-    aside), and "code" when the code that trained it (its ``code_digest``) is not ``code``."""
-    from lix.checkpoint import config_diff
-
-    why = [k for k, _, _ in config_diff(saved["config"], config)]
-    saved_code = saved.get("code_digest")
-    if saved_code is not None and saved_code != code:
-        why.append("code")
-    return why
-
-
-def _write_json(path: Path, data) -> None:
-    from lix.metrics import json_safe
-    from pipeline.atomic import atomic_path
-
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(json_safe(data), indent=2) + "\n")
-
-
 def _gather_rng(d: DistInfo) -> list[dict]:
     if not d.distributed:
         return [rng_state()]
@@ -454,7 +260,7 @@ def fit(shard_dir: str | Path, out_dir: str | Path, cfg: TrainConfig, *, dataset
     Returns the summary written to ``summary.json``."""
     if role not in ROLES:
         raise ConfigError("role", f"expected one of {ROLES}, got {role!r}")
-    resume = _resume_mode(resume)
+    resume = resume_mode(resume)
     out_dir = Path(out_dir)
     created = not torch_dist.is_initialized()
     d = init_distributed(cfg.device)
@@ -474,6 +280,76 @@ def _fit(shard_dir: Path, out_dir: Path, cfg: TrainConfig, dataset: str, role: s
         # slow: MFNet teacher, batch 8, 320x96, 2 cores: 2.8 s -> 0.7 s per step when flushed to 0
         # (student 0.52 -> 0.38 s). Values below 1e-38 carry nothing a segmentation net needs.
         torch.set_flush_denormal(True)
+    run = _build_run(shard_dir, out_dir, cfg, dataset, role, resume, progress, verify, d, task_factory, code)
+    task, config, last = run.task, run.config, out_dir / "last.pt"
+    optimizer = build_optimizer(cfg, task.module)
+    scheduler = build_scheduler(cfg, optimizer)
+    resumed, state = run.ckpt is not None, TrainState()
+    if resumed:
+        state = _restore(run.ckpt, task, optimizer, scheduler, cfg, d)
+        if d.is_main:
+            log.info("resuming %s from %s at epoch %d of %d (step %d)", role, last, state.epoch, cfg.epochs,
+                     state.step)
+        run.ckpt = None  # the weights and optimizer state are loaded: free the copy
+    train_model, _ = place_model(task.module, cfg, d)
+    channels_last = cfg.channels_last and d.device.type == "cuda"
+    n_classes = len(run.class_names)
+
+    def validate(**kw) -> dict:
+        return evaluate(task.student, run.val_loader, task.inputs, n_classes, d=d, amp=cfg.amp,
+                        channels_last=channels_last, **kw)
+
+    # Fail fast: two validation batches through the net before any training (shapes, classes).
+    validate(max_batches=2)
+
+    origin = provenance(config, code) if d.is_main else {}
+    live = _start_logging(out_dir, config, resumed) if d.is_main else None
+    try:
+        while _stop_reason(state.epoch, cfg, state.bad_evals) is None:
+            set_loader_epoch(run.train_loader, state.epoch)
+            lr = optimizer.param_groups[0]["lr"]
+            try:
+                stats, state.step = train_one_epoch(train_model, task.loss_fn, optimizer, run.train_loader,
+                                                    state.epoch, state.step, d=d, amp=cfg.amp,
+                                                    channels_last=channels_last, progress=progress)
+            except NonFiniteLoss as e:
+                raise NonFiniteLoss(e.epoch, e.step, e.terms, last if last.is_file() else None) from None
+            scheduler.step()
+            state.epoch += 1
+            record = {"epoch": state.epoch, "step": state.step, "lr": lr,
+                      **{f"train/{k}": v for k, v in stats.items()}}
+            improved = False
+            if state.epoch % cfg.eval_every == 0 or state.epoch >= cfg.epochs:
+                improved = _evaluate_epoch(record, state, task, lambda: validate(progress=progress))
+            state.history.append(record)
+            ckpt = _checkpoint(task, optimizer, scheduler, state, cfg, config, origin, d)
+            if d.is_main:
+                _save_epoch(out_dir, ckpt, improved, config)
+                if live is not None:
+                    _log_epoch(live, record)
+                log.info("%s", epoch_line(record, cfg.epochs, state.best))  # after last.pt: the line means it is kept
+            barrier(d)
+    finally:
+        if live is not None:
+            live.end()
+    summary = _summary(state, cfg, run, origin)
+    if d.is_main:
+        write_json(out_dir / "summary.json", summary, sort_keys=False, nan_as_null=True)
+    barrier(d)
+    # not in summary.json: the confusion matrix of best.pt's own evaluation, so that the CLI's
+    # evaluate_checkpoint need not run the val split again (on the CPU it equals a fresh pass: the
+    # same weights, the same deterministic pass; tests/test_train.py checks; on CUDA the trainer's
+    # pass used channels_last, a difference of rounding only)
+    if state.best_val is not None and state.best_val["epoch"] == state.best["epoch"]:
+        summary = {**summary, "best_val": state.best_val}
+    return summary
+
+
+def _build_run(shard_dir: Path, out_dir: Path, cfg: TrainConfig, dataset: str, role: str, resume: str,
+               progress: bool, verify: str, d: DistInfo, task_factory: Callable[..., Task], code: str) -> Run:
+    """Loaders, model, task and the resolved run config, and the checkpoint of ``out_dir`` to
+    resume from when ``resume`` says so; a fresh run removes the earlier run's files (only then:
+    nothing is removed before the config, the data, the model and the method were built)."""
     train_loader, val_loader = build_loaders(shard_dir, cfg, d, verify)
     class_names = train_loader.dataset.class_names
     config = run_config(cfg, dataset, role, class_names, d.world_size)
@@ -487,142 +363,107 @@ def _fit(shard_dir: Path, out_dir: Path, cfg: TrainConfig, dataset: str, role: s
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         return model
 
-    model = make_model()
-    last, best_path = out_dir / "last.pt", out_dir / "best.pt"
-    ckpt = None
-    if resume != "never" and last.is_file():
-        from lix.checkpoint import load_resume_checkpoint
-
-        ckpt = load_resume_checkpoint(last, best_path)
-    resumed = ckpt is not None
-
-    def make_task(resumed: bool) -> Task:
+    def make_task(model: nn.Module, resumed: bool) -> Task:
         return task_factory(model, inputs, d, cfg=cfg, train_loader=train_loader, val_loader=val_loader,
                             out_dir=out_dir, resumed=resumed, progress=progress)
 
-    task = make_task(resumed)
+    model = make_model()
+    last = out_dir / "last.pt"
+    ckpt = load_resume_checkpoint(last, out_dir / "best.pt") if resume != "never" and last.is_file() else None
+    task = make_task(model, ckpt is not None)
     config |= task.config
-    if resumed and resume == "if_same":
-        why = _same_run(ckpt, config, code)
+    if ckpt is not None and resume == "if_same":
+        why = same_run(ckpt, config, code)
         if why:
             if d.is_main:
                 log.info("%s: the run changed since %s (%s): starting afresh", out_dir, last, ", ".join(why))
-            resumed, ckpt = False, None
-            model = make_model()
-            task = make_task(False)
+            ckpt = None
+            task = make_task(make_model(), False)
             config = run_config(cfg, dataset, role, class_names, d.world_size) | task.config
-    if resumed:
+    if ckpt is not None:
         check_resume_config(last, ckpt["config"], config)
-        if d.is_main and "code" in _same_run(ckpt, config, code):
+        if d.is_main and "code" in same_run(ckpt, config, code):
             log.warning("%s was trained by other code than this checkout's; resuming anyway (--resume)", last)
     elif d.is_main:  # a fresh run: no file of an earlier run may pass for one of this run
-        for name in ("last.pt", "best.pt", "model.safetensors", "summary.json", "metrics.json", "failed.json"):
+        for name in RUN_FILES:
             (out_dir / name).unlink(missing_ok=True)
-    optimizer = build_optimizer(cfg, task.module)
-    scheduler = build_scheduler(cfg, optimizer)
+    return Run(train_loader, val_loader, class_names, config, task, ckpt)
 
-    epoch = step = bad_evals = 0
-    history: list[dict] = []
-    best = {"miou": -1.0, "epoch": 0}
-    best_val = None  # the full val metrics of the best epoch, when this process evaluated it
-    if resumed:
-        task.student.load_state_dict(ckpt["model"])
-        for name, module in task.extra.items():
-            module.load_state_dict(ckpt["extra"][name])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        epoch, step, history = ckpt["epoch"], ckpt["step"], list(ckpt["history"])
-        best, bad_evals = dict(ckpt["best"]), ckpt["bad_evals"]
-        rngs = ckpt["rng"]
-        if len(rngs) == d.world_size:
-            set_rng_state(rngs[d.rank])
-        else:  # world_size is part of the config, so only a hand-edited file gets here
-            seed_everything(cfg.seed + d.rank + 1000 * epoch)
-        if d.is_main:
-            log.info("resuming %s from %s at epoch %d of %d (step %d)", role, last, epoch, cfg.epochs, step)
-        del ckpt
-    train_model, _ = place_model(task.module, cfg, d)
-    plain = task.student
-    amp, channels_last = cfg.amp, cfg.channels_last and d.device.type == "cuda"
-    loss_fn, inputs = task.loss_fn, task.inputs
+def _restore(ckpt: dict, task: Task, optimizer: torch.optim.Optimizer,
+             scheduler: torch.optim.lr_scheduler.LRScheduler, cfg: TrainConfig, d: DistInfo) -> TrainState:
+    """Load the checkpoint's weights, optimizer, scheduler and this rank's RNG state; return its progress."""
+    task.student.load_state_dict(ckpt["model"])
+    for name, module in task.extra.items():
+        module.load_state_dict(ckpt["extra"][name])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    state = TrainState(ckpt["epoch"], ckpt["step"], ckpt["bad_evals"], list(ckpt["history"]), dict(ckpt["best"]))
+    rngs = ckpt["rng"]
+    if len(rngs) == d.world_size:
+        set_rng_state(rngs[d.rank])
+    else:  # world_size is part of the config, so only a hand-edited file gets here
+        seed_everything(cfg.seed + d.rank + 1000 * state.epoch)
+    return state
 
-    # Fail fast: two validation batches through the net before any training (shapes, classes).
-    evaluate(plain, val_loader, inputs, len(class_names), d=d, amp=amp, channels_last=channels_last,
-             max_batches=2)
 
-    live = None
-    origin = provenance(config, code) if d.is_main else {}
-    if d.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        _write_json(out_dir / "config.json", config)
-        try:
-            from dvclive import Live
-        except ImportError:  # e.g. a bare GPU box without DVC: the run's summary.json still holds the history
-            log.warning("dvclive is not installed: no per-epoch dvclive logs for %s", out_dir)
-        else:
-            live = Live(dir=str(out_dir / "dvclive"), resume=resumed, save_dvc_exp=False, dvcyaml=False)
+def _start_logging(out_dir: Path, config: dict, resumed: bool):
+    """Rank 0: ``config.json`` and the dvclive logger (None without dvclive)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / "config.json", config, sort_keys=False, nan_as_null=True)
     try:
-        while _stop_reason(epoch, cfg, bad_evals) is None:
-            set_loader_epoch(train_loader, epoch)
-            lr = optimizer.param_groups[0]["lr"]
-            try:
-                stats, step = train_one_epoch(train_model, loss_fn, optimizer, train_loader, epoch, step, d=d,
-                                              amp=amp, channels_last=channels_last, progress=progress)
-            except NonFiniteLoss as e:
-                raise NonFiniteLoss(e.epoch, e.step, e.terms, last if last.is_file() else None) from None
-            scheduler.step()
-            epoch += 1
-            record = {"epoch": epoch, "step": step, "lr": lr, **{f"train/{k}": v for k, v in stats.items()}}
-            improved = False
-            if epoch % cfg.eval_every == 0 or epoch >= cfg.epochs:
-                t0 = time.perf_counter()
-                full = evaluate(plain, val_loader, inputs, len(class_names), d=d, amp=amp,
-                                channels_last=channels_last, progress=progress)
-                metrics = scalar_metrics(full)
-                record |= {f"val/{k}": v for k, v in metrics.items()} | {"val/seconds": time.perf_counter() - t0}
-                if task.monitor is not None:
-                    record |= {f"val/{k}": v for k, v in task.monitor(plain).items()}
-                improved = metrics["miou"] > best["miou"]
-                if improved:
-                    best, bad_evals = {"miou": metrics["miou"], "epoch": epoch}, 0
-                    best_val = {"epoch": epoch, **full}
-                else:
-                    bad_evals += 1
-            history.append(record)
-            ckpt = {"model": plain.state_dict(), "extra": {k: m.state_dict() for k, m in task.extra.items()},
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "epoch": epoch, "step": step, "rng": _gather_rng(d),
-                    "loader": {"seed": cfg.seed, "epoch": epoch}, "config": config, "history": history,
-                    "best": best, "bad_evals": bad_evals, "stopped": _stop_reason(epoch, cfg, bad_evals),
-                    "code_digest": origin.get("code_digest")}
-            if d.is_main:
-                save_checkpoint(last, ckpt)
-                if improved:
-                    save_checkpoint(best_path, ckpt)
-                    export_safetensors(ckpt["model"], out_dir / "model.safetensors", config)
-                if live is not None:
-                    _log_epoch(live, record)
-                log.info("%s", epoch_line(record, cfg.epochs, best))  # after last.pt: the line means it is kept
-            barrier(d)
-    finally:
-        if live is not None:
-            live.end()
-    summary = {"best_miou": best["miou"], "best_epoch": best["epoch"], "epochs": epoch, "steps": step,
-               "stopped": _stop_reason(epoch, cfg, bad_evals),
-               "seconds_per_epoch": (sum(h["train/seconds"] for h in history) / len(history)) if history else None,
-               "last": history[-1] if history else None,
-               "samples": {"train": len(train_loader.dataset), "val": len(val_loader.dataset)},
-               "provenance": origin}
-    if d.is_main:
-        _write_json(out_dir / "summary.json", summary)
-    barrier(d)
-    # not in summary.json: the confusion matrix of best.pt's own evaluation, so that the CLI's
-    # evaluate_checkpoint need not run the val split again (on the CPU it equals a fresh pass: the
-    # same weights, the same deterministic pass; tests/test_train.py checks; on CUDA the trainer's
-    # pass used channels_last, a difference of rounding only)
-    if best_val is not None and best_val["epoch"] == best["epoch"]:
-        summary = {**summary, "best_val": best_val}
-    return summary
+        from dvclive import Live
+    except ImportError:  # e.g. a bare GPU box without DVC: the run's summary.json still holds the history
+        log.warning("dvclive is not installed: no per-epoch dvclive logs for %s", out_dir)
+        return None
+    return Live(dir=str(out_dir / "dvclive"), resume=resumed, save_dvc_exp=False, dvcyaml=False)
+
+
+def _evaluate_epoch(record: dict, state: TrainState, task: Task, validate: Callable[[], dict]) -> bool:
+    """Validate after an epoch: val metrics (and the task's monitor) into ``record``, the best
+    epoch and the patience count into ``state``. Returns whether the val mIoU improved."""
+    t0 = time.perf_counter()
+    full = validate()
+    metrics = scalar_metrics(full)
+    record |= {f"val/{k}": v for k, v in metrics.items()} | {"val/seconds": time.perf_counter() - t0}
+    if task.monitor is not None:
+        record |= {f"val/{k}": v for k, v in task.monitor(task.student).items()}
+    improved = metrics["miou"] > state.best["miou"]  # a NaN mIoU is no improvement
+    if improved:
+        state.best, state.bad_evals = {"miou": metrics["miou"], "epoch": state.epoch}, 0
+        state.best_val = {"epoch": state.epoch, **full}
+    else:
+        state.bad_evals += 1
+    return improved
+
+
+def _checkpoint(task: Task, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
+                state: TrainState, cfg: TrainConfig, config: dict, origin: dict, d: DistInfo) -> dict:
+    """What ``last.pt`` / ``best.pt`` hold (lix/checkpoint.py); every rank takes part (RNG states)."""
+    return {"model": task.student.state_dict(), "extra": {k: m.state_dict() for k, m in task.extra.items()},
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "epoch": state.epoch, "step": state.step, "rng": _gather_rng(d),
+            "loader": {"seed": cfg.seed, "epoch": state.epoch}, "config": config, "history": state.history,
+            "best": state.best, "bad_evals": state.bad_evals,
+            "stopped": _stop_reason(state.epoch, cfg, state.bad_evals), "code_digest": origin.get("code_digest")}
+
+
+def _save_epoch(out_dir: Path, ckpt: dict, improved: bool, config: dict) -> None:
+    """Rank 0: ``last.pt``; when the val mIoU improved also ``best.pt`` and ``model.safetensors``."""
+    save_checkpoint(out_dir / "last.pt", ckpt)
+    if improved:
+        save_checkpoint(out_dir / "best.pt", ckpt)
+        export_safetensors(ckpt["model"], out_dir / "model.safetensors", config)
+
+
+def _summary(state: TrainState, cfg: TrainConfig, run: Run, origin: dict) -> dict:
+    """What ``summary.json`` holds: the best epoch, where the run stopped, the last record, provenance."""
+    history = state.history
+    return {"best_miou": state.best["miou"], "best_epoch": state.best["epoch"], "epochs": state.epoch,
+            "steps": state.step, "stopped": _stop_reason(state.epoch, cfg, state.bad_evals),
+            "seconds_per_epoch": (sum(h["train/seconds"] for h in history) / len(history)) if history else None,
+            "last": history[-1] if history else None,
+            "samples": {"train": len(run.train_loader.dataset), "val": len(run.val_loader.dataset)},
+            "provenance": origin}
 
 
 def epoch_line(record: dict, epochs: int, best: dict) -> str:
@@ -649,92 +490,3 @@ def _log_epoch(live, record: dict) -> None:
         if k not in ("epoch", "step"):
             live.log_metric(k, v)
     live.next_step()
-
-
-# --------------------------------------------------------------------------- evaluation of a run
-def load_run(checkpoint: str | Path) -> tuple[dict, dict]:
-    """(state_dict, run config) from a ``.pt`` checkpoint or an exported ``.safetensors``."""
-    checkpoint = Path(checkpoint)
-    if checkpoint.suffix == ".safetensors":
-        state, config = load_safetensors(checkpoint)
-    else:
-        ckpt = load_checkpoint(checkpoint)
-        state, config = ckpt["model"], ckpt["config"]
-    if "train" not in config or "n_classes" not in config:
-        raise DataError(checkpoint, "carries no run config (not written by lix train)")
-    return state, config
-
-
-def evaluate_checkpoint(checkpoint: str | Path, shard_dir: str | Path, out_dir: str | Path, *, rows: int = 4,
-                        device: str = "auto", progress: bool = True, verify: str = "size",
-                        metrics: dict | None = None) -> dict:
-    """Evaluate a trained model on the val split of ``shard_dir``: ``metrics.json`` (scalars and
-    per-class IoU/F1 by class name, the confusion matrix), ``confusion.png`` and
-    ``predictions.png`` (RGB | ground truth | prediction for the first ``rows`` val samples, in
-    the dataset's colours). ``metrics``: :func:`evaluate`'s result for exactly these weights on
-    this split (``fit``'s ``best_val``), used instead of a second pass. Returns the metrics written."""
-    from lix.metrics import plot_confusion
-
-    state, config = load_run(checkpoint)
-    cfg = dataclasses.replace(from_dict(TrainConfig, config["train"], "train"), pretrained=None,
-                              device=device, num_workers=0)
-    d = DistInfo(device=resolve_device(device))
-    val = ShardDataset(shard_dir, "val", augment=None, verify=verify)
-    if list(val.class_names) != list(config["class_names"]):
-        raise DataError(shard_dir, f"classes {val.class_names} differ from the model's {config['class_names']}")
-    model = build_model(cfg, config["n_classes"], config["x"])
-    model.load_state_dict(state)
-    model.to(d.device).eval()
-    inputs = Inputs.from_config(cfg, config["role"])
-    if metrics is None:
-        loader = DataLoader(val, batch_size=cfg.batch_size, shuffle=False)
-        metrics = evaluate(model, loader, inputs, config["n_classes"], d=d, amp=cfg.amp, progress=progress)
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    names = list(config["class_names"])
-    result = {"checkpoint": str(checkpoint), "dataset": config["dataset"], "role": config["role"],
-              "model": cfg.model, "x": config["x"], "val_samples": len(val), **scalar_metrics(metrics),
-              "per_class_iou": dict(zip(names, _floats(metrics["per_class_iou"]))),
-              "per_class_f1": dict(zip(names, _floats(metrics["per_class_f1"]))),
-              "matrix": _tolist(metrics["matrix"])}
-    _write_json(out_dir / "metrics.json", result)
-    plot_confusion(metrics["matrix"], names, out_dir / "confusion.png")
-    write_prediction_grid(model, val, inputs, names, out_dir / "predictions.png", rows, d, cfg.amp)
-    return result
-
-
-def _tolist(v):
-    return v.tolist() if hasattr(v, "tolist") else list(v)
-
-
-def _floats(v) -> list[float]:
-    return [float(x) for x in _tolist(v)]
-
-
-@torch.no_grad()
-def write_prediction_grid(model: nn.Module, dataset: ShardDataset, inputs: Inputs, class_names: list[str],
-                          path: Path, rows: int, d: DistInfo = DistInfo(), amp: bool = False) -> Path:
-    """RGB | ground truth | prediction (labels over RGB, pipeline.preview's colours), one row
-    per val sample, 2 px white gutters."""
-    from pipeline.imageio import write_image
-    from pipeline.preview import class_palette, label_overlay, with_legend
-
-    pal = class_palette(class_names)
-    lines = []
-    for i in range(min(rows, len(dataset))):
-        item = dataset[i]
-        batch = prepare_batch({k: v[None] if torch.is_tensor(v) else v for k, v in item.items()}, d.device)
-        with autocast(d.device, amp):
-            pred = model(*inputs(batch)).argmax(1)[0].to(torch.uint8).cpu().numpy()
-        rgb = item["rgb"].permute(1, 2, 0).numpy()
-        gt = item["label"].numpy()
-        tiles = [rgb, label_overlay(rgb, gt, pal), label_overlay(rgb, pred, pal)]
-        gap = np.full((rgb.shape[0], 2, 3), 255, np.uint8)
-        lines.append(np.concatenate([tiles[0], gap, tiles[1], gap, tiles[2]], axis=1))
-    if not lines:
-        raise DataError(path, "no val samples to draw")
-    gap = np.full((2, lines[0].shape[1], 3), 255, np.uint8)
-    grid = np.concatenate(sum(([ln, gap] for ln in lines), [])[:-1], axis=0)
-    write_image(path, with_legend(grid, class_names, pal))
-    return path

@@ -29,7 +29,7 @@ def check_model_name(name: str, key: str) -> str:
 def check_method_name(name: str, key: str) -> tuple[str, dict]:
     """(base method, typed variant overrides) of a method or variant name, checked: a safe name,
     a registered method (or ``student``), the variant's keys and values valid for the method."""
-    from lix.distill.base import validate_hyper
+    from lix.distill.registry import validate_hyper
 
     check_safe_name(key, name)
     try:
@@ -60,7 +60,7 @@ def check_params(p: Params, methods: bool = True) -> Params:
 
 
 def _check_methods(p: Params) -> None:
-    from lix.distill.base import validate_hyper
+    from lix.distill.registry import validate_hyper
 
     for m in p.sweep.methods:
         check_method_name(m, "sweep.methods")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -62,6 +63,23 @@ def write_text(final: str | Path, text: str) -> None:
     write_bytes(final, text.encode("utf-8"))
 
 
-def write_json(final: str | Path, obj: Any) -> None:
-    """Deterministic JSON (sorted keys, fixed indent, trailing newline), atomically."""
-    write_text(final, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every NaN/inf float replaced by ``None`` (strict JSON has no NaN); tuples become lists."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def write_json(final: str | Path, obj: Any, *, sort_keys: bool = True, nan_as_null: bool = False) -> Any:
+    """JSON with a fixed indent (2) and a trailing newline, written atomically; returns what was
+    written. ``sort_keys``: keys sorted (deterministic files), else in the dict's order (files a
+    person reads top-down: run configs, metrics). ``nan_as_null``: NaN/inf as ``null``
+    (:func:`json_safe`) instead of the non-standard ``NaN`` token."""
+    if nan_as_null:
+        obj = json_safe(obj)
+    write_text(final, json.dumps(obj, indent=2, sort_keys=sort_keys) + "\n")
+    return obj

@@ -91,10 +91,10 @@ def compute_normals(dataset: str, root, split_path, depth_dir, out_dir, normals_
     import json
 
     from pipeline.atomic import atomic_path
-    from pipeline.splits import sample_ids
     from pipeline.depth_codec import read_depth
     from pipeline.imageio import write_image
     from pipeline.normals import encode_normals, surface_normals
+    from pipeline.splits import sample_ids
 
     reader = create_reader(dataset, root, reader_options)
     ids = sample_ids(reader, split_path)
@@ -144,6 +144,8 @@ def build_shards(dataset: str, root, split_path, depth_dir, normals_dir, out_dir
     """Sharded HDF5 train/val splits (see pipeline.shards), a preview grid and shard counts."""
     import json
 
+    import numpy as np
+
     from pipeline.atomic import atomic_path, write_json
     from pipeline.depth_codec import read_depth
     from pipeline.imageio import png_size, read_raw
@@ -151,8 +153,6 @@ def build_shards(dataset: str, root, split_path, depth_dir, normals_dir, out_dir
     from pipeline.preview import write_preview
     from pipeline.shards import Sample, common_crop, crop, write_manifest, write_split
     from pipeline.splits import read_manifest as read_split
-
-    import numpy as np
 
     reader = create_reader(dataset, root, reader_options)
     split = read_split(split_path)

@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 
 from pipeline.imageio import write_image
+from pipeline.labels import CLASS_COLORS, CLASS_NAMES
 from pipeline.shards import Sample, iter_samples, read_manifest, verify_shards
 
 
@@ -21,22 +22,22 @@ def palette(n: int) -> np.ndarray:
     return pal
 
 
+# A label space is known by its class names (a shard manifest records the names, not the dataset).
+_COLORS_BY_NAMES = {CLASS_NAMES[ds]: CLASS_COLORS[ds] for ds in CLASS_NAMES}
+
+
 def class_palette(classes: int | Sequence[str]) -> np.ndarray:
     """(256, 3) uint8 colours of a label space's train ids, 255 (ignore) black: each dataset's
     own colours where the class names are one of ours (KITTI: Cityscapes; vKITTI2: its
-    colors.txt; nuImages: the devkit's colour of a representative category), else
-    :func:`palette`. ``classes`` is the list of class names, or just their number."""
-    from pipeline.sources import kitti, nuimages, vkitti2
-
+    colors.txt; nuImages: the devkit's colour of a representative category; see pipeline.labels),
+    else :func:`palette`. ``classes`` is the list of class names, or just their number."""
     if isinstance(classes, int):
         return palette(classes)
     names = tuple(classes)
-    known = {kitti.CLASS_NAMES: kitti.CLASS_COLORS, nuimages.CLASS_NAMES: nuimages.CLASS_COLORS,
-             vkitti2.CLASS_NAMES: tuple(vkitti2.OFFICIAL_COLORS[n] for n in vkitti2.CLASS_NAMES)}
-    if names not in known:
+    if names not in _COLORS_BY_NAMES:
         return palette(len(names))
     pal = np.zeros((256, 3), dtype=np.uint8)
-    pal[: len(names)] = known[names]
+    pal[: len(names)] = _COLORS_BY_NAMES[names]
     return pal
 
 
@@ -109,7 +110,7 @@ LEGEND_ROW = 18  # px per line of entries
 LEGEND_SWATCH = 12  # px, square
 LEGEND_SPACING = 12  # px between one entry's name and the next swatch
 _LEGEND_FONT_SCALE = 0.4
-LEGEND_GAP = 2  # px of white between a picture and its legend (lix.figures' GAP)
+LEGEND_GAP = 2  # px of white between a picture and its legend (lix.report.grid's GAP)
 
 
 def _legend_layout(class_names: Sequence[str], width: int) -> list[tuple[int, int]]:

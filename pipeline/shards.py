@@ -44,8 +44,8 @@ import h5py
 import numpy as np
 
 from pipeline.atomic import atomic_path, write_json
-from pipeline.manifests import read_versioned_json
 from pipeline.errors import DataError
+from pipeline.manifests import read_versioned_json
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"

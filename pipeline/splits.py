@@ -8,8 +8,8 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from pipeline.atomic import write_json
-from pipeline.manifests import read_versioned_json
 from pipeline.errors import ConfigError
+from pipeline.manifests import read_versioned_json
 
 SCHEMA_VERSION = 2  # 2: group_by, groups and n_images_requested recorded
 

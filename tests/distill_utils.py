@@ -13,12 +13,12 @@ from __future__ import annotations
 import torch
 
 from lix.config import TrainConfig
-
 from lix.distill import create_distiller
 from lix.distill.train import StudentWithDistiller
+from lix.inputs import Inputs
 from lix.models import create_model
-from lix.train import Inputs, train_one_epoch
 from lix.runtime import DistInfo
+from lix.train import train_one_epoch
 
 N_CLASSES = 5
 

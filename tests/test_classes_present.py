@@ -139,6 +139,7 @@ def test_rare_classes_stay_rare(presence):
 
 def test_shards_metrics_report_the_pixel_share_of_every_class(synth_root, tmp_path):
     from prep_utils import prepare_kitti
+
     from pipeline.shards import iter_samples, verify_shards
     from pipeline.sources.kitti import CLASS_NAMES
 

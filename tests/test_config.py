@@ -101,9 +101,6 @@ def test_distill_section_lists_every_registered_method():
     entries are valid hyper-parameters of the method."""
     from lix.config import PLAIN_STUDENT
     from lix.distill import DISTILLERS, hyper_defaults
-    from lix.distill.base import _register_all
-
-    _register_all()
     p = load_params(ROOT / "params.yaml")
     assert set(p.distill.hyper) == set(DISTILLERS) | {PLAIN_STUDENT}
     assert p.distill.hyper[PLAIN_STUDENT] == {}
@@ -247,7 +244,8 @@ def test_backend_defaults_agree_with_depth_config():
             continue
         for key, value in opts.items():
             if key in sig and sig[key].default is not inspect.Parameter.empty and key != "ground_classes":
-                assert sig[key].default == value, f"{name}.{key}: backend default {sig[key].default!r}, config {value!r}"
+                assert sig[key].default == value, \
+                    f"{name}.{key}: backend default {sig[key].default!r}, config {value!r}"
 
 
 def test_every_hyper_parameter_is_written_out_with_its_default():
@@ -261,23 +259,69 @@ def test_every_hyper_parameter_is_written_out_with_its_default():
         assert hyper == ({} if method == PLAIN_STUDENT else hyper_defaults(method)), method
 
 
+def _changed(before: dict, after: dict, prefix: str = "") -> dict:
+    """{dotted key: new value} of the leaves that differ between two parsed params files."""
+    out = {}
+    for k in sorted(set(before) | set(after), key=str):
+        a, b = before.get(k), after.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out.update(_changed(a, b, f"{prefix}{k}."))
+        elif a != b:
+            out[f"{prefix}{k}"] = b
+    return out
+
+
 def test_dvcs_set_param_rewrites_only_the_value_it_sets(tmp_path):
-    """DVC's -S (dvc.utils.serialize.modify_yaml, the function `dvc exp run -S` calls) and
-    `lix sweep -S` round-trip params.yaml through ruamel; its layout must survive that."""
+    """DVC's -S (dvc.utils.serialize.modify_yaml, the round-trip `dvc exp run -S` goes through)
+    and `lix sweep -S` round-trip params.yaml through ruamel; its layout must survive that, and a
+    key set on a dataset that merges the shared values (`<<: *train`) lands on that dataset only."""
     from dvc.utils.serialize import modify_yaml
 
     from lix.sweep import set_params
 
-    original = (ROOT / "params.yaml").read_text().splitlines()
+    text = (ROOT / "params.yaml").read_text()
+    original, values = text.splitlines(), yaml.safe_load(text)
+    wanted = {"distill.hyper.lix.w_dwld": 0.5, "train.kitti.epochs": 5}
     path = tmp_path / "params.yaml"
-    path.write_text((ROOT / "params.yaml").read_text())
+
+    def check_layout():
+        new = path.read_text().splitlines()
+        assert len(new) == len(original)
+        changed = [b.strip() for a, b in zip(original, new) if a != b]
+        assert len(changed) == 2 and changed[1] == "w_dwld: 0.5", changed
+        assert changed[0].startswith("kitti: {<<: *train") and "epochs: 5" in changed[0], changed
+        assert _changed(values, yaml.safe_load(path.read_text())) == wanted
+
+    path.write_text(text)
     with modify_yaml(str(path)) as data:
         data["distill"]["hyper"]["lix"]["w_dwld"] = 0.5
         data["train"]["kitti"]["epochs"] = 5
-    changed = [(a, b) for a, b in zip(original, path.read_text().splitlines()) if a != b]
-    assert len(path.read_text().splitlines()) == len(original)
-    assert [b.strip() for _, b in changed] == ["epochs: 5", "w_dwld: 0.5"]
-    path.write_text((ROOT / "params.yaml").read_text())
+    check_layout()
+    path.write_text(text)
     set_params(path, ["distill.hyper.lix.w_dwld=0.5", "train.kitti.epochs=5"])
-    assert [b.strip() for a, b in zip(original, path.read_text().splitlines()) if a != b] == ["epochs: 5",
-                                                                                              "w_dwld: 0.5"]
+    check_layout()
+    # `dvc exp run -S` itself (dvc.utils.hydra.apply_overrides) writes every merged key out into
+    # each dataset's mapping: the layout grows, the values are exactly the ones set (README: Parameters)
+    from dvc.utils.hydra import apply_overrides
+
+    path.write_text(text)
+    apply_overrides(str(path), [f"{k}={v}" for k, v in wanted.items()])
+    assert _changed(values, yaml.safe_load(path.read_text())) == wanted
+
+
+def test_the_anchor_holder_is_no_section(tmp_path):
+    """params.yaml's `defaults` only holds the anchors the dataset sections merge: load_params
+    drops it (it needs no dataclass), and no DVC stage depends on it (its values reach each stage
+    through the merged sections, which the stages list)."""
+    from lix.config import ANCHORS_KEY
+
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert set(raw[ANCHORS_KEY]) <= {"depth", "shards", "train"}
+    for section, shared in raw[ANCHORS_KEY].items():
+        for d in DATASETS:  # every shared key reaches every dataset (or is overridden there)
+            assert set(shared) <= set(raw[section][d]), (section, d)
+    assert ANCHORS_KEY not in (ROOT / "dvc.yaml").read_text()
+    p = _load(tmp_path, "defaults:\n  train: {lr: 7.0}\n")
+    assert p.train["kitti"].lr == 0.01  # not merged anywhere: read by nothing
+    with pytest.raises(ConfigError, match="defaults"):
+        _load(tmp_path, "defaults: 3\n")

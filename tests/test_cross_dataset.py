@@ -15,8 +15,15 @@ import torch
 
 import lix.cross_dataset as cd
 from lix.config import TrainConfig
-from lix.cross_dataset import (COMMON, cross_confusion, cross_metrics, evaluate_cross, label_map, mapping_table,
-                               markdown_table)
+from lix.cross_dataset import (
+    COMMON,
+    cross_confusion,
+    cross_metrics,
+    evaluate_cross,
+    label_map,
+    mapping_table,
+    markdown_table,
+)
 from pipeline.errors import ConfigError, DataError
 
 # The class lists as the brief and the readers give them (train-id order), spelled out here.
@@ -107,7 +114,10 @@ def golden_scores(matrix: np.ndarray) -> dict:
             iou.append(tp / (tp + fp + fn))
             f1.append(2 * tp / (2 * tp + fp + fn))
     defined = [c for c in range(k) if not math.isnan(iou[c])]
-    mean = (lambda xs: sum(xs) / len(xs) if xs else math.nan)
+
+    def mean(xs):
+        return sum(xs) / len(xs) if xs else math.nan
+
     return {
         "per_class_iou": iou, "per_class_f1": f1,
         "miou": mean([iou[c] for c in defined]), "mfsc": mean([f1[c] for c in defined]),
@@ -336,8 +346,8 @@ def independent_matrix(checkpoint: Path, shards: Path, target: str) -> tuple[np.
     from torch.utils.data import DataLoader
 
     from lix.data import ShardDataset
+    from lix.loaders import prepare_batch
     from lix.predict import load_student
-    from lix.train import prepare_batch
 
     model, inputs, config = load_student(checkpoint, torch.device("cpu"))
     val = ShardDataset(shards, "val")
@@ -373,7 +383,7 @@ def test_evaluate_cross_end_to_end(student, targets, target, tmp_path):
 
 def test_evaluate_cross_refusals(student, targets, train_shards, tmp_path, monkeypatch):
     from lix.checkpoint import export_safetensors
-    from lix.train import load_run
+    from lix.evaluate import load_run
 
     state, config = load_run(student)
     teacher = tmp_path / "teacher.safetensors"

@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 
 import cv2
-
 import numpy as np
 import pytest
 import torch
@@ -16,17 +15,18 @@ import torch
 from lix.config import DepthConfig, ReaderConfig
 from pipeline.depth import align, create_backend
 from pipeline.depth.base import disparity_to_depth
-from pipeline.device import resolve_device, use_device
 from pipeline.depth.crestereo import CREStereoBackend
 from pipeline.depth.crestereo_net import CREStereo
 from pipeline.depth.depth_anything import DepthAnythingBackend, preprocess, target_size
 from pipeline.depth.metrics import depth_errors, summarise
 from pipeline.depth.run import finalize, generate_depth
-from pipeline.depth_codec import read_depth
 from pipeline.depth.select import resolve
+from pipeline.depth_codec import read_depth
+from pipeline.device import resolve_device, use_device
 from pipeline.errors import DataError, LixError
 from pipeline.sources import create_reader
 from pipeline.sources.synthetic import generate
+
 
 def _tiny_depth_anything(metric=False):
     from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config
@@ -47,7 +47,8 @@ def test_target_size_and_preprocess():
     x = torch.full((2, 50, 80, 3), 255, dtype=torch.uint8)
     y = preprocess(x, size=140)
     assert y.shape[2] % 14 == 0 and y.shape[3] % 14 == 0
-    torch.testing.assert_close(y[0, :, 0, 0], (1 - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225]))
+    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+    torch.testing.assert_close(y[0, :, 0, 0], (1 - mean) / std)
 
 
 def test_depth_anything_batching_and_odd_sizes():

@@ -10,13 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from distill_utils import cfg
 
 from lix.checkpoint import ConfigMismatch, load_checkpoint
 from lix.distill.train import distill_fit
 from lix.train import fit
 from pipeline.errors import ConfigError, DataError
-
-from distill_utils import cfg
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,6 +35,8 @@ def test_kd_run_writes_a_student_and_logs_each_term(train_shards, teacher, tmp_p
     assert ckpt["config"]["role"] == "student" and ckpt["config"]["x"] is None
     d = ckpt["config"]["distill"]
     assert d["method"] == "dkd" and d["hyper"] == {"beta": 4.0} and d["teacher_x"] == "depth"
+    # what the distiller used, every key: the one record the report reads (DKD's published defaults)
+    assert d["resolved_hyper"] == {"alpha": 1.0, "beta": 4.0, "temperature": 4.0, "w_dkd": 1.0}
     assert len(d["teacher_sha256"]) == 64
     # the checkpoint's model is the student alone (evaluate/export need no distillation code)
     assert not any(k.endswith("_inf") or "_inf." in k for k in ckpt["model"])
@@ -53,7 +54,8 @@ def test_the_teacher_stays_frozen_and_out_of_the_trained_module(train_shards, te
     assert all(torch.equal(before[k], after[k]) for k in before)
     ckpt = load_checkpoint(tmp_path / "last.pt")
     params = ckpt["optimizer"]["param_groups"][0]["params"]
-    n_student = len([k for k in ckpt["model"] if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))])
+    buffers = ("running_mean", "running_var", "num_batches_tracked")
+    n_student = len([k for k in ckpt["model"] if not k.endswith(buffers)])
     assert len(params) > n_student  # the student and fitnet's regressor, nothing of the teacher
     assert ckpt["extra"]["distiller"]  # the regressor's weights
 
@@ -119,9 +121,7 @@ def test_cli_list_and_distill(train_shards, teacher, tmp_path):
     from typer.testing import CliRunner
 
     from lix.cli import app
-    from lix.distill.base import DISTILLERS, _register_all
-
-    _register_all()
+    from lix.distill import DISTILLERS
     runner = CliRunner()
     r = runner.invoke(app, ["distill", "--list"], env={"COLUMNS": "250"})
     assert r.exit_code == 0, r.output

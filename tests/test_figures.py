@@ -1,5 +1,5 @@
-"""lix/figures.py: the dvclive logs read back exactly, the curves and Fig. 5 drawn from a fake runs
-tree, the qualitative grid and the DWC maps from real (untrained) MFNet checkpoints."""
+"""lix/report/ (figures, grid, networks, dwc): the dvclive logs read back exactly, the curves and
+Fig. 5 drawn from a fake runs tree, the qualitative grid and the DWC maps from real (untrained) MFNet checkpoints."""
 
 from __future__ import annotations
 
@@ -10,13 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from lix import figures
-from lix.figures import (GAP, GREY, LEGEND_SWATCH, aggregate_seeds, cka_curves, class_legend, confidence_map,
-                         dwc_arrays, dwc_maps, grid_size, grid_titles, legend_height, list_methods,
-                         nontarget_weight_maps, qualitative_grid, read_tsv, seed_curves, title_height,
-                         training_curves)
+from lix.report import figures
+from lix.report.dwc import confidence_map, dwc_arrays, dwc_maps, nontarget_weight_maps
+from lix.report.figures import cka_curves, training_curves
+from lix.report.grid import GAP, grid_size, grid_titles, qualitative_grid, title_height
+from lix.report.logs import aggregate_seeds, list_methods, read_tsv, seed_curves
+from lix.report.plot import GREY
 from pipeline.errors import DataError
 from pipeline.imageio import read_rgb
+from pipeline.preview import LEGEND_SWATCH, class_legend, legend_height
 
 DS, MODEL = "kitti", "mfnet"
 
@@ -147,7 +149,8 @@ def ckpt_runs(train_shards, tmp_path_factory):
     from lix.config import TrainConfig
     from lix.data import ShardDataset
     from lix.distill import create_distiller
-    from lix.train import build_model, run_config
+    from lix.model_factory import build_model
+    from lix.provenance import run_config
 
     tmp = tmp_path_factory.mktemp("figure_runs")
     shards_root = tmp / "shards"
@@ -185,7 +188,7 @@ def ckpt_runs(train_shards, tmp_path_factory):
 
 def predict_overlay(net, role, cfg, item, pal):
     from lix.data import to_device
-    from lix.train import Inputs
+    from lix.inputs import Inputs
     from pipeline.preview import label_overlay
 
     batch = to_device({k: v[None] for k, v in item.items() if torch.is_tensor(v)}, "cpu")
@@ -311,7 +314,7 @@ def test_dwc_arrays_are_the_trained_controllers_weights(ckpt_runs):
     from lix.checkpoint import load_checkpoint
     from lix.data import ShardDataset, to_device
     from lix.distill import create_distiller
-    from lix.train import Inputs
+    from lix.inputs import Inputs
 
     d = dwc_arrays(ckpt_runs["runs"], ckpt_runs["shards"], DS, MODEL, "lix", n_images=5)
     assert (d["beta"], d["beta_min"], d["beta_max"]) == (8.0, 1.0, 10.0)
@@ -394,7 +397,7 @@ def _grid_caption_columns(md: str) -> list[str]:
 def test_report_grid_caption_lists_the_columns_drawn(ckpt_runs, tmp_path, methods, want):
     """Without a finished baseline the grid has no 'best baseline' column: the caption must not
     promise one. The caption's columns, counted, are the picture's columns, measured."""
-    from lix.report import write_report
+    from lix.report.build import write_report
 
     runs = _report_runs(ckpt_runs, tmp_path / "runs", methods)
     out = tmp_path / "report"
@@ -413,7 +416,8 @@ def test_report_grid_caption_lists_the_columns_drawn(ckpt_runs, tmp_path, method
 def test_report_reads_the_depth_source_from_the_shards(ckpt_runs, tmp_path):
     """The test shards were prepared with the dataset's own depth (ground_truth), which is not the
     paper's KITTI depth (CREStereo): the protocol and the setup table say which it was."""
-    from lix.report import fmt_depth_source, read_depth_source, write_report
+    from lix.report.build import write_report
+    from lix.report.depth import fmt_depth_source, read_depth_source
 
     counts = read_depth_source(ckpt_runs["shards"] / DS)
     assert counts == {"ground_truth": 8}  # 6 train + 2 val samples

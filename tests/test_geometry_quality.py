@@ -10,8 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from lix.cli import app
-from pipeline.geometry_quality import (BIN_DEG, THRESHOLDS_DEG, angular_error_deg, frame_geometry,
-                                       summarise_geometry)
+from pipeline.geometry_quality import BIN_DEG, THRESHOLDS_DEG, angular_error_deg, frame_geometry, summarise_geometry
 
 
 def _tilted(angles_deg: np.ndarray) -> np.ndarray:

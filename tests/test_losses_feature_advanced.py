@@ -10,8 +10,8 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from distill_utils import two_trainer_steps
+
 from lix.distill import DISTILLERS, DistillBatch, TapSpec, create_distiller
 from lix.losses import feature_advanced as fa
 from lix.models import create_model

@@ -1,5 +1,6 @@
 """The paper's own methods: DWLD (lix/losses/dwld.py), ARFD (lix/losses/arfd.py), the consistency
-measures (lix/losses/cka.py) and the registered ``dwld`` / ``arfd`` / ``lix`` (lix_method.py).
+measures (lix/losses/cka.py) and the registered ``dwld`` / ``arfd`` / ``lix``
+(lix/distill/methods/).
 
 Golden values are recomputed here in float64 numpy (per-pixel Python loops for DKD/DWLD, Gram
 matrices for CKA, explicit pairwise loops for the kernel regression), never with the modules'
@@ -27,7 +28,8 @@ from torch import nn
 from lix.distill import DISTILLERS, DistillBatch, TapSpec, create_distiller
 from lix.losses import arfd as arfd_mod
 from lix.losses import cka as cka_mod
-from lix.losses.dwld import DWLDHead, dwc_objective, dwld_loss, dwld_terms
+from lix.losses.dwc import dwc_objective
+from lix.losses.dwld import DWLDHead, dwld_loss, dwld_terms
 from lix.models import create_model
 from lix.models.taps import FeatureTaps
 from pipeline.errors import ConfigError
@@ -887,7 +889,7 @@ def tiny_student_forward(student: nn.Module, x: torch.Tensor):
 def test_lookahead_weight_gradient_equals_finite_differences():
     """∂CE(θ − η∇θ[CE + λ·DWLD(w)])/∂w, checked entry by entry against central differences of an
     explicit virtual step (first-order autograd only) on a 1×1-conv student, in float64."""
-    from lix.losses.dwld import lookahead_weight_gradient
+    from lix.losses.dwc import lookahead_weight_gradient
 
     torch.manual_seed(0)
     x, t, y = synthetic_problem(5)

@@ -15,8 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from lix.distill import DistillBatch, create_distiller, hyper_defaults
-from lix.distill.base import DISTILLERS
+from lix.distill import DISTILLERS, DistillBatch, create_distiller, hyper_defaults
 from lix.losses.logit import cwkd_loss, dist_loss, dkd_loss, dkd_terms, kd_loss, kd_map, wsld_loss
 from lix.models import create_model
 
@@ -84,8 +83,10 @@ def ref_cwd_official(s, t, T):
     s, t = s.detach().numpy().astype(np.float64), t.numpy().astype(np.float64)
     n, c, h, w = s.shape
     zs, zt = s.reshape(n, c, -1) / T, t.reshape(n, c, -1) / T
-    ps = np.exp(zs - zs.max(-1, keepdims=True)); ps /= ps.sum(-1, keepdims=True)
-    pt = np.exp(zt - zt.max(-1, keepdims=True)); pt /= pt.sum(-1, keepdims=True)
+    ps = np.exp(zs - zs.max(-1, keepdims=True))
+    ps /= ps.sum(-1, keepdims=True)
+    pt = np.exp(zt - zt.max(-1, keepdims=True))
+    pt /= pt.sum(-1, keepdims=True)
     loss = np.sum(pt * (np.log(pt) - np.log(ps)))  # KLDivLoss(reduction='sum')(log ps, pt)
     return loss / (n * c) * T * T
 
@@ -97,7 +98,8 @@ def ref_dkd_official(s, t, y, alpha, beta, T):
     lt = np.stack([r[1] for r in rows]).astype(np.float64)
     tg = np.array([r[2] for r in rows])
     m, c = ls.shape
-    gt_mask = np.zeros((m, c)); gt_mask[np.arange(m), tg] = 1.0
+    gt_mask = np.zeros((m, c))
+    gt_mask[np.arange(m), tg] = 1.0
     other_mask = 1.0 - gt_mask
 
     def softmax(x):

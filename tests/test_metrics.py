@@ -13,7 +13,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from lix.metrics import ConfusionMatrix, json_safe, plot_confusion, scores_from_confusion
+from lix.metrics import ConfusionMatrix, plot_confusion, scores_from_confusion
+from pipeline.atomic import json_safe
 
 # --------------------------------------------------------------------------- hand-made case
 # 4 classes, rows = ground truth, columns = prediction:

@@ -57,7 +57,8 @@ def one_error_line(res, *names: str, code: int = 2) -> str:
 def run_checkpoint(path: Path, names: list[str], role: str = "student", epoch: int = 3) -> Path:
     """A checkpoint as lix train writes it (MFNet, kitti's 19 classes; untrained weights)."""
     from lix.config import TrainConfig
-    from lix.train import build_model, run_config
+    from lix.model_factory import build_model
+    from lix.provenance import run_config
 
     cfg = TrainConfig(model="mfnet", device="cpu", num_workers=0, batch_size=2, crop=None)
     config = run_config(cfg, "kitti", role, names, 1)

@@ -59,14 +59,15 @@ def test_predict_odd_sizes_and_unreadable_images(runs, tmp_path):
                 want = model(x).argmax(1)[0].numpy()
             np.testing.assert_array_equal(lab, want)
     summary = json.loads((out / "predict.json").read_text())
-    assert sorted(summary["written"]) == sorted(sizes) and [Path(p).name for p, _ in summary["skipped"]] == ["broken.png"]
+    assert sorted(summary["written"]) == sorted(sizes)
+    assert [Path(p).name for p, _ in summary["skipped"]] == ["broken.png"]
     assert "broken.png" in (out / "skipped.txt").read_text()
     assert not list(out.glob("broken*")) and not [p for p in out.iterdir() if p.name.startswith(".")]
 
 
 def test_predict_refuses_a_teacher_and_an_empty_folder(runs, tmp_path):
-    from pipeline.errors import DataError
     from lix.predict import predict_folder
+    from pipeline.errors import DataError
 
     (tmp_path / "in").mkdir()
     write_image(tmp_path / "in" / "a.png", np.zeros((16, 16, 3), np.uint8))
@@ -263,8 +264,15 @@ def test_predict_large_image_in_tiles(runs, tmp_path):
     takes 192x192 tiles, two by two) is segmented in overlapping tiles: output of the input's
     size, labels those of whole-image inference except near tile borders; an image that fits is
     segmented whole (exactly)."""
-    from lix.predict import (GIB, HOST_BYTES_PER_PIXEL, _logits, forward_bytes_per_pixel, load_student,
-                             predict_folder, slide_labels)
+    from lix.predict import (
+        GIB,
+        HOST_BYTES_PER_PIXEL,
+        _logits,
+        forward_bytes_per_pixel,
+        load_student,
+        predict_folder,
+        slide_labels,
+    )
 
     h, w = 200, 312
     src, out = tmp_path / "in", tmp_path / "out"

@@ -6,14 +6,17 @@ import numpy as np
 import pytest
 
 from pipeline.sources import create_reader
-from pipeline.sources.kitti import CLASS_NAMES as KITTI_NAMES, ID_TO_TRAIN
+from pipeline.sources.kitti import CLASS_NAMES as KITTI_NAMES
+from pipeline.sources.kitti import ID_TO_TRAIN
 from pipeline.sources.nuimages import CLASS_NAMES as NU_NAMES
 from pipeline.sources.synthetic.classes import C
 from pipeline.sources.synthetic.common import split_evenly
-from pipeline.sources.synthetic.kitti import BASELINE as KITTI_B, CITYSCAPES_FROM_INTERNAL, KittiJob, render_frame
+from pipeline.sources.synthetic.kitti import BASELINE as KITTI_B
+from pipeline.sources.synthetic.kitti import CITYSCAPES_FROM_INTERNAL, KittiJob, render_frame
 from pipeline.sources.synthetic.nuimages import NuJob
 from pipeline.sources.synthetic.nuimages import render_frame as nu_render
-from pipeline.sources.synthetic.vkitti2 import BASELINE as VK_B, SCENES, VKittiJob, render_views
+from pipeline.sources.synthetic.vkitti2 import BASELINE as VK_B
+from pipeline.sources.synthetic.vkitti2 import SCENES, VKittiJob, render_views
 from pipeline.sources.vkitti2 import CLASS_NAMES as VK_NAMES
 from tests.conftest import SMALL
 

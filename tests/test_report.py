@@ -15,7 +15,8 @@ import typer
 from typer.testing import CliRunner
 
 from lix.cli.report import report_app
-from lix.report import parse_method, write_report
+from lix.report.build import write_report
+from lix.report.names import parse_method
 
 METRICS = ("mfsc", "fwfsc", "miou", "fwiou")
 LABEL = {"mfsc": "mFsc", "fwfsc": "fwFsc", "miou": "mIoU", "fwiou": "fwIoU"}
@@ -436,7 +437,7 @@ def test_paper_figures_beside_ours(runs, tmp_path):
 
 
 def test_gap_closed_and_kendall_tau_golden():
-    from lix.paper_figures import compare_with_paper, gap_closed, kendall_tau
+    from lix.report.paper import compare_with_paper, gap_closed, kendall_tau
 
     assert gap_closed(55.0, 50.0, 60.0) == pytest.approx(0.5)
     assert gap_closed(45.0, 50.0, 60.0) == pytest.approx(-0.5)
@@ -471,7 +472,7 @@ def test_the_shipped_paper_tables():
     """lix/paper_tables.json against cells read off the paper by hand, and the paper's own
     consistency: Table IV's third row is DWLD of Table I, Table V's Laplace + CKA cell is ARFD's
     mFsc of Table I (MFNet, vKITTI2)."""
-    from lix.paper_figures import SHIPPED, load_paper_figures
+    from lix.report.paper import SHIPPED, load_paper_figures
 
     p = load_paper_figures(SHIPPED)
     ds = p["datasets"]
@@ -511,7 +512,7 @@ def test_the_shipped_paper_tables():
     (lambda p: p["datasets"]["kitti"]["rows"]["lix"]["mfnet"].update(miou=10**400), "rows.lix.mfnet.miou"),
 ])
 def test_paper_figures_refused_naming_the_key(tmp_path, edit, key):
-    from lix.paper_figures import load_paper_figures
+    from lix.report.paper import load_paper_figures
     from pipeline.errors import ConfigError, DataError
 
     bad = json.loads(json.dumps(PAPER))

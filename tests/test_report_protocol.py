@@ -7,9 +7,9 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from lix.report import write_report
 from test_report import _main_table, _metrics, _section_table, _write
+
+from lix.report.build import write_report
 
 DS, MODEL = "vkitti2", "mfnet"
 DIGEST = "ab" * 32

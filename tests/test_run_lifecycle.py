@@ -14,11 +14,10 @@ import pytest
 import torch
 import typer
 import yaml
+from distill_utils import cfg
 
 from lix.checkpoint import load_checkpoint
 from lix.train import fit
-
-from distill_utils import cfg
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,8 +10,15 @@ from lix.config import DepthConfig, Params, from_dict
 from pipeline.depth.base import create_backend
 from pipeline.depth.metrics import depth_errors, summarise
 from pipeline.depth.select import backend_options
-from pipeline.depth.sgbm import (Scaled, SGBMBackend, bounded_holes, domain_transform, left_right_consistent,
-                                 plane_smooth, unseen_fill)
+from pipeline.depth.sgbm import (
+    Scaled,
+    SGBMBackend,
+    bounded_holes,
+    domain_transform,
+    left_right_consistent,
+    plane_smooth,
+    unseen_fill,
+)
 from pipeline.errors import ConfigError
 from pipeline.geometry_quality import frame_geometry, summarise_geometry
 from pipeline.normals import surface_normals
@@ -208,7 +215,8 @@ def test_new_depth_config_keys_are_validated():
 def test_pixel_settings_scale_with_the_image_width():
     """Stated at 320 px, multiplied by width / 320 (areas by its square); values worked out by hand."""
     ref = Scaled.for_width(320, max_disparity=64, fill_max_gap=8)
-    assert (ref.s, ref.num_disp, ref.evidence_shift, ref.sigma_s, ref.fill_max_gap, ref.fill_tol) == (1, 64, 10, 30, 8, 1)
+    got = (ref.s, ref.num_disp, ref.evidence_shift, ref.sigma_s, ref.fill_max_gap, ref.fill_tol)
+    assert got == (1, 64, 10, 30, 8, 1)
     assert (ref.speckle_window, ref.occlusion_margin, ref.match_scales) == (50, 8, 1)
     full = Scaled.for_width(1242, max_disparity=64, fill_max_gap=8)  # s = 3.88125
     assert full.num_disp == 256  # 248.4 px, rounded up to SGBM's multiple of 16

@@ -10,15 +10,15 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from lix.config import NormalsConfig
 import lix.data
+import pipeline.shards
+from lix.config import NormalsConfig
 from lix.data import AugmentConfig, ShardDataset
 from pipeline.depth_codec import read_depth
 from pipeline.errors import DataError
 from pipeline.imageio import read_rgb
 from pipeline.normals import surface_normals
 from pipeline.shards import iter_samples, read_manifest, verify_shards
-import pipeline.shards
 from pipeline.sources import create_reader
 
 

@@ -32,7 +32,8 @@ cfg = json.loads((root / "cfg.json").read_text())
 events = root / "events.jsonl"
 def log(kind):
     with open(events, "a") as f:
-        f.write(json.dumps({"stage": stage, "kind": kind, "t": time.time(), "omp": os.environ.get("OMP_NUM_THREADS")}) + "\n")
+        f.write(json.dumps({"stage": stage, "kind": kind, "t": time.time(),
+                            "omp": os.environ.get("OMP_NUM_THREADS")}) + "\n")
 lock_file = root / f"locked_{stage}"
 if stage in cfg.get("lock_once", []) and not lock_file.exists():
     lock_file.write_text("x")

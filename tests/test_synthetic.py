@@ -9,8 +9,18 @@ import pytest
 
 from pipeline.sources.synthetic import generate
 from pipeline.sources.synthetic.classes import C
-from pipeline.sources.synthetic.render import (Box, Camera, Cylinder, Lighting, Material, Quad, Scene, Sphere,
-                                               render, rotation)
+from pipeline.sources.synthetic.render import (
+    Box,
+    Camera,
+    Cylinder,
+    Lighting,
+    Material,
+    Quad,
+    Scene,
+    Sphere,
+    render,
+    rotation,
+)
 
 
 def _mat():
@@ -163,15 +173,15 @@ def test_people_and_things_stand_where_they_belong(name):
 def test_vkitti2_streets_hold_only_its_own_classes():
     """vKITTI2 scenes are sampled without a population: cars, vans and trucks only, and its
     colors.txt is the official one (no invented classes)."""
-    from pipeline.sources.synthetic.vkitti2 import colors_text, render_views, VKittiJob
-    from pipeline.sources.vkitti2 import OFFICIAL_COLORS
+    from pipeline.labels import VKITTI2_COLORS
+    from pipeline.sources.synthetic.vkitti2 import VKittiJob, colors_text, render_views
 
     for f in range(3):
         for _, out in render_views(VKittiJob("", 0, "clone", f, 96, 32, 0)):
             assert out.cls.max() <= C.TRUCK
             assert {o.kind for o in out.objects.values()} <= {"car", "van", "truck"}
-    assert colors_text().splitlines()[1:] == [f"{k} {r} {g} {b}" for k, (r, g, b) in OFFICIAL_COLORS.items()]
-    assert len(OFFICIAL_COLORS) == 15
+    assert colors_text().splitlines()[1:] == [f"{k} {r} {g} {b}" for k, (r, g, b) in VKITTI2_COLORS.items()]
+    assert len(VKITTI2_COLORS) == 15
 
 
 def _digest(root):

@@ -269,8 +269,8 @@ def test_cli_train_then_evaluate(shards, tmp_path):
     pfile.write_text(yaml.safe_dump(params))
     runner = CliRunner()
     run = tmp_path / "student"
-    r = runner.invoke(app, ["train", "--dataset", "kitti", "--role", "student", "--model", "tiny_seg", "--out", str(run),
-                            "--shards", str(shards), "--params", str(pfile), "--no-progress"])
+    r = runner.invoke(app, ["train", "--dataset", "kitti", "--role", "student", "--model", "tiny_seg",
+                            "--out", str(run), "--shards", str(shards), "--params", str(pfile), "--no-progress"])
     assert r.exit_code == 0, r.output
     assert "kitti student (tiny_seg, seed 0): 2 epochs, stopped: max_epochs" in r.output
     # --evaluate (the default): best.pt evaluated into the run directory
@@ -298,7 +298,6 @@ def test_cli_train_then_evaluate(shards, tmp_path):
     assert json.loads((run / "metrics.json").read_text())["matrix"] == m["matrix"]
     assert len(m["per_class_iou"]) == 19 and len(m["matrix"]) == 19
     from pipeline.imageio import read_rgb
-
     from pipeline.preview import LEGEND_GAP, class_legend, class_palette
 
     # 2 rows of RGB | ground truth | prediction, then the class legend (issue 18: every label picture)
@@ -370,7 +369,7 @@ def test_train_config_refusals_name_the_key(tmp_path, text, key, problem):
 
 
 def test_model_choices_fail_fast(shards, tmp_path):
-    from lix.train import build_model
+    from lix.model_factory import build_model
     from pipeline.errors import ConfigError
 
     with pytest.raises(ConfigError, match="unknown model 'unet'; expected one of .*'mfnet'"):

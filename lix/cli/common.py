@@ -13,8 +13,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from pipeline.datasets import DATASETS
 from pipeline.errors import LixError
-from pipeline.sources import DATASETS
 
 err = Console(stderr=True)
 out = Console()
@@ -24,6 +24,8 @@ Dataset = Enum("Dataset", {d: d for d in DATASETS}, type=str)  # the registered 
 DatasetOpt = typer.Option(..., "--dataset", "-d", help=f"Which dataset: {', '.join(DATASETS)}.")
 ParamsOpt = typer.Option(Path("params.yaml"), "--params", help="The parameter file (params.yaml).")
 ProgressOpt = typer.Option(True, "--progress/--no-progress", help="Show progress bars.")
+DeviceOpt = typer.Option("auto", help="auto, cpu or cuda[:N].")
+ShardsOpt = typer.Option(None, "--shards", help="Shard directory (default data/shards/<dataset>).")
 
 
 class _StderrHandler(logging.StreamHandler):
@@ -92,19 +94,25 @@ MetricsOpt = typer.Option(None, "--metrics", help="Also write the run's val scal
                                                   "best epoch) to this JSON file (DVC's metrics).")
 
 
+def check_verify(verify: str) -> str:
+    """``--verify``: ConfigError unless one of the shard checks (``pipeline.shards.VERIFY_METHODS``)."""
+    from pipeline.errors import ConfigError
+    from pipeline.shards import VERIFY_METHODS
+
+    if verify not in VERIFY_METHODS:
+        raise ConfigError("--verify", f"expected size or sha256, got {verify!r}")
+    return verify
+
+
 def record_failure(out_dir: Path, exc: BaseException) -> None:
     """Leave ``<out_dir>/failed.json`` ({"error", "type"}) so that a sweep's report shows the run
     as failed, with why, instead of as missing; the exception still propagates (the command
     exits non-zero). Written atomically; a run that succeeds later removes it."""
-    import json
-
-    from pipeline.atomic import atomic_path
+    from pipeline.atomic import write_json
 
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        with atomic_path(out_dir / "failed.json") as tmp:
-            tmp.write_text(json.dumps({"error": str(exc) or type(exc).__name__, "type": type(exc).__name__},
-                                      indent=2) + "\n")
+        write_json(out_dir / "failed.json", {"error": str(exc) or type(exc).__name__, "type": type(exc).__name__},
+                   sort_keys=False)
     except OSError:  # the failure itself may be an unwritable directory: keep the original error
         pass
 
@@ -135,9 +143,7 @@ RUN_METRICS = ("miou", "mfsc", "fwiou", "fwfsc", "pixel_acc")
 def write_run_metrics(path: Path, metrics: dict, summary: dict) -> None:
     """The run's scalars for DVC (``--metrics``): the val figures of best.pt, the best epoch,
     the epochs run, why it stopped and the last epoch's val mIoU; written atomically."""
-    import json
-
-    from pipeline.atomic import atomic_path
+    from pipeline.atomic import write_json
 
     last = summary.get("last") or {}
     data = {k: round(float(metrics[k]), 6) for k in RUN_METRICS if k in metrics}
@@ -145,6 +151,4 @@ def write_run_metrics(path: Path, metrics: dict, summary: dict) -> None:
              "stopped": summary.get("stopped")}
     if "val/miou" in last:
         data["last_miou"] = round(float(last["val/miou"]), 6)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
+    write_json(path, data, sort_keys=False)

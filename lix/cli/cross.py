@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from lix import layout
-from lix.cli.common import Dataset, ProgressOpt, out, user_errors
+from lix.cli.common import Dataset, DeviceOpt, ProgressOpt, out, user_errors
 
 cross_app = typer.Typer(help="Generalisation across datasets.")
 
@@ -21,8 +21,8 @@ PAIR_SEP = "-to-"  # sweep.cross entries: <source>-to-<target> (DVC stage names 
 
 def parse_pair(pair: str) -> tuple[str, str]:
     """``"vkitti2-to-kitti"`` -> ``("vkitti2", "kitti")``; ConfigError naming ``--pair`` otherwise."""
+    from pipeline.datasets import DATASETS
     from pipeline.errors import ConfigError
-    from pipeline.sources import DATASETS
 
     src, sep, tgt = pair.partition(PAIR_SEP)
     if not sep or src not in DATASETS or tgt not in DATASETS or src == tgt:
@@ -46,7 +46,7 @@ def cross_evaluate_cmd(
     seed: int = typer.Option(0, "--seed", help="With --pair: the run's seed."),
     shards: Path = typer.Option(None, "--shards", help="The target's shard directory (default data/shards/<dataset>)."),
     out_dir: Path = typer.Option(..., "--out", help="Where metrics.json goes (not the run's own directory)."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda[:N]."),
+    device: str = DeviceOpt,
     progress: bool = ProgressOpt,
 ):
     """Score a student trained on one dataset on another dataset's val split (common classes)."""

@@ -78,7 +78,7 @@ def distill_cmd(
         return
     from lix.cli.train import finish_run
     from lix.config import PLAIN_STUDENT, load_params
-    from lix.distill.base import validate_hyper
+    from lix.distill.registry import validate_hyper
     from lix.distill.train import distill_fit
     from lix.validate import check_method_name, check_model_name, check_params
     from pipeline.errors import ConfigError

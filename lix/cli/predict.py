@@ -6,32 +6,33 @@ from pathlib import Path
 
 import typer
 
-from lix.cli.common import ProgressOpt, out, user_errors
+from lix.cli.common import DeviceOpt, ProgressOpt, out, user_errors
+
+# The command's own options (the shared ones live in lix/cli/common.py).
+CheckpointOpt = typer.Option(..., "--checkpoint", help="An RGB-only student: best.pt / last.pt / model.safetensors "
+                                                       "of lix train or lix distill.")
+InputOpt = typer.Option(..., "--input", help="Folder of images, any size: PNG, JPEG (.jpg/.jpeg), BMP, TIFF "
+                                             "(.tif/.tiff), WebP (.webp), suffix case ignored. Subfolders are not "
+                                             "searched; other files are ignored.")
+OutputOpt = typer.Option(..., "--output", help="Where <name>_label.png, _colour.png, _overlay.png, predict.json "
+                                               "and skipped.txt go (<name>_<ext>_label.png ... when inputs share a "
+                                               "name, as a.png and a.jpg).")
+BatchSizeOpt = typer.Option(8, "--batch-size", help="Most images per forward pass (images of one size; fewer when "
+                                                    "--memory-budget requires).")
+MemoryBudgetOpt = typer.Option(None, "--memory-budget", metavar="GIB",
+                               help="GiB a forward pass may take (activations, tile stitching and, on the CPU, the "
+                                    "image and its outputs); an image too large for it is segmented in overlapping "
+                                    "tiles, their logits averaged. Default: 2 on the CPU, half the free GPU memory "
+                                    "on CUDA.")
 
 predict_app = typer.Typer(help="Segmentation of a folder of images with a trained student.")
 
 
 @predict_app.command("predict")
 @user_errors
-def predict_cmd(
-    checkpoint: Path = typer.Option(..., "--checkpoint", help="An RGB-only student: best.pt / last.pt / "
-                                                              "model.safetensors of lix train or lix distill."),
-    input_dir: Path = typer.Option(..., "--input", help="Folder of images, any size: PNG, JPEG (.jpg/.jpeg), BMP, "
-                                                        "TIFF (.tif/.tiff), WebP (.webp), suffix case ignored. "
-                                                        "Subfolders are not searched; other files are ignored."),
-    output_dir: Path = typer.Option(..., "--output", help="Where <name>_label.png, _colour.png, _overlay.png, "
-                                                          "predict.json and skipped.txt go (<name>_<ext>_label.png "
-                                                          "... when inputs share a name, as a.png and a.jpg)."),
-    batch_size: int = typer.Option(8, "--batch-size", help="Most images per forward pass (images of one size; "
-                                                           "fewer when --memory-budget requires)."),
-    memory_budget: float = typer.Option(None, "--memory-budget", metavar="GIB",
-                                        help="GiB a forward pass may take (activations, tile stitching and, on the "
-                                             "CPU, the image and its outputs); an image too large for it is "
-                                             "segmented in overlapping tiles, their logits averaged. Default: 2 on "
-                                             "the CPU, half the free GPU memory on CUDA."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda[:N]."),
-    progress: bool = ProgressOpt,
-):
+def predict_cmd(checkpoint: Path = CheckpointOpt, input_dir: Path = InputOpt, output_dir: Path = OutputOpt,
+                batch_size: int = BatchSizeOpt, memory_budget: float = MemoryBudgetOpt, device: str = DeviceOpt,
+                progress: bool = ProgressOpt):
     """Segment a folder of RGB images with a trained student: label maps, colours, overlays.
     Exits with status 2 when no image could be segmented."""
     from rich.markup import escape

@@ -15,6 +15,12 @@ prepare_app = typer.Typer(help="Data preparation: download, splits, depth, norma
                           no_args_is_help=True)
 
 
+# Options several preparation steps share; each defaults to the step's place under data/ (lix.layout).
+RootOpt = typer.Option(None, help="Dataset root (default data/raw/<dataset>).")
+SplitOpt = typer.Option(None, help="Split manifest (default data/splits/<dataset>.json).")
+DepthOpt = typer.Option(None, help="Depth maps from `lix prepare depth` (default data/depth/<dataset>).")
+
+
 @prepare_app.command("download")
 @user_errors
 def download_cmd(
@@ -41,7 +47,7 @@ def download_cmd(
 @user_errors
 def splits_cmd(
     dataset: Dataset = DatasetOpt,
-    root: Path = typer.Option(None, help="Dataset root (default data/raw/<dataset>)."),
+    root: Path = RootOpt,
     out_path: Path = typer.Option(None, "--out", help="Manifest to write (default data/splits/<dataset>.json)."),
     params: Path = ParamsOpt,
     progress: bool = ProgressOpt,
@@ -66,7 +72,7 @@ def _env_int(name: str, default: int) -> int:
 @user_errors
 def depth_cmd(
     dataset: Dataset = DatasetOpt,
-    root: Path = typer.Option(None, help="Dataset root (default data/raw/<dataset>)."),
+    root: Path = RootOpt,
     split: Path = typer.Option(None, help="Split manifest: only its samples get depth (default: all samples)."),
     out_dir: Path = typer.Option(None, "--out", help="Output directory (default data/depth/<dataset>)."),
     metrics: Path = typer.Option(None, help="Depth-quality metrics JSON (default data/metrics/depth_<dataset>.json)."),
@@ -113,9 +119,9 @@ def depth_cmd(
 @user_errors
 def normals_cmd(
     dataset: Dataset = DatasetOpt,
-    root: Path = typer.Option(None, help="Dataset root (default data/raw/<dataset>)."),
-    split: Path = typer.Option(None, help="Split manifest (default data/splits/<dataset>.json)."),
-    depth: Path = typer.Option(None, help="Depth maps from `lix prepare depth` (default data/depth/<dataset>)."),
+    root: Path = RootOpt,
+    split: Path = SplitOpt,
+    depth: Path = DepthOpt,
     out_dir: Path = typer.Option(None, "--out", help="Output directory (default data/normals/<dataset>)."),
     metrics: Path = typer.Option(None, help="Geometry-quality JSON: normals vs those of the source's ground-truth "
                                  "depth, valid shares (default data/metrics/geometry_<dataset>.json)."),
@@ -144,9 +150,9 @@ def normals_cmd(
 @user_errors
 def shards_cmd(
     dataset: Dataset = DatasetOpt,
-    root: Path = typer.Option(None, help="Dataset root (default data/raw/<dataset>)."),
-    split: Path = typer.Option(None, help="Split manifest (default data/splits/<dataset>.json)."),
-    depth: Path = typer.Option(None, help="Depth maps (default data/depth/<dataset>)."),
+    root: Path = RootOpt,
+    split: Path = SplitOpt,
+    depth: Path = DepthOpt,
     normals: Path = typer.Option(None, help="Normal maps (default data/normals/<dataset>)."),
     out_dir: Path = typer.Option(None, "--out", help="Shard directory (default data/shards/<dataset>)."),
     preview: Path = typer.Option(None, help="Preview PNG (default data/previews/<dataset>.png)."),

@@ -1,4 +1,4 @@
-"""``lix report``: thin over lix/report.py (parse, call, report)."""
+"""``lix report``: thin over lix/report/ (parse, call, report)."""
 
 from __future__ import annotations
 
@@ -14,27 +14,29 @@ report_app = typer.Typer(help="The experiment matrix's runs as a report in the p
 @report_app.command("report")
 @user_errors
 def report_cmd(
+    # what it reads
     runs: Path = typer.Option(..., "--runs", help="Runs root: <runs>/<dataset>/<model>/<method>/seed<k>/metrics.json "
                                                   "(or failed.json), optional <runs>/overhead.json."),
+    cross: Path = typer.Option(None, "--cross", help="Cross-dataset evaluations root (<cross>/<source>-to-<target>/"
+                                                     "<model>/<method>/seed<k>/metrics.json), if any."),
+    shards: Path = typer.Option(None, "--shards", help="Shards root (<shards>/<dataset>): the val images of the "
+                                                       "qualitative grid and the DWC maps, and the depth source "
+                                                       "of each dataset (recorded per sample in its shards)."),
+    overhead: Path = typer.Option(None, "--overhead", help="benchmarks/distill_step.py --json output (default "
+                                                           "<runs>/overhead.json when present)."),
+    paper: Path = typer.Option(None, "--paper", help="The paper's published figures quoted beside ours: a JSON "
+                                                     "file or a directory holding tables.json (format: "
+                                                     "lix/report/paper.py). Default: the shipped Tables I-V "
+                                                     "(lix/report/paper_tables.json)."),
+    no_paper: bool = typer.Option(False, "--no-paper", help="Quote none of the paper's figures."),
+    # what it writes
     out_dir: Path = typer.Option(..., "--out", help="Where README.md, summary.json and the pictures (PNG) go."),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Draw the pictures (curves, CKA over training, "
                                                             "beta sweep; with --shards the qualitative grid and "
                                                             "the DWC maps)."),
-    cross: Path = typer.Option(None, "--cross", help="Cross-dataset evaluations root (<cross>/<source>-to-<target>/"
-                                                     "<model>/<method>/seed<k>/metrics.json), if any."),
-    overhead: Path = typer.Option(None, "--overhead", help="benchmarks/distill_step.py --json output (default "
-                                                           "<runs>/overhead.json when present)."),
-    shards: Path = typer.Option(None, "--shards", help="Shards root (<shards>/<dataset>): the val images of the "
-                                                       "qualitative grid and the DWC maps, and the depth source "
-                                                       "of each dataset (recorded per sample in its shards)."),
-    paper: Path = typer.Option(None, "--paper", help="The paper's published figures quoted beside ours: a JSON "
-                                                     "file or a directory holding tables.json (format: "
-                                                     "lix/paper_figures.py). Default: the shipped Tables I-V "
-                                                     "(lix/paper_tables.json)."),
-    no_paper: bool = typer.Option(False, "--no-paper", help="Quote none of the paper's figures."),
     curves: Path = typer.Option(None, "--curves", help="Also write the val mIoU curves of every run as DVC plot "
                                                        "data: <curves>/<dataset>.csv (epoch, run, miou; "
-                                                       "lix/curves.py)."),
+                                                       "lix/report/curves.py)."),
     device: str = typer.Option("cpu", help="cpu or cuda[:N] for the pictures' forward passes."),
     progress: bool = ProgressOpt,
 ):
@@ -42,18 +44,17 @@ def report_cmd(
     setup of every run), tables in the paper's layout (mean ± std over seeds) with the last
     epoch's mIoU beside the chosen one, per-class IoU, ablations, overhead, paired seed
     comparisons: README.md and summary.json."""
-    from lix.report import write_report
+    from lix.report.build import write_report
+    from lix.report.paper import SHIPPED
 
     if not runs.is_dir():
         from pipeline.errors import DataError
 
         raise DataError(runs, "runs root not found (run the matrix first: dvc repro or lix sweep)")
-    from lix.paper_figures import SHIPPED
-
     s = write_report(runs, out_dir, plots=plots, shards_root=shards, device=device, cross_root=cross,
                      overhead=overhead, paper=None if no_paper else (paper or SHIPPED))
     if curves is not None:
-        from lix.curves import write_val_curves
+        from lix.report.curves import write_val_curves
 
         write_val_curves(runs, curves)
     c = s["counts"]

@@ -19,7 +19,8 @@ def sweep_cmd(
     filters: list[str] = typer.Option(None, "--filter", "-f", help="Only stages matching this glob (and what "
                                       "they need), e.g. 'student@*-lix-*'; repeatable."),
     report: bool = typer.Option(True, "--report/--no-report", help="Run the report stage last."),
-    dry: bool = typer.Option(False, "--dry", help="Print what would run, run nothing (params.yaml is not written, -S included)."),
+    dry: bool = typer.Option(False, "--dry", help="Print what would run, run nothing (params.yaml is not written, "
+                             "-S included)."),
     pull: bool = typer.Option(False, "--pull", help="Restore runs finished on other machines (pushed with `dvc push "
                               "--run-cache`) from the default DVC remote instead of running them (dvc repro --pull)."),
     repo: Path = typer.Option(Path("."), "--repo", help="The DVC repository (default: here)."),
@@ -59,7 +60,7 @@ def sweep_cmd(
                 bar.console.print(f"[cyan]start[/]   {stage}", highlight=False)
                 return
             colour = {"done": "green", "failed": "bold red", "skipped": "yellow"}[kind]
-            note = f" (log {detail})" if kind == "failed" else f" (upstream {detail} failed)" if kind == "skipped" else ""
+            note = {"failed": f" (log {detail})", "skipped": f" (upstream {detail} failed)"}.get(kind, "")
             bar.console.print(f"[{colour}]{kind:<7}[/] {stage}{note}", highlight=False)
             bar.advance(task)
 

@@ -8,22 +8,8 @@ from pathlib import Path
 import typer
 
 from lix import layout
-from lix.cli.common import (
-    Dataset,
-    DatasetOpt,
-    EvaluateOpt,
-    FreshIfChangedOpt,
-    MetricsOpt,
-    ParamsOpt,
-    ProgressOpt,
-    ResumeOpt,
-    SeedOpt,
-    VerifyOpt,
-    out,
-    run_outcome,
-    user_errors,
-    write_run_metrics,
-)
+from lix.cli import common
+from lix.cli.common import Dataset, out, user_errors
 
 train_app = typer.Typer(help="Training and evaluation of the teacher and the student.")
 
@@ -36,26 +22,25 @@ class Role(str, Enum):
 @train_app.command("train")
 @user_errors
 def train_cmd(
-    dataset: Dataset = DatasetOpt,
+    dataset: Dataset = common.DatasetOpt,
     out_dir: Path = typer.Option(..., "--out", help="Run directory: checkpoints, dvclive logs, metrics."),
     role: Role = typer.Option(..., "--role", help="teacher (RGB + train.<dataset>.x) or student (RGB only)."),
     model: str = typer.Option(None, "--model", help="A registered model (mfnet, sne_roadseg); "
                                                     "default train.<dataset>.model. arch.<model> applies."),
-    seed: int = SeedOpt,
-    shards: Path = typer.Option(None, "--shards", help="Shard directory (default data/shards/<dataset>)."),
-    params: Path = ParamsOpt,
-    resume: bool = ResumeOpt,
-    fresh_if_changed: bool = FreshIfChangedOpt,
-    metrics: Path = MetricsOpt,
-    verify: str = VerifyOpt,
-    evaluate: bool = EvaluateOpt,
-    progress: bool = ProgressOpt,
+    seed: int = common.SeedOpt,
+    shards: Path = common.ShardsOpt,
+    params: Path = common.ParamsOpt,
+    resume: bool = common.ResumeOpt,
+    fresh_if_changed: bool = common.FreshIfChangedOpt,
+    metrics: Path = common.MetricsOpt,
+    verify: str = common.VerifyOpt,
+    evaluate: bool = common.EvaluateOpt,
+    progress: bool = common.ProgressOpt,
 ):
     """Train the teacher or the student on a dataset's shards (torchrun for several processes)."""
     from lix.config import load_params
     from lix.train import fit
     from lix.validate import check_model_name, check_params
-    from pipeline.errors import ConfigError
 
     p = check_params(load_params(params), methods=False)
     d = dataset.value
@@ -63,14 +48,14 @@ def train_cmd(
         check_model_name(model, "--model")
     cfg = p.train_config(d, model, seed)
     shard_dir = shards or layout.shards(d)
-    if verify not in ("size", "sha256"):
-        raise ConfigError("--verify", f"expected size or sha256, got {verify!r}")
-    with run_outcome(out_dir):
+    common.check_verify(verify)
+    with common.run_outcome(out_dir):
         summary = fit(shard_dir, out_dir, cfg, dataset=d, role=role.value, progress=progress, verify=verify,
                       resume="if_same" if fresh_if_changed and resume else resume)
         best = summary["best_miou"]
         out.print(f"[green]{d}[/] {role.value} ({cfg.model}, seed {cfg.seed}): {summary['epochs']} epochs, stopped: "
-                  f"{summary['stopped']}, best val mIoU {100 * best:.2f} % at epoch {summary['best_epoch']} -> {out_dir}")
+                  f"{summary['stopped']}, best val mIoU {100 * best:.2f} % at epoch {summary['best_epoch']} "
+                  f"-> {out_dir}")
         finish_run(out_dir, shard_dir, summary, evaluate, metrics, progress)
 
 
@@ -85,7 +70,7 @@ def finish_run(out_dir: Path, shard_dir: Path, summary: dict, evaluate: bool, me
     if evaluate:
         m = evaluate_run(out_dir, shard_dir, progress, summary.get("best_val"))
         if metrics is not None and m:
-            write_run_metrics(metrics, m, summary)
+            common.write_run_metrics(metrics, m, summary)
 
 
 def evaluate_run(out_dir: Path, shard_dir: Path, progress: bool, best_val: dict | None = None) -> dict:
@@ -93,7 +78,7 @@ def evaluate_run(out_dir: Path, shard_dir: Path, progress: bool, best_val: dict 
     ``best_val``: the trainer's own evaluation of those weights (fit's summary), reused."""
     import os
 
-    from lix.train import evaluate_checkpoint
+    from lix.evaluate import evaluate_checkpoint
 
     if int(os.environ.get("RANK", "0")) != 0:
         return {}
@@ -106,15 +91,15 @@ def evaluate_run(out_dir: Path, shard_dir: Path, progress: bool, best_val: dict 
 @user_errors
 def evaluate_cmd(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="best.pt / last.pt, or an exported model.safetensors."),
-    dataset: Dataset = DatasetOpt,
+    dataset: Dataset = common.DatasetOpt,
     out_dir: Path = typer.Option(..., "--out", help="Where metrics.json, confusion.png, predictions.png go."),
-    shards: Path = typer.Option(None, "--shards", help="Shard directory (default data/shards/<dataset>)."),
+    shards: Path = common.ShardsOpt,
     rows: int = typer.Option(4, help="Val samples in the qualitative grid."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda[:N]."),
-    progress: bool = ProgressOpt,
+    device: str = common.DeviceOpt,
+    progress: bool = common.ProgressOpt,
 ):
     """Val metrics of a trained model, its confusion matrix and a qualitative grid."""
-    from lix.train import evaluate_checkpoint
+    from lix.evaluate import evaluate_checkpoint
 
     d = dataset.value
     m = evaluate_checkpoint(checkpoint, shards or layout.shards(d), out_dir, rows=rows, device=device,

@@ -1,42 +1,50 @@
 """The distillation contract: what a method sees each step and what it returns.
 
-A method is either a **pure loss function** plus a decorator::
+A method is either a **pure loss function** plus a decorator (lix/distill/registry.py)::
 
-    @register_distiller("kd", kind="logit", reference="Hinton et al., arXiv:1503.02531 (2015)")
-    def kd(b: DistillBatch, temperature: float = 4.0) -> torch.Tensor:
-        return kd_loss(b.student_logits, b.teacher_logits, b.target, temperature)
+    @register_distiller("kd", kind="logit", config=KDConfig, reference="Hinton et al., arXiv:1503.02531")
+    def kd(b: DistillBatch, cfg: KDConfig) -> torch.Tensor:
+        return kd_loss(b.student_logits, b.teacher_logits, b.target, cfg.temperature, b.ignore_index)
 
 or, when it owns trainable parts (connectors, the dynamic weight controller, paraphrasers,
-tokens, denoisers), a :class:`Distiller` subclass under the same decorator. Either way
+tokens, denoisers), a :class:`Distiller` subclass under the same decorator; each lives in its
+own module of lix/distill/methods/, the formulas in lix/losses/. Either way
 ``create_distiller(name, student, teacher, **hyper)`` returns an ``nn.Module`` whose
 ``forward(batch)`` maps one :class:`DistillBatch` to a dict of named, *unweighted* scalar loss
 terms; ``loss_weights`` (term -> weight, every hyper-parameter named ``w_<term>`` overrides
 one) says how the trainer sums them with the cross-entropy. The trainer puts the distiller's
 parameters in the optimizer and its ``state_dict`` in the checkpoint.
 
-Hyper-parameters are the keyword arguments of the function (after the batch) or of the class's
-``__init__`` (after the :class:`TapSpec`), with their defaults; ``lix distill --list`` prints
-them. Unknown hyper-parameters are a ConfigError naming the key.
+Hyper-parameters are the fields of the method's ``config``, a frozen dataclass that declares each
+default once (next to the loss functions that read it); the distiller holds the resolved values
+as ``cfg`` and :attr:`Distiller.resolved_hyper` (every key with its final value, term weights
+included) is what a run records. ``lix distill --list`` prints the defaults from the same
+dataclass. Unknown hyper-parameters are a ConfigError naming the key.
 
 Features: ``taps`` names the places of the models' ``feature_taps`` a method reads (the trainer
 hooks exactly those, on both networks). Student and teacher are the same family, so each tap
 exists in both at the same stride (channels may differ: ``TapSpec``). ``taps=None`` on a class
-means "the family's default list" (:data:`DEFAULT_TAPS`); a function method declares its taps
-in the decorator (``taps=("decoder",)``) or takes a ``taps`` hyper-parameter.
+means "the family's default list" (the model class's ``default_taps``); a function method
+declares its taps in the decorator (``taps=("decoder",)``) or takes a ``taps`` hyper-parameter.
 """
 
 from __future__ import annotations
 
-import inspect
+import dataclasses
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
 import torch
 from torch import nn
 
-from pipeline.errors import ConfigError, LixError
+from pipeline.constants import IGNORE_INDEX
+from pipeline.errors import ConfigError
 
-from pipeline.constants import IGNORE_INDEX  # noqa: E402
+
+@dataclass(frozen=True)
+class NoHyper:
+    """The config of a method without hyper-parameters (its term weights aside)."""
 
 @dataclass(frozen=True)
 class TapSpec:
@@ -111,22 +119,32 @@ class Distiller(nn.Module):
     implement ``forward``; methods with a pre-training phase set ``needs_pretrain`` and
     implement ``pretrain_loss``.
 
-    Class attributes set by :func:`register_distiller`: ``name``, ``kind`` ('logit', 'feature'
-    or 'ours'), ``reference``."""
+    Class attributes set by ``register_distiller``: ``name``, ``kind`` ('logit', 'feature'
+    or 'ours'), ``reference``, ``config`` (the frozen dataclass of its hyper-parameters, their
+    defaults declared there once); ``hyper`` (its fields) builds ``self.cfg``."""
 
     name: str = ""
     kind: str = ""
     reference: str = ""
+    config: type = NoHyper
     terms: dict[str, float] = {}
-    taps: tuple[str, ...] | None = ()  # None: the family's DEFAULT_TAPS
+    taps: tuple[str, ...] | None = ()  # None: the model class's default_taps
     needs_pretrain: bool = False  # FT's paraphraser, MasKD's tokens, DiffKD's autoencoder
     pretrain_epochs: int = 0
     wants_student_forward: bool = False  # DistillBatch.student_forward is filled (costs a closure only)
 
-    def __init__(self, spec: TapSpec):
+    def __init__(self, spec: TapSpec, **hyper):
         super().__init__()
         self.spec = spec
+        with hyper_errors(self.name, config_keys(self.config)):  # the config's own checks name the key
+            self.cfg = self.config(**hyper)  # an unknown key: TypeError
         self.loss_weights: dict[str, float] = dict(self.terms)
+
+    @property
+    def resolved_hyper(self) -> dict[str, object]:
+        """Every hyper-parameter with the value this distiller uses (defaults filled in), plus
+        ``w_<term>`` for each term's weight: the one record of what a run resolved."""
+        return dataclasses.asdict(self.cfg) | {f"w_{t}": w for t, w in self.loss_weights.items()}
 
     def forward(self, b: DistillBatch) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -159,81 +177,35 @@ class Distiller(nn.Module):
 
 
 class FunctionDistiller(Distiller):
-    """A pure loss function as a Distiller: one term named after the method."""
+    """A pure loss function as a Distiller: one term named after the method; the function is
+    called as ``fn(batch, cfg)``."""
 
     fn: Callable[..., torch.Tensor]
 
-    def __init__(self, spec: TapSpec, **hyper):
-        super().__init__(spec)
-        self.hyper = hyper
-
     def forward(self, b: DistillBatch) -> dict[str, torch.Tensor]:
-        return {self.name: type(self).fn(b, **self.hyper)}
+        return {self.name: type(self).fn(b, self.cfg)}
 
 
-# --------------------------------------------------------------------------- registry
-DISTILLERS: dict[str, type[Distiller]] = {}
+def config_keys(config: type) -> set[str]:
+    """The hyper-parameter names a config dataclass declares."""
+    return {f.name for f in dataclasses.fields(config)}
 
 
-def register_distiller(name: str, *, kind: str, reference: str, taps: tuple[str, ...] | None = (),
-                       terms: dict[str, float] | None = None):
-    """Register a loss function (one term, ``name``, weight 1 unless ``terms`` says) or a
-    Distiller subclass under ``name``. ``kind``: logit | feature | ours. A duplicate name is an
-    error."""
-    if kind not in ("logit", "feature", "ours"):
-        raise ValueError(f"kind must be logit, feature or ours, got {kind!r}")
-
-    def deco(obj):
-        if name in DISTILLERS:
-            raise ValueError(f"distillation method {name!r} registered twice")
-        if isinstance(obj, type) and issubclass(obj, Distiller):
-            cls = obj
-            if terms is not None:
-                cls.terms = dict(terms)
-            if taps != ():
-                cls.taps = taps
-        elif callable(obj):
-            cls = type(f"{name.title().replace('_', '')}Distiller", (FunctionDistiller,),
-                       {"fn": staticmethod(obj), "terms": dict(terms or {name: 1.0}), "taps": taps,
-                        "__doc__": obj.__doc__, "__module__": obj.__module__})
-        else:
-            raise TypeError(f"register_distiller({name!r}) decorates a function or a Distiller subclass")
-        cls.name, cls.kind, cls.reference = name, kind, reference
-        DISTILLERS[name] = cls
-        return obj
-
-    return deco
-
-
-def hyper_defaults(name: str) -> dict[str, object]:
-    """The method's hyper-parameters and defaults (the function's keywords after the batch, or
-    the class's ``__init__`` keywords after the spec), plus ``w_<term>`` for each term."""
-    cls = _lookup(name)
-    if getattr(cls, "defaults", None):  # declared once as a mapping (lix/losses/lix_method.py)
-        return dict(cls.defaults) | {f"w_{t}": w for t, w in cls.terms.items()}
-    fn = cls.fn if issubclass(cls, FunctionDistiller) and cls is not FunctionDistiller else cls.__init__
-    params = list(inspect.signature(fn).parameters.values())[1:]  # drop the batch / self
-    if fn is cls.__init__:
-        params = params[1:]  # drop the spec
-    out = {p.name: p.default for p in params
-           if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "taps"}
-    out |= {f"w_{t}": w for t, w in cls.terms.items()}
-    return out
-
-
-def _lookup(name: str) -> type[Distiller]:
-    _register_all()
-    if name not in DISTILLERS:
-        raise LixError(f"unknown distillation method {name!r}; expected one of {sorted(DISTILLERS)}")
-    return DISTILLERS[name]
-
-
-def _register_all() -> None:
-    # Imported here, not at the top: lix.losses' modules import this one to register.
-    import lix.losses  # noqa: F401  (importing the package registers every method)
+@contextmanager
+def hyper_errors(method: str, keys):
+    """A ValueError raised inside (a config's or a head's check, whose message starts with the
+    offending keyword) as a ConfigError naming ``distill.hyper.<method>[.<key>]``."""
+    try:
+        yield
+    except ValueError as e:
+        msg = str(e)
+        key = msg.split(" ", 1)[0]
+        raise ConfigError(f"distill.hyper.{method}" + (f".{key}" if key in keys else ""), msg) from None
 
 
 def resolve_taps(cls: type[Distiller], student: nn.Module, hyper: dict) -> tuple[str, ...]:
+    """The taps method ``cls`` reads: ``hyper["taps"]`` when given, else the class's own, else
+    (``taps = None``) the student's model class's ``default_taps``."""
     if "taps" in hyper and hyper["taps"] is not None:
         return tuple(hyper["taps"])
     if cls.taps is None:
@@ -242,106 +214,3 @@ def resolve_taps(cls: type[Distiller], student: nn.Module, hyper: dict) -> tuple
             raise ConfigError("distill.taps", f"no default taps for {type(student).__name__}; name them")
         return tuple(default)
     return tuple(cls.taps)
-
-
-def nullable_hyper(name: str) -> set[str]:
-    """The method's hyper-parameters that take None (null) beside their default's type: those
-    annotated ``X | None`` / ``Optional[X]`` in the function, the class's ``__init__``, or the
-    ``hyper_signatures`` a class declares (DWLD/ARFD's heads)."""
-    cls = _lookup(name)
-    fns = [cls.fn] if issubclass(cls, FunctionDistiller) and cls is not FunctionDistiller else \
-        [cls.__init__, *getattr(cls, "hyper_signatures", ())]
-    out = set()
-    for fn in fns:
-        for p in inspect.signature(fn).parameters.values():
-            ann = p.annotation if isinstance(p.annotation, str) else repr(p.annotation)
-            if p.annotation is not inspect.Parameter.empty and ("None" in ann or "Optional" in ann):
-                out.add(p.name)
-    return out
-
-
-def _typed(value, default, key: str, nullable: bool = False):
-    """``value`` checked against the type of its ``default`` (YAML and JSON give plain types):
-    a float takes any number (not a bool), an int an int, a bool a bool, a string a string, a
-    tuple a list; None where ``nullable``; a None default takes anything (the method checks it)."""
-    if default is None or (value is None and nullable):
-        return value
-    if isinstance(default, bool):
-        ok = isinstance(value, bool)
-    elif isinstance(default, int):
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif isinstance(default, float):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        value = float(value) if ok else value
-    elif isinstance(default, str):
-        ok = isinstance(value, str)
-    elif isinstance(default, (tuple, list)):
-        ok = isinstance(value, (tuple, list))
-    else:
-        ok = isinstance(value, type(default))
-    if not ok:
-        kind = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
-            type(default), "a list" if isinstance(default, (tuple, list)) else type(default).__name__)
-        raise ConfigError(key, f"expected {kind} (default {default!r}), got {value!r}")
-    return value
-
-
-def validate_hyper(name: str, hyper: Mapping, prefix: str | None = None) -> dict:
-    """``hyper`` checked against method ``name``'s hyper-parameters (:func:`hyper_defaults`):
-    the method registered, every key known, every value of its default's type (ints widen to
-    floats). Returns the typed mapping. ConfigError naming ``<prefix>.<key>`` (default
-    ``distill.hyper.<name>``); an unknown method is a ConfigError naming ``prefix``."""
-    prefix = prefix or f"distill.hyper.{name}"
-    _register_all()
-    if name not in DISTILLERS:
-        raise ConfigError(prefix, f"unknown distillation method {name!r}; expected one of {sorted(DISTILLERS)}")
-    if not isinstance(hyper, Mapping):
-        raise ConfigError(prefix, f"expected a mapping of hyper-parameters, got {hyper!r}")
-    known, nullable = hyper_defaults(name), nullable_hyper(name)
-    out = {}
-    for k, v in hyper.items():
-        if k == "taps":
-            if v is not None and not (isinstance(v, (list, tuple)) and all(isinstance(t, str) for t in v)):
-                raise ConfigError(f"{prefix}.taps", f"expected a list of tap names or null, got {v!r}")
-            out[k] = v
-            continue
-        if k not in known:
-            raise ConfigError(f"{prefix}.{k}", f"unknown hyper-parameter; {name} takes {sorted(known)}")
-        out[k] = _typed(v, known[k], f"{prefix}.{k}", k in nullable)
-    return out
-
-
-def create_distiller(name: str, student: nn.Module, teacher: nn.Module, **hyper) -> Distiller:
-    """The method ``name`` for this student/teacher pair. ``hyper``: the method's
-    hyper-parameters (see :func:`hyper_defaults`), ``w_<term>`` loss weights, ``taps``; checked
-    by :func:`validate_hyper`, and a value the method itself refuses (ValueError, TypeError at
-    construction) becomes a ConfigError naming the method's entry."""
-    cls = _lookup(name)
-    hyper = validate_hyper(name, hyper)
-    weights = {k[2:]: float(v) for k, v in hyper.items() if k.startswith("w_")}
-    rest = {k: v for k, v in hyper.items() if not k.startswith("w_") and k != "taps"}
-    taps = resolve_taps(cls, student, hyper)
-    s_ch, t_ch = dict(student.feature_channels), dict(teacher.feature_channels)
-    missing = [t for t in taps if t not in s_ch or t not in t_ch]
-    if missing:
-        raise ConfigError(f"distill.hyper.{name}.taps", f"unknown taps {missing}; the models have {sorted(s_ch)}")
-    n_classes = int(getattr(student, "n_classes"))
-    spec = TapSpec(s_ch, t_ch, taps, n_classes)
-    try:
-        module = cls(spec, **rest)
-    except (ValueError, TypeError) as e:
-        raise ConfigError(f"distill.hyper.{name}", str(e)) from None
-    module.loss_weights.update(weights)
-    return module
-
-
-def method_table() -> list[dict]:
-    """Every registered method: name, kind, reference, terms, hyper-parameters (for --list)."""
-    _register_all()
-    order = {"logit": 0, "feature": 1, "ours": 2}
-    rows = []
-    for name, cls in sorted(DISTILLERS.items(), key=lambda kv: (order[kv[1].kind], kv[0])):
-        rows.append({"name": name, "kind": cls.kind, "reference": cls.reference, "terms": dict(cls.terms),
-                     "hyper": hyper_defaults(name), "pretrain": cls.needs_pretrain,
-                     "taps": "family default" if cls.taps is None else ", ".join(cls.taps) or "-"})
-    return rows

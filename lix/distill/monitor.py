@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lix.loaders import prepare_batch
 from lix.losses.cka import linear_cka
 from lix.models.taps import FeatureTaps
 
@@ -50,8 +51,6 @@ class FeatureCKAMonitor:
         self._teacher_feats: list[dict[str, torch.Tensor]] = []
 
     def _prepare(self) -> None:
-        from lix.train import prepare_batch
-
         self._batches, seen = [], 0
         for batch in self.loader:
             batch = prepare_batch(batch, self.device)

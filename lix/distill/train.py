@@ -17,8 +17,9 @@ Pre-training (FT's paraphraser, MasKD's tokens, DiffKD's autoencoder): before di
 ``pretrain_epochs`` passes over the training loader optimise ``distiller.pretrain_loss`` on the
 teacher's outputs (SGD with the run's lr and momentum); the result is cached in
 ``<out>/pretrain.pt`` keyed by the method, its hyper-parameters and the teacher's digest, so a
-rerun loads it. Under DDP each rank pre-trains on its shard and rank 0's parameters are
-broadcast.
+rerun loads it (the key holds the distiller's resolved hyper-parameters, so a default written
+out or left implicit is the same run). Under DDP each rank pre-trains on its shard and rank 0's
+parameters are broadcast.
 """
 
 from __future__ import annotations
@@ -36,11 +37,16 @@ from torch import nn
 
 from lix.checkpoint import load_checkpoint, save_checkpoint
 from lix.config import PLAIN_STUDENT, TrainConfig, from_dict
-from lix.distill.base import DistillBatch, Distiller, create_distiller
+from lix.distill.base import DistillBatch, Distiller
 from lix.distill.monitor import FeatureCKAMonitor
+from lix.distill.registry import create_distiller
+from lix.evaluate import load_run
+from lix.inputs import Inputs
+from lix.loaders import prepare_batch, set_loader_epoch
+from lix.model_factory import build_model
 from lix.models.taps import FeatureTaps
-from lix.train import Inputs, Supervised, Task, build_model, cross_entropy, fit, load_run, prepare_batch
 from lix.runtime import DistInfo, ProgressBar, autocast
+from lix.train import Supervised, Task, cross_entropy, fit
 from pipeline.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -176,7 +182,10 @@ class DistillTaskFactory:
             if not resumed:
                 self._pretrain(module, cfg, train_loader, out_dir, digest, d, progress)
             distiller.after_pretrain()
+        # ``hyper``: what the run was asked for; ``resolved_hyper``: every hyper-parameter with the
+        # value the distiller uses (its defaults filled in), recorded from the distiller, its one owner
         config = {"distill": {"method": self.method, "hyper": _json_value(self.hyper),
+                              "resolved_hyper": _json_value(distiller.resolved_hyper),
                               "taps": list(distiller.spec.taps), "loss_weights": dict(distiller.loss_weights),
                               **teacher_config}}
         return Task(module, student, _call_module, inputs, extra={"distiller": distiller}, config=config,
@@ -185,7 +194,7 @@ class DistillTaskFactory:
     def _pretrain(self, module: StudentWithDistiller, cfg: TrainConfig, loader, out_dir: Path, digest: str,
                   d: DistInfo, progress: bool) -> None:
         distiller = module.distiller
-        key = {"method": self.method, "hyper": _json_value(self.hyper), "teacher_sha256": digest,
+        key = {"method": self.method, "hyper": _json_value(distiller.resolved_hyper), "teacher_sha256": digest,
                "epochs": distiller.pretrain_epochs, "seed": cfg.seed}
         cache = out_dir / "pretrain.pt"
         if cache.is_file():
@@ -203,8 +212,6 @@ class DistillTaskFactory:
         opt = torch.optim.SGD(params, lr=self.pretrain_lr or cfg.lr, momentum=cfg.momentum,
                               weight_decay=cfg.weight_decay)
         distiller.train()
-        from lix.train import set_loader_epoch
-
         for epoch in range(distiller.pretrain_epochs):
             set_loader_epoch(loader, 10_000 + epoch)  # draws of their own, not the distillation epochs'
             with ProgressBar(f"{self.method} pre-training {epoch + 1}/{distiller.pretrain_epochs}", len(loader),

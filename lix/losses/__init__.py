@@ -1,6 +1,5 @@
-"""Distillation losses as pure functions (shapes in their docstrings, the ignore label masked
-out), each registered as a method by ``lix.distill.register_distiller``. Importing this package
-registers every method."""
-
-from lix.losses import arfd, cka, dwld, feature, feature_advanced, lix_method, logit  # noqa: F401
-from lix.losses.logit import cwkd_loss, dist_loss, dkd_loss, kd_loss, wsld_loss  # noqa: F401
+"""Distillation losses as pure functions: tensors in, tensors out (shapes and units in their
+docstrings, the ignore label masked out where a method reads the label), each method's
+hyper-parameter defaults declared once in a frozen config dataclass next to its functions, and
+the small modules some methods learn (connectors, the DWLD and ARFD heads). Nothing here
+registers a method or imports lix.distill: the registered methods are lix/distill/methods/."""

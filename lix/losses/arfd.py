@@ -6,7 +6,7 @@ arXiv:2403.08215 (2024; IEEE TIP 2025). CKA: Kornblith et al., ICML 2019, arXiv:
 (lix/losses/cka.py). Nadaraya–Watson kernel regression: Nadaraya 1964, Watson 1964. The authors'
 code was not available to us; what follows is our reading of eq. 12–14, with every choice named.
 
-Per tapped stage pair (the trainer's taps; ``taps=None`` -> the family's DEFAULT_TAPS):
+Per tapped stage pair (the trainer's taps; ``taps=None`` -> the model class's ``default_taps``):
 
 1. **Alignment** (eq. 12). The student's map: F̃_s = ReLU(BN(Conv1×1(F_s))): a 1×1 convolution
    without bias maps its C_s channels to the teacher's C_t, then BatchNorm2d(C_t), then ReLU.
@@ -72,7 +72,8 @@ is linear in n for a fixed chunk (tested). The work is still O(n²·d); ``max_pi
 1024, our choice for tractability: e.g. MFNet's decoder tap at stride 2 has ~10⁵ pixels on a
 KITTI image; at 4096 the kernel regression took a quarter of a LIX step of MFNet on the CPU
 (cdist forward + backward 5.2 s of 20.8 s, torch.profiler, 2 cores, loaded), and 1024 pixels
-need no chunking at the default ``chunk``, hence no recomputation in the backward) average-pools both maps of a tap by the smallest integer factor s with
+need no chunking at the default ``chunk``, hence no recomputation in the backward) average-pools
+both maps of a tap by the smallest integer factor s with
 ceil(h/s)·ceil(w/s) <= ``max_pixels`` before recalibration (``None``: never).
 
 The losses run in float32 with autocast disabled (float64 stays float64); the aligners run
@@ -82,13 +83,15 @@ under the trainer's autocast like the student.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from lix.losses.cka import CONSISTENCY, consistency_loss, full_precision
+from lix.losses._common import as_float, check_choice, full_precision
+from lix.losses.cka import CONSISTENCY, consistency_loss
 from lix.reduce import global_mean
 
 KERNELS = ("laplace", "gaussian", "linear", "none")
@@ -101,8 +104,37 @@ PERPLEXITY_SAMPLE = 64  # query pixels per image on which the perplexity bandwid
 PERPLEXITY_STEPS = 12  # bisection steps on log σ over [e^-8, e^4] × the median distance (σ to 0.3 %)
 
 
-def _as_float(x: torch.Tensor) -> torch.Tensor:
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+@dataclass(frozen=True)
+class ARFDConfig:
+    """ARFD's hyper-parameters, each default declared here once (the ``arfd`` and ``lix`` methods
+    and the functions below read them; see the module docstring for each); checked on creation."""
+
+    kernel: str = "laplace"  # KERNELS (eq. 13; Table V)
+    bandwidth: float = 1.0  # a multiplier of the bandwidth rule's σ
+    bandwidth_rule: str = "perplexity"  # BANDWIDTH_RULES
+    bandwidth_k: float = 8.0  # the perplexity target: pixels each pixel is smoothed over
+    teacher_norm: str = "bn_relu"  # TEACHER_NORMS
+    consistency: str = "cka"  # CONSISTENCY (Table V)
+    reduction: str = "mean"  # REDUCTIONS: L_FD over the taps (eq. 17's 1/N)
+    chunk: int | None = 1024  # query pixels per kernel-regression block (memory, not results)
+    max_pixels: int | None = 1024  # each tap pooled to at most this many pixels first (None: never)
+    exact_distances: bool = False  # distances from the differences (chunk-invariant, slower)
+
+    def __post_init__(self):
+        check_choice("kernel", self.kernel, KERNELS)
+        check_choice("consistency", self.consistency, CONSISTENCY)
+        check_choice("bandwidth_rule", self.bandwidth_rule, BANDWIDTH_RULES)
+        check_choice("teacher_norm", self.teacher_norm, TEACHER_NORMS)
+        check_choice("reduction", self.reduction, REDUCTIONS)
+        if not self.bandwidth > 0:
+            raise ValueError(f"bandwidth must be > 0, got {self.bandwidth!r}")
+        if not float(self.bandwidth_k) > 1:
+            raise ValueError(f"bandwidth_k must be > 1 (the pixels each one is smoothed over), "
+                             f"got {self.bandwidth_k!r}")
+        if self.chunk is not None and int(self.chunk) < 1:
+            raise ValueError(f"chunk must be a positive integer or None, got {self.chunk!r}")
+        if self.max_pixels is not None and int(self.max_pixels) < 1:
+            raise ValueError(f"max_pixels must be a positive integer or None, got {self.max_pixels!r}")
 
 
 def rms_pairwise_distance(x: torch.Tensor) -> torch.Tensor:
@@ -125,7 +157,7 @@ def median_pairwise_distance(x: torch.Tensor, sample: int = MEDIAN_SAMPLE) -> to
         return dist[:, off].median(dim=1).values if m > 1 else dist.flatten(1).amax(1)
 
 
-def perplexity_bandwidth(x: torch.Tensor, perplexity: float, kernel: str = "laplace",
+def perplexity_bandwidth(x: torch.Tensor, perplexity: float, kernel: str = ARFDConfig.kernel,
                          sample: int = PERPLEXITY_SAMPLE, steps: int = PERPLEXITY_STEPS) -> torch.Tensor:
     """One bandwidth σ per image such that the kernel weights of a pixel over the image's pixels
     (itself included), w_ij = K(x_i, x_j) / Σ_j K(x_i, x_j), have on average the perplexity
@@ -158,7 +190,7 @@ def perplexity_bandwidth(x: torch.Tensor, perplexity: float, kernel: str = "lapl
 
 
 def _nw_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel: str, sigma: torch.Tensor | None,
-              exact: bool = False, self_offset: int | None = None) -> torch.Tensor:
+              exact: bool = ARFDConfig.exact_distances, self_offset: int | None = None) -> torch.Tensor:
     """Nadaraya–Watson for one chunk of queries: q (N, m, d), k (N, n, d), v (N, n, dv) -> (N, m, dv).
     sigma (N, 1, 1) for laplace/gaussian. ``self_offset``: the queries are keys[offset:offset+m]
     (recalibration of a map by itself), whose distance to themselves is set to exactly 0."""
@@ -190,9 +222,9 @@ def _nw_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel: str, si
 
 
 @full_precision
-def kernel_regression(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, kernel: str = "laplace",
-                      sigma: torch.Tensor | float | None = None, chunk: int | None = 1024,
-                      exact: bool = False) -> torch.Tensor:
+def kernel_regression(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, kernel: str = ARFDConfig.kernel,
+                      sigma: torch.Tensor | float | None = None, chunk: int | None = ARFDConfig.chunk,
+                      exact: bool = ARFDConfig.exact_distances) -> torch.Tensor:
     """Nadaraya–Watson: out_i = Σ_j K(query_i, keys_j) values_j / Σ_j K(query_i, keys_j).
 
     query (N, m, d), keys (N, n, d), values (N, n, dv) -> (N, m, dv). ``sigma``: bandwidth, a
@@ -201,8 +233,7 @@ def kernel_regression(query: torch.Tensor, keys: torch.Tensor, values: torch.Ten
     checkpointed, so peak memory is O(chunk·n + (m + n)·d). ``kernel="none"`` returns ``query``.
     ``exact``: distances from the differences (chunk-invariant to rounding, slower) instead of the
     matrix-product expansion (see ``_nw_chunk``)."""
-    if kernel not in KERNELS:
-        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+    check_choice("kernel", kernel, KERNELS)
     if kernel == "none":
         return query
     if query.dim() != 3 or keys.dim() != 3 or values.dim() != 3 or keys.shape[:2] != values.shape[:2] \
@@ -234,8 +265,10 @@ def kernel_regression(query: torch.Tensor, keys: torch.Tensor, values: torch.Ten
     return torch.cat(out, dim=1)
 
 
-def recalibrate(x: torch.Tensor, kernel: str = "laplace", bandwidth: float = 1.0, chunk: int | None = 1024,
-                exact: bool = False, bandwidth_rule: str = "perplexity", bandwidth_k: float = 8.0) -> torch.Tensor:
+def recalibrate(x: torch.Tensor, kernel: str = ARFDConfig.kernel, bandwidth: float = ARFDConfig.bandwidth,
+                chunk: int | None = ARFDConfig.chunk, exact: bool = ARFDConfig.exact_distances,
+                bandwidth_rule: str = ARFDConfig.bandwidth_rule, bandwidth_k: float = ARFDConfig.bandwidth_k
+               ) -> torch.Tensor:
     """Eq. 13–14 (our reading): every pixel of x (N, n, d) replaced by the Nadaraya–Watson mean of
     the same image's pixels -> (N, n, d). Bandwidth σ per image = ``bandwidth`` × (``bandwidth_rule``):
     ``"perplexity"`` the σ whose weights smooth each pixel over about ``bandwidth_k`` pixels
@@ -243,8 +276,7 @@ def recalibrate(x: torch.Tensor, kernel: str = "laplace", bandwidth: float = 1.0
     pairwise distance."""
     if kernel == "none":
         return x
-    if bandwidth_rule not in BANDWIDTH_RULES:
-        raise ValueError(f"bandwidth_rule must be one of {BANDWIDTH_RULES}, got {bandwidth_rule!r}")
+    check_choice("bandwidth_rule", bandwidth_rule, BANDWIDTH_RULES)
     if kernel not in ("laplace", "gaussian"):
         return kernel_regression(x, x, x, kernel, None, chunk, exact)
     if bandwidth_rule == "perplexity":
@@ -268,7 +300,7 @@ def _pool_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return x if tuple(x.shape[-2:]) == tuple(size) else F.adaptive_avg_pool2d(x, size)
 
 
-def match_sizes(fs: torch.Tensor, ft: torch.Tensor, max_pixels: int | None = 1024
+def match_sizes(fs: torch.Tensor, ft: torch.Tensor, max_pixels: int | None = ARFDConfig.max_pixels
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The larger map average-pooled to the smaller's (h, w); then both pooled by the smallest
     integer factor s with ceil(h/s)·ceil(w/s) <= max_pixels (None: no cap)."""
@@ -290,10 +322,11 @@ def _pixels(x: torch.Tensor) -> torch.Tensor:
 
 
 @full_precision
-def arfd_stage_terms(student: torch.Tensor, teacher: torch.Tensor, kernel: str = "laplace", bandwidth: float = 1.0,
-                     consistency: str = "cka", chunk: int | None = 1024, max_pixels: int | None = 1024,
-                     exact: bool = False, bandwidth_rule: str = "perplexity", bandwidth_k: float = 8.0
-                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def arfd_stage_terms(student: torch.Tensor, teacher: torch.Tensor, kernel: str = ARFDConfig.kernel,
+                     bandwidth: float = ARFDConfig.bandwidth, consistency: str = ARFDConfig.consistency,
+                     chunk: int | None = ARFDConfig.chunk, max_pixels: int | None = ARFDConfig.max_pixels,
+                     exact: bool = ARFDConfig.exact_distances, bandwidth_rule: str = ARFDConfig.bandwidth_rule,
+                     bandwidth_k: float = ARFDConfig.bandwidth_k) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One stage pair: student (N, C, h, w) and teacher (N, C', h', w'), both *already aligned
     and normalised* (eq. 12) -> (the consistency loss per image (N,) between the recalibrated
     maps (for CKA: 1 − CKA, unitless in [0, 1]), the variance kept by recalibration per image
@@ -301,9 +334,8 @@ def arfd_stage_terms(student: torch.Tensor, teacher: torch.Tensor, kernel: str =
     if student.dim() != 4 or teacher.dim() != 4 or student.shape[0] != teacher.shape[0]:
         raise ValueError(f"expected (N, C, h, w) maps with equal N, got {tuple(student.shape)} and "
                          f"{tuple(teacher.shape)}")
-    if consistency not in CONSISTENCY:
-        raise ValueError(f"consistency must be one of {CONSISTENCY}, got {consistency!r}")
-    fs, ft = match_sizes(_as_float(student), _as_float(teacher.detach()), max_pixels)
+    check_choice("consistency", consistency, CONSISTENCY)
+    fs, ft = match_sizes(as_float(student), as_float(teacher.detach()), max_pixels)
     ps, pt = _pixels(fs), _pixels(ft)
     xs = recalibrate(ps, kernel, bandwidth, chunk, exact, bandwidth_rule, bandwidth_k)
     with torch.no_grad():
@@ -311,27 +343,29 @@ def arfd_stage_terms(student: torch.Tensor, teacher: torch.Tensor, kernel: str =
     return consistency_loss(xs, xt, consistency), variance_kept(ps, xs), variance_kept(pt, xt)
 
 
-def arfd_stage_loss(student: torch.Tensor, teacher: torch.Tensor, kernel: str = "laplace", bandwidth: float = 1.0,
-                    consistency: str = "cka", chunk: int | None = 1024, max_pixels: int | None = 1024,
-                    exact: bool = False, bandwidth_rule: str = "perplexity", bandwidth_k: float = 8.0,
-                    world_size: int = 1) -> torch.Tensor:
+def arfd_stage_loss(student: torch.Tensor, teacher: torch.Tensor, kernel: str = ARFDConfig.kernel,
+                    bandwidth: float = ARFDConfig.bandwidth, consistency: str = ARFDConfig.consistency,
+                    chunk: int | None = ARFDConfig.chunk, max_pixels: int | None = ARFDConfig.max_pixels,
+                    exact: bool = ARFDConfig.exact_distances, bandwidth_rule: str = ARFDConfig.bandwidth_rule,
+                    bandwidth_k: float = ARFDConfig.bandwidth_k, world_size: int = 1) -> torch.Tensor:
     """:func:`arfd_stage_terms`' loss, averaged over the images of the (global) batch: a scalar."""
     per_image = arfd_stage_terms(student, teacher, kernel, bandwidth, consistency, chunk, max_pixels, exact,
                                  bandwidth_rule, bandwidth_k)[0]
     return global_mean(per_image.sum(), per_image.shape[0], world_size)
 
 
-def arfd_loss(student_aligned: list[torch.Tensor], teacher_feats: list[torch.Tensor], kernel: str = "laplace",
-              bandwidth: float = 1.0, consistency: str = "cka", chunk: int | None = 1024,
-              max_pixels: int | None = 1024, exact: bool = False, bandwidth_rule: str = "perplexity",
-              bandwidth_k: float = 8.0, reduction: str = "mean", world_size: int = 1) -> torch.Tensor:
+def arfd_loss(student_aligned: list[torch.Tensor], teacher_feats: list[torch.Tensor], kernel: str = ARFDConfig.kernel,
+              bandwidth: float = ARFDConfig.bandwidth, consistency: str = ARFDConfig.consistency,
+              chunk: int | None = ARFDConfig.chunk, max_pixels: int | None = ARFDConfig.max_pixels,
+              exact: bool = ARFDConfig.exact_distances, bandwidth_rule: str = ARFDConfig.bandwidth_rule,
+              bandwidth_k: float = ARFDConfig.bandwidth_k, reduction: str = ARFDConfig.reduction, world_size: int = 1
+             ) -> torch.Tensor:
     """L_FD (eq. 17) over the N stage pairs (aligned, normalised student and teacher maps, lists
     in the same order): the mean (``reduction="mean"``, the paper's 1/N) or the sum of
     :func:`arfd_stage_loss`. A scalar."""
     if len(student_aligned) != len(teacher_feats) or not student_aligned:
         raise ValueError("arfd_loss needs one teacher map per aligned student map, at least one")
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    check_choice("reduction", reduction, REDUCTIONS)
     total = sum(arfd_stage_loss(s, t, kernel, bandwidth, consistency, chunk, max_pixels, exact, bandwidth_rule,
                                 bandwidth_k, world_size) for s, t in zip(student_aligned, teacher_feats))
     return total / len(student_aligned) if reduction == "mean" else total
@@ -350,43 +384,22 @@ class ARFDHead(nn.Module):
     -> L_FD (scalar). After each forward ``last_stats`` holds the variance recalibration kept per
     tap and side (``kept.<tap>.student``, ``kept.<tap>.teacher``: batch means, detached)."""
 
-    def __init__(self, channels: dict[str, tuple[int, int]], *, kernel: str = "laplace", bandwidth: float = 1.0,
-                 bandwidth_rule: str = "perplexity", bandwidth_k: float = 8.0, teacher_norm: str = "bn_relu",
-                 consistency: str = "cka", reduction: str = "mean", chunk: int | None = 1024,
-                 max_pixels: int | None = 1024, exact_distances: bool = False):
+    def __init__(self, channels: dict[str, tuple[int, int]], cfg: ARFDConfig = ARFDConfig()):
         super().__init__()
-        if kernel not in KERNELS:
-            raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
-        if consistency not in CONSISTENCY:
-            raise ValueError(f"consistency must be one of {CONSISTENCY}, got {consistency!r}")
-        if bandwidth_rule not in BANDWIDTH_RULES:
-            raise ValueError(f"bandwidth_rule must be one of {BANDWIDTH_RULES}, got {bandwidth_rule!r}")
-        if teacher_norm not in TEACHER_NORMS:
-            raise ValueError(f"teacher_norm must be one of {TEACHER_NORMS}, got {teacher_norm!r}")
-        if reduction not in REDUCTIONS:
-            raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-        if not bandwidth > 0:
-            raise ValueError(f"bandwidth must be > 0, got {bandwidth!r}")
-        if not float(bandwidth_k) > 1:
-            raise ValueError(f"bandwidth_k must be > 1 (the pixels each one is smoothed over), got {bandwidth_k!r}")
-        if chunk is not None and int(chunk) < 1:
-            raise ValueError(f"chunk must be a positive integer or None, got {chunk!r}")
-        if max_pixels is not None and int(max_pixels) < 1:
-            raise ValueError(f"max_pixels must be a positive integer or None, got {max_pixels!r}")
         if not channels:
             raise ValueError("ARFD needs at least one tap")
-        self.kernel, self.bandwidth, self.consistency = kernel, float(bandwidth), consistency
-        self.bandwidth_rule, self.bandwidth_k = bandwidth_rule, float(bandwidth_k)
-        self.teacher_norm, self.reduction = teacher_norm, reduction
-        self.chunk = None if chunk is None else int(chunk)
-        self.max_pixels = None if max_pixels is None else int(max_pixels)
-        self.exact = bool(exact_distances)
+        self.kernel, self.bandwidth, self.consistency = cfg.kernel, float(cfg.bandwidth), cfg.consistency
+        self.bandwidth_rule, self.bandwidth_k = cfg.bandwidth_rule, float(cfg.bandwidth_k)
+        self.teacher_norm, self.reduction = cfg.teacher_norm, cfg.reduction
+        self.chunk = None if cfg.chunk is None else int(cfg.chunk)
+        self.max_pixels = None if cfg.max_pixels is None else int(cfg.max_pixels)
+        self.exact = bool(cfg.exact_distances)
         self.taps = tuple(channels)
         self.aligners = nn.ModuleDict({t: Aligner(cs, ct) for t, (cs, ct) in channels.items()})
         # the teacher's side: BatchNorm without parameters or running state (batch statistics
         # always), a module so that the trainer's SyncBatchNorm conversion reaches it under DDP
         self.teacher_norms = nn.ModuleDict({t: nn.BatchNorm2d(ct, affine=False, track_running_stats=False)
-                                            for t, (_cs, ct) in channels.items()} if teacher_norm == "bn_relu"
+                                            for t, (_cs, ct) in channels.items()} if cfg.teacher_norm == "bn_relu"
                                            else {})
         self.last_stats: dict[str, torch.Tensor] = {}
 
@@ -394,7 +407,7 @@ class ARFDHead(nn.Module):
         """The teacher's side of eq. 12: activated and normalised like the aligned student's map
         (ReLU of the map standardised per channel over the batch; no parameters, no gradient;
         ``teacher_norm="none"``: as it comes)."""
-        ft = _as_float(ft.detach())
+        ft = as_float(ft.detach())
         if self.teacher_norm == "none":
             return ft
         with torch.no_grad():

@@ -28,30 +28,13 @@ channels first). Our definitions (the paper names the measures only):
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import torch.nn.functional as F
 
+from lix.losses._common import as_float, full_precision
+
 EPS = 1e-12
 CONSISTENCY = ("cka", "cosine", "euclidean", "pearson")
-
-
-def _as_float(x: torch.Tensor) -> torch.Tensor:
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-
-
-def full_precision(fn):
-    """Run ``fn`` with autocast disabled on the device of its first tensor argument (the trainer's
-    bf16 autocast would otherwise run the matrix products with 8-bit mantissas)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kw):
-        t = next((a for a in args if isinstance(a, torch.Tensor)), None)
-        with torch.autocast(device_type=t.device.type if t is not None else "cpu", enabled=False):
-            return fn(*args, **kw)
-
-    return wrapper
 
 
 def _check(x: torch.Tensor, y: torch.Tensor, same_dim: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,7 +42,7 @@ def _check(x: torch.Tensor, y: torch.Tensor, same_dim: bool) -> tuple[torch.Tens
         raise ValueError(f"expected (N, n, d) pixel sets with equal N and n, got {tuple(x.shape)} and {tuple(y.shape)}")
     if same_dim and x.shape[2] != y.shape[2]:
         raise ValueError(f"this measure needs equal channel counts, got {x.shape[2]} and {y.shape[2]}")
-    return _as_float(x), _as_float(y)
+    return as_float(x), as_float(y)
 
 
 @full_precision

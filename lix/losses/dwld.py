@@ -29,8 +29,8 @@ The paper writes g_k = p̂_k log(p̂_k / q̂_k) (``"paper"``). Individually thes
 non-negative (negative wherever q̂_k > p̂_k); only their sum is. With unequal weights,
 Σ w_k p̂_k log(p̂_k / q̂_k) is minimised over the student not at q̂ = p̂ but at q̂_k ∝ w_k p̂_k
 (Lagrange), where its value is < 0 unless the weights are equal (Jensen): the weights would
-silently change what the student is taught and the loss is no longer ≥ 0. Our default (``"generalized"``) uses the per-class
-generalized KL (the Bregman divergence of x log x):
+silently change what the student is taught and the loss is no longer ≥ 0. Our default
+(``"generalized"``) uses the per-class generalized KL (the Bregman divergence of x log x):
 
     g_k = p̂_k log(p̂_k / q̂_k) − p̂_k + q̂_k ≥ 0,  with equality iff q̂_k = p̂_k.
 
@@ -91,7 +91,7 @@ controller's objective enters as obj − stop_grad(obj) (value 0), so the traine
 gives the student ∂DWLD/∂θ with the weights held fixed and the controller its own gradient
 (scaled by λ1 and the optimizer's learning rate, like any trainable part of a distiller).
 
-Which signal is the default of the registered methods (``DWLD_DEFAULTS`` in lix_method.py) was
+Which signal is the default of the registered methods (:class:`DWLDConfig`) was
 decided by measurement with a rule fixed beforehand (benchmarks/dwc_signal.py ``--select``: the
 best val mIoU averaged over vKITTI2 and nuImages among the non-degenerate signals). MFNet, DWLD
 alone, 3 epochs (teachers 6), 3 seeds, mIoU % vKITTI2 / nuImages:
@@ -108,26 +108,68 @@ DDP: every mean over pixels is over the labelled pixels of the global batch
 
 from __future__ import annotations
 
-import math
+import dataclasses
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lix.losses.cka import full_precision
+from lix.losses._common import as_float, check_choice, full_precision
+from lix.losses.dwc import (
+    DynamicWeightController,
+    confidence,
+    dwc_objective,
+    lookahead_objective,
+    lookahead_weight_gradient,
+)
 from lix.reduce import global_mean
+from pipeline.constants import IGNORE_INDEX
 
-from pipeline.constants import IGNORE_INDEX  # noqa: E402
 MASK_VALUE = 1000.0  # eq. 11's "large negative value" (mdistiller's 1000)
 NCLD_TERMS = ("generalized", "paper")
 CONTROLLERS = ("dwc", "fixed", "confidence")
-DWC_INPUTS = ("softmax", "softmax_conf", "teacher_softmax_conf")
 DWC_TRAINING = ("adversarial", "joint", "lookahead")
 BOUND_TOLERANCE = 0.01  # a weight within 1 % of the range from β_min or β_max counts as "at a bound"
 
 
-def _as_float(x: torch.Tensor) -> torch.Tensor:
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+@dataclass(frozen=True)
+class DWLDConfig:
+    """DWLD's hyper-parameters, each default declared here once (the ``dwld`` and ``lix`` methods
+    read them; see the module docstring for each). Checks the values the head needs whatever
+    the controller; the DWC's own (``dwc_inputs``, the range of ``beta``, ``dwc_hidden``,
+    ``dwc_depth``, ``dwc_dropout``) are checked when it is built."""
+
+    alpha: float = 1.0  # TCLD weight α (DKD's, eq. 4's)
+    beta: float = 8.0  # the fixed β, and the DWC's prior weight (DKD's)
+    temperature: float = 4.0  # T (DKD's); the loss carries T²
+    beta_min: float = 1.0  # the weights' range (the paper's)
+    beta_max: float = 10.0
+    controller: str = "dwc"  # CONTROLLERS
+    dwc_inputs: str = "softmax_conf"  # DWC_INPUTS (eq. 8)
+    dwc_hidden: int = 32  # the MLP's hidden width (ours)
+    dwc_depth: int = 3  # its linear layers (the paper's)
+    dwc_dropout: float = 0.0  # the paper's "without dropout"
+    dwc_tau: float = 1.0  # the KL anchor's strength τ
+    dwc_training: str = "lookahead"  # DWC_TRAINING, chosen by measurement (module docstring)
+    lookahead_lr: float = 0.01  # η of the virtual step (MFNet's lr)
+    lookahead_every: int = 1  # the virtual step every k training steps
+    ncld_terms: str = "generalized"  # NCLD_TERMS
+
+    def __post_init__(self):
+        check_choice("controller", self.controller, CONTROLLERS)
+        check_choice("dwc_training", self.dwc_training, DWC_TRAINING)
+        check_choice("ncld_terms", self.ncld_terms, NCLD_TERMS)
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
+        if not self.dwc_tau > 0:
+            raise ValueError(f"dwc_tau must be > 0, got {self.dwc_tau!r}")
+        if not self.lookahead_lr > 0:
+            raise ValueError(f"lookahead_lr must be > 0, got {self.lookahead_lr!r}")
+        if int(self.lookahead_every) < 1:
+            raise ValueError(f"lookahead_every must be a positive integer (steps), got {self.lookahead_every!r}")
+        if not self.beta_min < self.beta_max:
+            raise ValueError(f"beta_min must be < beta_max, got {self.beta_min} and {self.beta_max}")
 
 
 def _check_logits(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor) -> None:
@@ -143,7 +185,8 @@ def _check_logits(student_logits: torch.Tensor, teacher_logits: torch.Tensor, ta
 
 @full_precision
 def dwld_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor,
-               temperature: float = 4.0, ignore_index: int = IGNORE_INDEX, ncld_terms: str = "generalized"
+               temperature: float = DWLDConfig.temperature, ignore_index: int = IGNORE_INDEX,
+               ncld_terms: str = DWLDConfig.ncld_terms
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The per-pixel pieces of DWLD, before weighting and without T².
 
@@ -153,10 +196,9 @@ def dwld_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targe
     (all False at ignored pixels), ``valid`` (N, H, W) bool. Values at ignored pixels are finite
     and meaningless (computed as if the label were 0); callers mask them with ``valid``."""
     _check_logits(student_logits, teacher_logits, target)
-    if ncld_terms not in NCLD_TERMS:
-        raise ValueError(f"ncld_terms must be one of {NCLD_TERMS}, got {ncld_terms!r}")
-    zs = _as_float(student_logits) / temperature
-    zt = _as_float(teacher_logits) / temperature
+    check_choice("ncld_terms", ncld_terms, NCLD_TERMS)
+    zs = as_float(student_logits) / temperature
+    zt = as_float(teacher_logits) / temperature
     valid = target != ignore_index
     lab = torch.where(valid, target, torch.zeros_like(target))
     gt = F.one_hot(lab, zs.shape[1]).permute(0, 3, 1, 2).bool() & valid.unsqueeze(1)
@@ -183,9 +225,9 @@ def dwld_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targe
 
 
 def dwld_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor,
-              weights: torch.Tensor | float = 8.0, alpha: float = 1.0, temperature: float = 4.0,
-              ignore_index: int = IGNORE_INDEX, ncld_terms: str = "generalized", world_size: int = 1
-              ) -> torch.Tensor:
+              weights: torch.Tensor | float = DWLDConfig.beta, alpha: float = DWLDConfig.alpha,
+              temperature: float = DWLDConfig.temperature, ignore_index: int = IGNORE_INDEX,
+              ncld_terms: str = DWLDConfig.ncld_terms, world_size: int = 1) -> torch.Tensor:
     """DWLD = mean over valid pixels of T² (α·TCLD + Σ_{k≠y} w_k g_k); a scalar (nats·T²).
 
     student_logits, teacher_logits (N, C, H, W), target (N, H, W) with ``ignore_index``;
@@ -204,62 +246,6 @@ def dwld_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target
     return global_mean((per_pixel * v).sum(), v.sum(), world_size)
 
 
-def bernoulli_kl(u_logit: torch.Tensor, prior_logit: float) -> torch.Tensor:
-    """KL(Bern(u) ‖ Bern(ū)) elementwise from the logits x = logit(u) and b₀ = logit(ū):
-    u (log σ(x) − log σ(b₀)) + (1 − u)(log σ(−x) − log σ(−b₀)) (nats, ≥ 0, 0 at u = ū)."""
-    u = torch.sigmoid(u_logit)
-    log_prior, log_prior_c = -math.log1p(math.exp(-prior_logit)), -math.log1p(math.exp(prior_logit))
-    return u * (F.logsigmoid(u_logit) - log_prior) + (1.0 - u) * (F.logsigmoid(-u_logit) - log_prior_c)
-
-
-@full_precision
-def lookahead_objective(u_logit: torch.Tensor, meta_grad: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor,
-                        prior_logit: float, tau: float = 1.0, world_size: int = 1) -> torch.Tensor:
-    """The lookahead controller's objective (to be *minimised*), averaged over valid pixels:
-    (1/K) Σ_{k≠y} [u_k·G̃_k + τ·KL(Bern(u_k) ‖ Bern(ū))], G̃ the meta-gradient ∂CE(θ')/∂w scaled
-    to unit RMS (detached). Its minimiser per logit is logit(u_k) = b₀ − G̃_k/τ: weight moves to
-    the logits whose up-weighting lowers the student's cross-entropy after the virtual step,
-    anchored at the prior β (without the anchor a learned controller follows a persistent
-    meta-gradient into a bound: tested)."""
-    nt = (~gt).to(u_logit.dtype)
-    k = nt.sum(1)
-    u = torch.sigmoid(u_logit)
-    obj = ((u * meta_grad.detach() + tau * bernoulli_kl(u_logit, prior_logit)) * nt).sum(1) / k
-    v = valid.to(obj.dtype)
-    return global_mean((obj * v).sum(), v.sum(), world_size)
-
-
-@full_precision
-def dwc_objective(u_logit: torch.Tensor, g: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor,
-                  prior_logit: float, tau: float = 1.0, eps: float = 1e-6, world_size: int = 1) -> torch.Tensor:
-    """The adversarial controller's objective J (to be *maximised*), averaged over valid pixels.
-
-    u_logit (N, C, H, W): logit(u_k) of the normalised weights u = (w − β_min)/(β_max − β_min);
-    g (N, C, H, W): per-class NCLD terms (detached here); gt (N, C, H, W) bool target one-hot;
-    valid (N, H, W) bool; prior_logit b₀ = logit(ū); ``eps`` (nats) in r_k = g_k / (mean g + eps):
-    a pixel whose divergence is negligible next to it (the student already matches the teacher
-    there) asks for the prior weight β instead of a ratio of rounding errors. See the module
-    docstring; the maximiser per pixel is logit(u_k) = b₀ + (r_k − r̄)/τ."""
-    g = g.detach().clamp_min(0.0)
-    nt = (~gt).to(g.dtype)                                    # non-target classes
-    k = nt.sum(1, keepdim=True)                               # C - 1
-    r = g / ((g * nt).sum(1, keepdim=True) / k + eps)
-    r_bar = (r * nt).sum(1, keepdim=True) / k
-    u = torch.sigmoid(u_logit)
-    j = ((u * (r - r_bar) - tau * bernoulli_kl(u_logit, prior_logit)) * nt).sum(1) / k.squeeze(1)
-    v = valid.to(j.dtype)
-    return global_mean((j * v).sum(), v.sum(), world_size)
-
-
-def confidence(student_logits: torch.Tensor, target: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
-    """Eq. 6: c = the softmax probability (T = 1) of the ground-truth class per pixel,
-    (N, C, H, W), (N, H, W) -> (N, 1, H, W), detached; computed as if the label were 0 at ignored
-    pixels (callers mask them)."""
-    with torch.no_grad():
-        lab = torch.where(target == ignore_index, torch.zeros_like(target), target)
-        return F.softmax(_as_float(student_logits), dim=1).gather(1, lab.unsqueeze(1))
-
-
 def weight_statistics(w: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor, beta_min: float, beta_max: float
                       ) -> dict[str, torch.Tensor]:
     """Summary of per-logit weights w (N, C, H, W) over the non-target logits of the labelled
@@ -269,7 +255,7 @@ def weight_statistics(w: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor, be
     weights within 1 % of the range (β_max − β_min) of either bound. Detached scalars (NaN-free:
     0 when nothing is labelled)."""
     with torch.no_grad():
-        w = _as_float(w.detach())
+        w = as_float(w.detach())
         nt = ((~gt) & valid.unsqueeze(1)).to(w.dtype)
         v = valid.to(w.dtype)
         n_pix = v.sum().clamp_min(1.0)
@@ -284,113 +270,39 @@ def weight_statistics(w: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor, be
                 "w_at_bound": (at_bound * nt).sum() / nt.sum().clamp_min(1.0)}
 
 
-class DynamicWeightController(nn.Module):
-    """The DWC: a per-pixel MLP of ``depth`` linear layers (1×1 convolutions; ReLU, then dropout
-    when ``dropout`` > 0, between them) mapping its inputs (``inputs``: the student's softmax,
-    + its confidence; or the teacher's softmax and confidence instead, Fig. 4b) to C
-    pre-activations h; :meth:`to_weights` turns them into per-logit weights in (β_min, β_max)."""
-
-    def __init__(self, n_classes: int, inputs: str = "softmax_conf", hidden: int = 32, beta: float = 8.0,
-                 beta_min: float = 1.0, beta_max: float = 10.0, depth: int = 3, dropout: float = 0.0):
-        super().__init__()
-        if inputs not in DWC_INPUTS:
-            raise ValueError(f"dwc_inputs must be one of {DWC_INPUTS}, got {inputs!r}")
-        if not beta_min < beta < beta_max:
-            raise ValueError(f"beta (the DWC's prior weight) must lie strictly between beta_min and beta_max, "
-                             f"got {beta} not in ({beta_min}, {beta_max})")
-        if int(hidden) < 1:
-            raise ValueError(f"dwc_hidden must be a positive integer, got {hidden!r}")
-        if int(depth) < 1:
-            raise ValueError(f"dwc_depth must be a positive integer (linear layers), got {depth!r}")
-        if not 0.0 <= float(dropout) < 1.0:
-            raise ValueError(f"dwc_dropout must be in [0, 1), got {dropout!r}")
-        self.n_classes, self.inputs = n_classes, inputs
-        self.beta_min, self.beta_max = float(beta_min), float(beta_max)
-        u_bar = (beta - beta_min) / (beta_max - beta_min)
-        self.prior_logit = math.log(u_bar / (1.0 - u_bar))
-        cin = n_classes + (inputs != "softmax")
-        widths = [cin] + [int(hidden)] * (int(depth) - 1) + [n_classes]
-        layers: list[nn.Module] = []
-        for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
-            layers.append(nn.Conv2d(a, b, 1))
-            if i < len(widths) - 2:
-                layers.append(nn.ReLU(inplace=True))
-                if dropout > 0:
-                    layers.append(nn.Dropout(float(dropout)))
-        self.mlp = nn.Sequential(*layers)
-
-    def features(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor,
-                 ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
-        """The controller's input (N, cin, H, W), detached from both networks: softmax (T = 1) of
-        the student's logits (of the teacher's for ``teacher_softmax_conf``), + the confidence of
-        eq. 6 from the same network unless ``inputs="softmax"``."""
-        with torch.no_grad():
-            logits = teacher_logits if self.inputs == "teacher_softmax_conf" else student_logits
-            p = F.softmax(_as_float(logits), dim=1)
-            if self.inputs == "softmax":
-                return p
-            return torch.cat([p, confidence(logits, target, ignore_index)], dim=1)
-
-    def weight_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """logit(u) = h + b₀ (N, C, H, W) for controller input x."""
-        return self.mlp_pixels(x) + self.prior_logit
-
-    def mlp_pixels(self, x: torch.Tensor) -> torch.Tensor:
-        """``self.mlp(x)`` computed as matrix products over the pixels: (N, cin, H, W) ->
-        (N, C, H, W). The same function and parameters as the 1×1 convolutions (kept as the
-        modules, so the state dict is unchanged), but the convolution kernels are slow for so
-        few channels: MFNet batch 8 at 320×96 on 2 CPU cores, DWLD forward + backward 1033 ms
-        with the convolutions, of which 580 ms in them."""
-        n, c, h, w = x.shape
-        z = x.permute(0, 2, 3, 1).reshape(-1, c)
-        for layer in self.mlp:
-            if isinstance(layer, nn.Conv2d):
-                z = F.linear(z, layer.weight.flatten(1), layer.bias)
-            else:
-                z = layer(z)
-        return z.view(n, h, w, -1).permute(0, 3, 1, 2)
-
-    def to_weights(self, u_logit: torch.Tensor) -> torch.Tensor:
-        return self.beta_min + (self.beta_max - self.beta_min) * torch.sigmoid(u_logit)
-
-
 class DWLDHead(nn.Module):
     """DWLD with its weights: ``forward(student_logits, teacher_logits, target)`` -> the scalar
     term (its value is exactly DWLD; see the module docstring for the controllers' gradients).
     After each forward ``last_stats`` holds :func:`weight_statistics` of the weights used
     (empty for ``fixed``)."""
 
-    def __init__(self, n_classes: int, *, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0,
-                 beta_min: float = 1.0, beta_max: float = 10.0, controller: str = "dwc",
-                 dwc_inputs: str = "softmax_conf", dwc_hidden: int = 32, dwc_depth: int = 3,
-                 dwc_dropout: float = 0.0, dwc_tau: float = 1.0, dwc_training: str = "adversarial",
-                 lookahead_lr: float = 0.01, lookahead_every: int = 1, ncld_terms: str = "generalized"):
+    def __init__(self, n_classes: int, *, alpha: float = DWLDConfig.alpha, beta: float = DWLDConfig.beta,
+                 temperature: float = DWLDConfig.temperature, beta_min: float = DWLDConfig.beta_min,
+                 beta_max: float = DWLDConfig.beta_max, controller: str = DWLDConfig.controller,
+                 dwc_inputs: str = DWLDConfig.dwc_inputs, dwc_hidden: int = DWLDConfig.dwc_hidden,
+                 dwc_depth: int = DWLDConfig.dwc_depth, dwc_dropout: float = DWLDConfig.dwc_dropout,
+                 dwc_tau: float = DWLDConfig.dwc_tau,
+                 dwc_training: str = "adversarial",  # the head's own default: needs no student forward
+                 lookahead_lr: float = DWLDConfig.lookahead_lr, lookahead_every: int = DWLDConfig.lookahead_every,
+                 ncld_terms: str = DWLDConfig.ncld_terms):
         super().__init__()
-        if controller not in CONTROLLERS:
-            raise ValueError(f"controller must be one of {CONTROLLERS}, got {controller!r}")
-        if dwc_training not in DWC_TRAINING:
-            raise ValueError(f"dwc_training must be one of {DWC_TRAINING}, got {dwc_training!r}")
-        if ncld_terms not in NCLD_TERMS:
-            raise ValueError(f"ncld_terms must be one of {NCLD_TERMS}, got {ncld_terms!r}")
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature!r}")
-        if not dwc_tau > 0:
-            raise ValueError(f"dwc_tau must be > 0, got {dwc_tau!r}")
-        if not lookahead_lr > 0:
-            raise ValueError(f"lookahead_lr must be > 0, got {lookahead_lr!r}")
-        if int(lookahead_every) < 1:
-            raise ValueError(f"lookahead_every must be a positive integer (steps), got {lookahead_every!r}")
-        if not beta_min < beta_max:
-            raise ValueError(f"beta_min must be < beta_max, got {beta_min} and {beta_max}")
-        self.alpha, self.beta, self.temperature = float(alpha), float(beta), float(temperature)
-        self.beta_min, self.beta_max = float(beta_min), float(beta_max)
-        self.controller_kind, self.dwc_training, self.ncld_terms = controller, dwc_training, ncld_terms
-        self.tau, self.lookahead_lr, self.lookahead_every = float(dwc_tau), float(lookahead_lr), int(lookahead_every)
-        self.controller = (DynamicWeightController(n_classes, dwc_inputs, dwc_hidden, beta, beta_min, beta_max,
-                                                   dwc_depth, dwc_dropout)
-                           if controller == "dwc" else None)
+        cfg = DWLDConfig(alpha, beta, temperature, beta_min, beta_max, controller, dwc_inputs, dwc_hidden, dwc_depth,
+                         dwc_dropout, dwc_tau, dwc_training, lookahead_lr, lookahead_every, ncld_terms)  # checks
+        self.alpha, self.beta, self.temperature = float(cfg.alpha), float(cfg.beta), float(cfg.temperature)
+        self.beta_min, self.beta_max = float(cfg.beta_min), float(cfg.beta_max)
+        self.controller_kind, self.dwc_training, self.ncld_terms = cfg.controller, cfg.dwc_training, cfg.ncld_terms
+        self.tau, self.lookahead_lr, self.lookahead_every = float(cfg.dwc_tau), float(cfg.lookahead_lr), \
+            int(cfg.lookahead_every)
+        self.controller = (DynamicWeightController(n_classes, cfg.dwc_inputs, cfg.dwc_hidden, cfg.beta, cfg.beta_min,
+                                                   cfg.beta_max, cfg.dwc_depth, cfg.dwc_dropout)
+                           if cfg.controller == "dwc" else None)
         self.steps = 0  # training forwards seen (lookahead_every); not saved: a resume restarts the phase
         self.last_stats: dict[str, torch.Tensor] = {}
+
+    @classmethod
+    def from_config(cls, n_classes: int, cfg: DWLDConfig) -> "DWLDHead":
+        """The head of a method's resolved config (the registered ``dwld`` / ``lix``)."""
+        return cls(n_classes, **dataclasses.asdict(cfg))
 
     @full_precision
     def _weight_logits(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor,
@@ -401,13 +313,13 @@ class DWLDHead(nn.Module):
     def _confidence_weights(self, student_logits: torch.Tensor, target: torch.Tensor,
                             ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
         c = confidence(student_logits, target, ignore_index)
-        return (self.beta_min + (self.beta_max - self.beta_min) * (1.0 - c)).expand_as(_as_float(student_logits))
+        return (self.beta_min + (self.beta_max - self.beta_min) * (1.0 - c)).expand_as(as_float(student_logits))
 
     def weights(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor,
                 ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
         """The per-logit weights (N, C, H, W) the loss uses now (constant β for ``fixed``)."""
         if self.controller_kind == "fixed":
-            return torch.full_like(_as_float(student_logits), self.beta).detach()
+            return torch.full_like(as_float(student_logits), self.beta).detach()
         if self.controller_kind == "confidence":
             return self._confidence_weights(student_logits, target, ignore_index)
         return self.controller.to_weights(self._weight_logits(student_logits, teacher_logits, target, ignore_index))
@@ -476,30 +388,3 @@ class DWLDHead(nn.Module):
         grad_w = grad_w * nt
         rms = (grad_w.square().sum() / nt.sum().clamp_min(1.0)).sqrt()
         return (grad_w / (rms + 1e-30)).detach()
-
-
-def lookahead_weight_gradient(student_logits: torch.Tensor, target: torch.Tensor, w: torch.Tensor,
-                              tcld: torch.Tensor, g: torch.Tensor, valid: torch.Tensor, student_forward,
-                              lr: float, alpha: float, temperature: float, loss_weight: float = 1.0,
-                              ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
-    """∂CE(θ')/∂w: how the student's cross-entropy on this batch after one virtual SGD step
-    θ' = θ − lr·∇θ[CE(θ) + loss_weight·DWLD(θ; w)] changes with the per-logit weights w
-    (N, C, H, W) (the bi-level re-weighting of Ren et al., ICML 2018). ``student_logits`` must
-    come from the student's parameters ``student_forward.params`` (name -> tensor) and
-    ``student_forward(params)`` recompute them; ``tcld``, ``g``, ``valid`` from :func:`dwld_terms`
-    on those logits. CE and DWLD are means over the labelled pixels. Returns (N, C, H, W),
-    detached; the student's own graph is kept (``create_graph``)."""
-    names = list(student_forward.params)
-    params = [student_forward.params[n] for n in names]
-    w_leaf = w.detach().requires_grad_(True)
-    v = valid.to(tcld.dtype)
-    n_valid = v.sum().clamp_min(1.0)
-    lab = torch.where(valid, target, torch.full_like(target, ignore_index))
-    ce = F.cross_entropy(_as_float(student_logits), lab, ignore_index=ignore_index, reduction="sum") / n_valid
-    dwld = ((temperature ** 2 * (alpha * tcld + (w_leaf * g).sum(1))) * v).sum() / n_valid
-    grads = torch.autograd.grad(ce + loss_weight * dwld, params, create_graph=True, allow_unused=True)
-    virtual = {n: (p - lr * gr if gr is not None else p) for n, p, gr in zip(names, params, grads)}
-    meta = F.cross_entropy(_as_float(student_forward(virtual)), lab, ignore_index=ignore_index,
-                           reduction="sum") / n_valid
-    (grad_w,) = torch.autograd.grad(meta, w_leaf, allow_unused=True)
-    return torch.zeros_like(w_leaf) if grad_w is None else grad_w.detach()

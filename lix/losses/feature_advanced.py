@@ -1,8 +1,8 @@
 """Recent feature-distillation baselines for dense prediction: MasKD, DiffKD, Af-DCD, PAD, IntRA-KD.
 
-Each method is a set of pure functions (shapes and units in their docstrings) plus a thin
-registered :class:`~lix.distill.base.Distiller` (``kind="feature"``) that owns the trainable
-parts (connectors, receptive tokens, autoencoder, denoiser, projector, variance head). The
+Each method is a set of pure functions (shapes and units in their docstrings) and small modules;
+the registered :class:`~lix.distill.base.Distiller` (lix/distill/methods/, ``kind="feature"``) owns
+the trainable parts (connectors, receptive tokens, autoencoder, denoiser, projector, variance head). The
 formulas follow the authors' code where it exists (read with the repository and path named in each
 docstring) and the paper otherwise (said so where it applies).
 
@@ -47,24 +47,59 @@ intra_kd   eps 1e-6 (skewness)                                         intra_kd 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lix.distill.base import IGNORE_INDEX, DistillBatch, Distiller, TapSpec, register_distiller
+from pipeline.constants import IGNORE_INDEX
 
-__all__ = ["labels_at", "maskd_masks", "dice_diversity", "masked_logits_ce", "maskd_loss",
+__all__ = ["MasKDConfig", "DiffKDConfig", "AfDCDConfig", "IntraKDConfig", "channel_connector", "afdcd_projector",
+           "labels_at", "maskd_masks", "dice_diversity", "masked_logits_ce", "maskd_loss",
            "linear_alphas_cumprod", "ddim_refine_timesteps", "ddim_step", "ddim_refine",
            "diffusion_noise_loss", "masked_mimic_loss", "channel_groups", "omni_contrastive_loss", "afdcd_spatial_mask",
            "pad_loss", "region_moments", "intra_affinity", "intra_kd_loss"]
 
 
+# =========================================================================== hyper-parameters
+# Each method's defaults, declared once: the functions below and the registered methods
+# (lix/distill/methods/maskd.py, diffkd.py, afdcd.py, intra_kd.py) read them from here. PAD has
+# none besides its term weight.
+@dataclass(frozen=True)
+class MasKDConfig:
+    num_tokens: int = 8  # receptive tokens per tap
+    pretrain_epochs: int = 30  # token pre-training on the frozen teacher
+
+
+@dataclass(frozen=True)
+class DiffKDConfig:
+    inference_steps: int = 5  # DDIM steps run (the low-noise half of a 2x schedule)
+    num_train_timesteps: int = 1000
+    use_ae: bool = True  # distil in the autoencoder's latent
+    ae_channels: int | None = None  # latent width; None: Ct // 2
+    pretrain_epochs: int = 30  # autoencoder + denoiser on the frozen teacher
+    projector: str = "conv_bn"  # official DiffKD.proj; "conv": a plain 1x1 conv
+
+
+@dataclass(frozen=True)
+class AfDCDConfig:
+    tau: float = 0.07  # InfoNCE temperature
+    groups: int = 16  # channel groups M
+    pool_size: int = 4  # max-pool before the contrast (0: none)
+    patch_size: int = 4
+    rand_mask: bool = True  # random spatial mask (False: the fixed centre block)
+    mask_ratio: float = 0.75  # share of positions dropped
+    enhanced_projector: bool = False
+
+
+@dataclass(frozen=True)
+class IntraKDConfig:
+    eps: float = 1e-6  # in the skewness's (var + eps)^{3/2}
+
+
 # =========================================================================== helpers
-def _sum(losses: list[torch.Tensor]) -> torch.Tensor:
-    return torch.stack(losses).sum()
-
-
-def _connector(c_in: int, c_out: int) -> nn.Module:
+def channel_connector(c_in: int, c_out: int) -> nn.Module:
     """1x1 conv (with bias) from the student's to the teacher's channels; identity if equal."""
     return nn.Identity() if c_in == c_out else nn.Conv2d(c_in, c_out, kernel_size=1)
 
@@ -153,92 +188,8 @@ def maskd_loss(student: torch.Tensor, teacher: torch.Tensor, masks: torch.Tensor
     return 0.5 * (num / den).mean()
 
 
-@register_distiller("maskd", kind="feature", taps=("decoder",), terms={"maskd": 1.0},
-                    reference="Huang, Zhang, You, Wang, Qian & Xu, Masked Distillation with Receptive Tokens, "
-                              "ICLR 2023, arXiv:2205.14589")
-class MasKD(Distiller):
-    """MasKD, Huang et al., "Masked Distillation with Receptive Tokens", ICLR 2023,
-    arXiv:2205.14589; official code hunto/MasKD (``segmentation/losses/maskd.py``,
-    ``segmentation/train_mask_module.py``, ``segmentation/train_maskd.py``; the detection variant
-    ``mmrazor/mmrazor/models/losses/maskd.py``).
-
-    Per tap, ``num_tokens`` = 8 learnable receptive tokens (T, Ct), initialised N(0, 0.01), give
-    masks ``sigmoid(token . teacher_feature)`` (:func:`maskd_masks`).
-
-    1. **Pre-training** (``needs_pretrain``, ``pretrain_epochs`` = 30; :meth:`pretrain_parameters`
-       = the tokens) on the frozen teacher: task loss + Dice diversity (:func:`dice_diversity`,
-       weight 1, as official). The official task loss feeds the masked feature ``sum_t m_t * x`` to
-       the rest of the frozen teacher and takes its task loss; here only the teacher's features,
-       logits and label are available, so the task loss is :func:`masked_logits_ce`, the
-       cross-entropy of the teacher's *logits* weighted by the (upsampled) token masks. That is
-       literally the official segmentation pre-training, whose mask module sits on the logits
-       (``MaskModule(channels=19)`` on ``outputs[0]``); with a feature tap the masks come from the
-       tap's features and weight the logits the frozen head made from them. Note that
-       ``sum_t m_t * x = (sum_t m_t) * x``, so in both cases the task loss sees only the summed
-       mask (a per-pixel gain: high where the teacher is right), and the Dice term spreads the
-       tokens over different regions. Rejected alternative: a light head trained on the masked
-       features would make the masks serve a head of our own rather than the teacher's.
-    2. **Distillation**: tokens frozen (``after_pretrain``; ``requires_grad`` is off from
-       construction except during pre-training, and the masks are computed under ``no_grad``),
-       :func:`maskd_loss` between the connector-aligned student map and the teacher's, weight 1
-       (``--lambda-kd`` 1; the official 0.4-weighted aux-head term has no counterpart here).
-
-    Departures: the official segmentation code distils the logits (19 channels, no connector);
-    here the tap is a feature map (default ``decoder``, the map right before the classifier) with
-    a 1x1 conv connector where the channels differ (MFNet 16 -> 32). Official iterations of token
-    pre-training: 10k at batch 16 on Cityscapes (~54 epochs); 30 epochs here (8 x C parameters,
-    small training sets). The detection-only options (learned token weights ``weight_mask``, the
-    student-customised masks) are not used by the segmentation code and not ported. No label
-    masking during distillation (see the module docstring). Zero for equal maps with identity
-    connectors (equal channels), not at initialisation otherwise.
-    """
-
-    needs_pretrain = True
-    pretrain_epochs = 30
-
-    def __init__(self, spec: TapSpec, *, num_tokens: int = 8, pretrain_epochs: int = 30):
-        super().__init__(spec)
-        if num_tokens < 1:
-            raise ValueError(f"maskd: num_tokens must be >= 1, got {num_tokens}")
-        self.pretrain_epochs = int(pretrain_epochs)
-        self.tokens = nn.ParameterDict()
-        self.connectors = nn.ModuleDict()
-        for t in spec.taps:
-            cs, ct = spec.channels(t)
-            self.tokens[t] = nn.Parameter(torch.randn(num_tokens, ct) * 0.01)
-            self.connectors[t] = _connector(cs, ct)
-        self.tokens.requires_grad_(False)  # trained only in the pre-training phase
-
-    def pretrain_parameters(self) -> list[nn.Parameter]:
-        """The receptive tokens (switched to ``requires_grad`` for the pre-training phase)."""
-        self.tokens.requires_grad_(True)
-        return list(self.tokens.parameters())
-
-    def pretrain_loss(self, teacher_feats: dict[str, torch.Tensor], teacher_logits: torch.Tensor,
-                      target: torch.Tensor) -> torch.Tensor:
-        """Sum over taps of :func:`masked_logits_ce` + :func:`dice_diversity`."""
-        self.tokens.requires_grad_(True)
-        losses = []
-        for t in self.spec.taps:
-            masks = maskd_masks(teacher_feats[t].detach(), self.tokens[t])
-            stride = self.spec.teacher[t][1]
-            losses.append(masked_logits_ce(masks, teacher_logits.detach(), target, stride)
-                          + dice_diversity(masks))
-        return _sum(losses)
-
-    def forward(self, b: DistillBatch) -> dict[str, torch.Tensor]:
-        if any(p.requires_grad for p in self.tokens.parameters()):
-            self.tokens.requires_grad_(False)
-        losses = []
-        for t, fs, ft in b.tap_pairs(self.spec.taps):
-            with torch.no_grad():
-                masks = maskd_masks(ft.detach(), self.tokens[t])
-            losses.append(maskd_loss(self.connectors[t](fs), ft.detach(), masks))
-        return {"maskd": _sum(losses)}
-
-
 # =========================================================================== DiffKD
-def linear_alphas_cumprod(num_train_timesteps: int = 1000, beta_start: float = 1e-4,
+def linear_alphas_cumprod(num_train_timesteps: int = DiffKDConfig.num_train_timesteps, beta_start: float = 1e-4,
                           beta_end: float = 0.02) -> torch.Tensor:
     """The DDPM/DDIM linear schedule: (num_train_timesteps,) float32 cumulative products of
     1 - beta_t, beta linear from ``beta_start`` to ``beta_end`` (official ``DDIMScheduler``
@@ -359,120 +310,6 @@ class LinearAutoEncoder(nn.Module):
         return hidden, self.decoder(hidden)
 
 
-@register_distiller("diffkd", kind="feature", taps=("decoder",),
-                    terms={"diffkd": 1.0, "diffkd_diffusion": 1.0, "diffkd_ae": 1.0},
-                    reference="Huang, Zhang, Zheng, You, Wang, Qian & Xu, Knowledge Diffusion for Distillation, "
-                              "NeurIPS 2023, arXiv:2305.15712")
-class DiffKD(Distiller):
-    """DiffKD, Huang et al., "Knowledge Diffusion for Distillation", NeurIPS 2023,
-    arXiv:2305.15712; official code hunto/DiffKD (``diffkd.py``, ``diffkd_modules.py``,
-    ``scheduling_ddim.py``, ``example.py``).
-
-    Per tap: a linear autoencoder (:class:`LinearAutoEncoder`, latent ``ae_channels`` = Ct // 2 as
-    the official default) compresses the teacher map; a 1x1 conv ``trans`` maps the student map
-    to the latent width; a light denoiser (:class:`DiffusionDenoiser`) is trained on the teacher
-    latents with the DDPM noise-prediction loss (:func:`diffusion_noise_loss`, linear betas
-    1e-4..0.02 over 1000 steps); the student feature, noised by the adaptive noise matching
-    module (:class:`NoiseAdapter`: ``gamma * s + (1 - gamma) * noise``), is denoised by that model
-    with ``inference_steps`` = 5 deterministic DDIM steps (the official default: the last 5 of a
-    10-step schedule, timesteps 400..0, :func:`ddim_refine`), then the projector ``proj``: a 1x1
-    conv + BatchNorm2d as the official ``DiffKD.proj`` (``projector="conv_bn"``, default; the plain
-    1x1 conv this module used before is ``projector="conv"``, its term differs by ~10 %). Terms, all
-    as the official forward and ``example.py``:
-
-    * ``diffkd``: MSE(proj(denoised student), teacher latent (detached)), averaged;
-    * ``diffkd_diffusion``: the denoiser's noise MSE on the (detached) teacher latent;
-    * ``diffkd_ae``: MSE(decoder(encoder(teacher)), teacher), the reconstruction loss.
-
-    Weights 1, 1, 1 (the official code returns the terms unweighted; the paper's per-task lambda
-    values could not be checked against code, so equal weights). Gradients: the student, ``trans``,
-    the noise adapter, the denoiser and ``proj`` from ``diffkd`` (the denoising chain is in the
-    graph, as official), the denoiser from ``diffkd_diffusion``, the autoencoder from ``diffkd_ae``.
-
-    Pre-training (``needs_pretrain``, ``pretrain_epochs`` = 30): the autoencoder and the denoiser
-    (:meth:`pretrain_parameters`) are first fitted on the frozen teacher alone with
-    ``diffkd_ae + diffkd_diffusion`` (cached by the trainer), so that distillation starts from a
-    meaningful latent target and a denoiser that knows the teacher's latent distribution. This is a
-    departure: the official code trains everything jointly from scratch. Afterwards they keep
-    training jointly as official (:meth:`after_pretrain` freezes nothing).
-
-    Size: everything runs on the latent (Ct // 2 channels), so at the default ``decoder`` tap the
-    state is tiny (MFNet 16 latent channels: bottleneck width 4, noise adapter width 2). Label-free;
-    no zero (noise, learned parts). The noise (start and diffusion targets) and timesteps come from
-    the global torch RNG.
-    """
-
-    needs_pretrain = True
-    pretrain_epochs = 30
-
-    def __init__(self, spec: TapSpec, *, inference_steps: int = 5, num_train_timesteps: int = 1000,
-                 use_ae: bool = True, ae_channels: int | None = None, pretrain_epochs: int = 30,
-                 projector: str = "conv_bn"):
-        super().__init__(spec)
-        if projector not in ("conv_bn", "conv"):
-            raise ValueError(f"projector must be 'conv_bn' (official) or 'conv', got {projector!r}")
-        if inference_steps < 1 or num_train_timesteps < 2 * inference_steps:
-            raise ValueError(f"diffkd: need 1 <= inference_steps <= num_train_timesteps / 2, got "
-                             f"{inference_steps} of {num_train_timesteps}")
-        if num_train_timesteps > 1280:
-            raise ValueError(f"diffkd: the time embedding has 1280 rows; num_train_timesteps "
-                             f"{num_train_timesteps} is too many")
-        self.inference_steps, self.use_ae = int(inference_steps), bool(use_ae)
-        self.pretrain_epochs = int(pretrain_epochs)
-        self.register_buffer("alphas_cumprod", linear_alphas_cumprod(num_train_timesteps), persistent=False)
-        self.ae, self.trans, self.denoiser = nn.ModuleDict(), nn.ModuleDict(), nn.ModuleDict()
-        self.noise_adapter, self.proj = nn.ModuleDict(), nn.ModuleDict()
-        for t in spec.taps:
-            cs, ct = spec.channels(t)
-            latent = ct
-            if self.use_ae:
-                latent = int(ae_channels) if ae_channels else max(1, ct // 2)
-                self.ae[t] = LinearAutoEncoder(ct, latent)
-            self.trans[t] = nn.Conv2d(cs, latent, 1)
-            self.denoiser[t] = DiffusionDenoiser(latent)
-            self.noise_adapter[t] = NoiseAdapter(latent)
-            self.proj[t] = (nn.Sequential(nn.Conv2d(latent, latent, 1), nn.BatchNorm2d(latent))
-                            if projector == "conv_bn" else nn.Conv2d(latent, latent, 1))
-
-    def _teacher_latent(self, tap: str, ft: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(latent target (detached), reconstruction loss) of the teacher map at ``tap``."""
-        ft = ft.detach().float()
-        if not self.use_ae:
-            return ft, ft.new_zeros(())
-        hidden, rec = self.ae[tap](ft)
-        return hidden.detach(), F.mse_loss(rec.float(), ft)
-
-    def pretrain_parameters(self) -> list[nn.Parameter]:
-        """The autoencoders and the denoisers."""
-        return list(self.ae.parameters()) + list(self.denoiser.parameters())
-
-    def pretrain_loss(self, teacher_feats: dict[str, torch.Tensor], teacher_logits: torch.Tensor,
-                      target: torch.Tensor) -> torch.Tensor:
-        """Sum over taps of the reconstruction loss and the diffusion loss on the teacher latent."""
-        losses = []
-        for t in self.spec.taps:
-            latent, rec_loss = self._teacher_latent(t, teacher_feats[t])
-            losses.append(rec_loss + diffusion_noise_loss(self.denoiser[t], latent, self.alphas_cumprod))
-        return _sum(losses)
-
-    def after_pretrain(self) -> None:
-        """Nothing is frozen: the autoencoder and the denoiser keep training (official joint
-        training; the ``diffkd_ae`` and ``diffkd_diffusion`` terms stay meaningful)."""
-
-    def forward(self, b: DistillBatch) -> dict[str, torch.Tensor]:
-        kd, diff, rec = [], [], []
-        for t, fs, ft in b.tap_pairs(self.spec.taps):
-            latent, rec_loss = self._teacher_latent(t, ft)
-            s = self.trans[t](fs)
-            gamma = self.noise_adapter[t](s).view(-1, 1, 1, 1)
-            x = gamma * s + (1.0 - gamma) * torch.randn_like(s)
-            refined = self.proj[t](ddim_refine(x, self.denoiser[t], self.alphas_cumprod, self.inference_steps))
-            kd.append(F.mse_loss(refined.float(), latent))
-            diff.append(diffusion_noise_loss(self.denoiser[t], latent, self.alphas_cumprod))
-            rec.append(rec_loss)
-        return {"diffkd": _sum(kd), "diffkd_diffusion": _sum(diff), "diffkd_ae": _sum(rec)}
-
-
 # =========================================================================== Af-DCD
 def masked_mimic_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Af-DCD's masked feature mimicking term (official ``get_dis_loss``): pred = the projector's
@@ -505,8 +342,9 @@ def _ctr_tokens(x: torch.Tensor, index: torch.Tensor, ph: int, pw: int) -> torch
     return xz.permute(0, 3, 5, 4, 6, 1, 2).reshape(n * (h // ph) * (w // pw), ph * pw * m, g)
 
 
-def omni_contrastive_loss(pred: torch.Tensor, target: torch.Tensor, tau: float = 0.07, groups: int = 16,
-                          pool_size: int = 4, patch_size: int = 4) -> torch.Tensor:
+def omni_contrastive_loss(pred: torch.Tensor, target: torch.Tensor, tau: float = AfDCDConfig.tau,
+                          groups: int = AfDCDConfig.groups, pool_size: int = AfDCDConfig.pool_size,
+                          patch_size: int = AfDCDConfig.patch_size) -> torch.Tensor:
     """Af-DCD's omni-contrastive loss (official ``get_omni_contrastive_loss``, city/ADE/VOC branch).
 
     pred (student side, after the projector) and target (teacher), (N, C, h, w) ->
@@ -567,7 +405,8 @@ class EnhancedProjector(nn.Module):
         return (self.adaptor_1(x1) + self.adaptor_2(x2)) / 2.0
 
 
-def _projector(channels: int, enhanced: bool) -> nn.Module:
+def afdcd_projector(channels: int, enhanced: bool) -> nn.Module:
+    """Af-DCD's projector at the teacher's width: conv3x3-ReLU-conv3x3, or :class:`EnhancedProjector`."""
     if enhanced:
         return EnhancedProjector(channels)
     return nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(),
@@ -584,77 +423,6 @@ def afdcd_spatial_mask(n: int, h: int, w: int, mask_ratio: float, random: bool =
     mat = torch.ones(n, 1, h, w, device=device)
     mat[:, :, h // 3:2 * h // 3, w // 3:2 * w // 3] = 0
     return mat
-
-
-@register_distiller("afdcd", kind="feature", taps=("decoder",), terms={"afdcd_fd": 2e-6, "afdcd_ctr": 0.005},
-                    reference="Fan, Li, Liu, Song & Yao, Augmentation-free Dense Contrastive Knowledge Distillation "
-                              "for Efficient Semantic Segmentation, NeurIPS 2023, arXiv:2312.04168")
-class AfDCD(Distiller):
-    """Af-DCD, Fan et al., "Augmentation-free Dense Contrastive Knowledge Distillation for
-    Efficient Semantic Segmentation", NeurIPS 2023, arXiv:2312.04168; official code OSVAI/Af-DCD
-    (``losses/ocmgd.py`` ``OmniContrastiveFeatureLoss``, ``train_ocmgd.py``,
-    ``train_scripts/cityscape/*.sh``; the brief's zhijiejia/Af-DCD is not in the index).
-
-    Per tap: the student map is aligned to the teacher's channels (1x1 conv, only if they differ),
-    multiplied by a spatial keep-mask (:func:`afdcd_spatial_mask`, ``mask_ratio`` = 0.75 of the
-    positions dropped at random), passed through a projector (conv3x3-ReLU-conv3x3 at the teacher's
-    width, or the ``enhanced_projector``), and the result is compared to the teacher map by
-
-    * ``afdcd_fd``: :func:`masked_mimic_loss` (sum of squares / N), weight 2e-6;
-    * ``afdcd_ctr``: :func:`omni_contrastive_loss` (tau 0.07, 16 channel groups, 4x4 max-pool,
-      4x4 patches), weight 0.005.
-
-    Defaults: ``tau_ocd``, ``M_ocd``, ``pool_size``, ``patch_size``, ``rand_mask`` = True,
-    ``mask_ratio`` and the plain projector are the code defaults of ``OmniContrastiveFeatureLoss``
-    / ``train_ocmgd.py``; the weights ``--lambda-fd 0.000002 --lambda-ctr 0.005`` are those of both
-    Cityscapes scripts (the code defaults are 4e-5 / 0.001, CamVid uses 8e-6 / 0.01). The Cityscapes
-    scripts also pass ``--rand_mask False --enhance_projector True``, but with underscores the
-    argparse options (``--rand-mask``, ``--enhance-projector``, ``type=bool``) do not match them, so
-    what those runs used is unclear; both variants are available (``rand_mask``,
-    ``enhanced_projector``). Not ported: the pixel-wise logit KD (T = 1) that ``train_ocmgd.py``
-    adds (the ``kd`` method) and its gradient clipping of the loss module (max norm 15), which is
-    the trainer's business.
-
-    Departures: the official code distils the backbone's last stage (DeepLabV3 ``c4``, stride 8);
-    the default tap here is ``decoder`` (stride 2), the common single-map default of this package:
-    at 320 x 96 its 160 x 48 map pools to 40 x 12 and keeps the patch structure of the official
-    128 x 64 -> 32 x 16 map (MFNet's ``fused``, 20 x 6, would pool to 5 x 1), at the price of
-    narrow channel groups (32 teacher channels / 16 groups = 2 per group; official 2048 / 16). Pass
-    ``taps=["fused"]`` (MFNet) or ``["layer4"]`` (SNE-RoadSeg) for the official placement (the
-    projector is then 2 x 9 x Ct^2 parameters: 75 M at SNE-RoadSeg-152's 2048 channels). The
-    small-map clamping of :func:`omni_contrastive_loss`. Label-free (the contrast runs over 4x4
-    pooled windows and patches, so per-pixel ignoring is not defined; the mimicking term is kept
-    with it on all positions as official). No zero: the projector sees a masked map and InfoNCE
-    is > 0.
-    """
-
-    def __init__(self, spec: TapSpec, *, tau: float = 0.07, groups: int = 16, pool_size: int = 4,
-                 patch_size: int = 4, rand_mask: bool = True, mask_ratio: float = 0.75,
-                 enhanced_projector: bool = False):
-        super().__init__(spec)
-        if tau <= 0 or groups < 1 or pool_size < 0 or patch_size < 1 or not 0 <= mask_ratio <= 1:
-            raise ValueError(f"afdcd: bad hyper-parameters tau={tau}, groups={groups}, pool_size={pool_size}, "
-                             f"patch_size={patch_size}, mask_ratio={mask_ratio}")
-        self.tau, self.groups = float(tau), int(groups)
-        self.pool_size, self.patch_size = int(pool_size), int(patch_size)
-        self.rand_mask, self.mask_ratio = bool(rand_mask), float(mask_ratio)
-        self.align, self.projector = nn.ModuleDict(), nn.ModuleDict()
-        for t in spec.taps:
-            cs, ct = spec.channels(t)
-            self.align[t] = _connector(cs, ct)
-            self.projector[t] = _projector(ct, bool(enhanced_projector))
-
-    def forward(self, b: DistillBatch) -> dict[str, torch.Tensor]:
-        fd, ctr = [], []
-        for t, fs, ft in b.tap_pairs(self.spec.taps):
-            s = self.align[t](fs)
-            n, _, h, w = s.shape
-            keep = afdcd_spatial_mask(n, h, w, self.mask_ratio, self.rand_mask, s.device).to(s.dtype)
-            new = self.projector[t](s * keep)
-            fd.append(masked_mimic_loss(new, ft.detach()))
-            ctr.append(omni_contrastive_loss(new, ft.detach(), self.tau, self.groups, self.pool_size,
-                                             self.patch_size))
-        return {"afdcd_fd": _sum(fd), "afdcd_ctr": _sum(ctr)}
 
 
 # =========================================================================== PAD
@@ -674,50 +442,9 @@ def pad_loss(student: torch.Tensor, teacher: torch.Tensor, log_var: torch.Tensor
     return (sq * torch.exp(-v) + v).mean()
 
 
-@register_distiller("pad", kind="feature", taps=("decoder",), terms={"pad": 1.0},
-                    reference="Zhang, Lan, Dai, Zeng, Bai, Chang & Wei, Prime-Aware Adaptive Distillation, "
-                              "ECCV 2020, arXiv:2008.01458")
-class PAD(Distiller):
-    """PAD, Zhang et al., "Prime-Aware Adaptive Distillation", ECCV 2020 (arXiv:2008.01458; the
-    brief says NeurIPS 2020, the paper appeared at ECCV 2020). No official code was found (search
-    of the code index: only third-party ports, e.g. a ``PADLoss`` with a Linear+BN log-variance
-    branch on the student's feature vector, ``mean((s - t)^2 / (exp(log_var) + 1e-5)) +
-    mean(log_var)``), so this follows the paper: feature regression as a Gaussian likelihood whose
-    variance the student predicts, L = 1/N sum_i (||f_s(x_i) - f_t(x_i)||^2 / sigma_i^2 + log sigma_i^2),
-    the sample weight 1/sigma_i^2 emphasising the "prime" samples.
-
-    Dense adaptation: each pixel is a sample. Per tap, a connector (1x1 conv where the channels
-    differ) aligns the student map, and a variance head (1x1 conv on the aligned map -> 1 channel,
-    log sigma^2 per pixel, zero-initialised so that training starts as plain MSE) predicts the
-    uncertainty; :func:`pad_loss` (per-channel mean of the squared error, so the log-variance term
-    balances it for any channel count), summed over taps, weight 1. The log-variance is not clamped
-    (the eps of the port is replaced by the zero initialisation). Label-free (as FitNet-style
-    regression; see the module docstring). Zero for equal maps with identity connectors (equal
-    channels) at initialisation.
-    """
-
-    def __init__(self, spec: TapSpec):
-        super().__init__(spec)
-        self.connectors, self.log_var = nn.ModuleDict(), nn.ModuleDict()
-        for t in spec.taps:
-            cs, ct = spec.channels(t)
-            self.connectors[t] = _connector(cs, ct)
-            head = nn.Conv2d(ct, 1, kernel_size=1)
-            nn.init.zeros_(head.weight)
-            nn.init.zeros_(head.bias)
-            self.log_var[t] = head
-
-    def forward(self, b: DistillBatch) -> dict[str, torch.Tensor]:
-        losses = []
-        for t, fs, ft in b.tap_pairs(self.spec.taps):
-            s = self.connectors[t](fs)
-            losses.append(pad_loss(s, ft.detach(), self.log_var[t](s)))
-        return {"pad": _sum(losses)}
-
-
 # =========================================================================== IntRA-KD
 def region_moments(feat: torch.Tensor, labels: torch.Tensor, n_classes: int, ignore_index: int = IGNORE_INDEX,
-                   eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+                   eps: float = IntraKDConfig.eps) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-region moment vectors (IntRA-KD's AOI-grounded moment pooling, with hard regions).
 
     feat (N, C, h, w), labels (N, h, w) int64 at the same resolution (``ignore_index`` and ids
@@ -751,7 +478,7 @@ def intra_affinity(moments: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
 
 
 def intra_kd_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, n_classes: int,
-                  ignore_index: int = IGNORE_INDEX, eps: float = 1e-6) -> torch.Tensor:
+                  ignore_index: int = IGNORE_INDEX, eps: float = IntraKDConfig.eps) -> torch.Tensor:
     """Inter-region affinity distillation at one tap.
 
     student (N, Cs, h, w), teacher (N, Ct, h, w) (channel counts may differ: only the graphs are
@@ -768,40 +495,3 @@ def intra_kd_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Te
     sq = ((intra_affinity(ms) - intra_affinity(mt)).pow(2) * pair).sum((1, 2)) / k.clamp_min(1.0).pow(2)
     use = (k >= 2).float()
     return (sq * use).sum() / use.sum().clamp_min(1.0)
-
-
-@register_distiller("intra_kd", kind="feature", taps=("decoder",), terms={"intra_kd": 1.0},
-                    reference="Hou, Ma, Liu, Hui & Loy, Inter-Region Affinity Distillation for Road Marking "
-                              "Segmentation, CVPR 2020, arXiv:2004.05304")
-class IntraKD(Distiller):
-    """IntRA-KD, Hou et al., "Inter-Region Affinity Distillation for Road Marking Segmentation",
-    CVPR 2020, arXiv:2004.05304. The authors' repository (cardwing/Codes-for-IntRA-KD) ships only
-    testing code ("To-Do: training codes of IntRA-KD"), so this follows the paper as the brief
-    states it: regions = the classes present in the label map at feature resolution
-    (:func:`labels_at`, nearest, padded positions and the ignore label excluded); per region the
-    moment vector [mean, variance, skewness] per channel by masked pooling (:func:`region_moments`);
-    inter-region affinity = cosine similarity of the concatenated moment vectors; the student's
-    and teacher's graphs matched by :func:`intra_kd_loss` (squared error averaged over the K^2
-    region pairs and over images with >= 2 regions), summed over taps, weight 1.
-
-    Choices / departures: the paper smooths the label map into soft "areas of interest" before
-    pooling and builds its graph from the moments; here the regions are hard label masks (as the
-    brief asks) and one graph from the concatenated moments (no per-moment graphs). The loss
-    weight of the paper is not available from code; 1 here. The skewness uses
-    (var + eps)^{3/2}, eps = 1e-6, so a constant region has skewness 0. No trainable parts (a
-    Distiller class only to know each tap's stride for the label downsampling). Zero for equal
-    maps; unlabelled pixels take no part (their features are never read).
-    """
-
-    def __init__(self, spec: TapSpec, *, eps: float = 1e-6):
-        super().__init__(spec)
-        self.eps = float(eps)
-
-    def forward(self, b: DistillBatch) -> dict[str, torch.Tensor]:
-        losses = []
-        n_classes = int(b.student_logits.shape[1])
-        for t, fs, ft in b.tap_pairs(self.spec.taps):
-            labels = labels_at(b.target, fs.shape[-2:], self.spec.student[t][1], b.ignore_index)
-            losses.append(intra_kd_loss(fs, ft.detach(), labels, n_classes, b.ignore_index, self.eps))
-        return {"intra_kd": _sum(losses)}
-

@@ -28,13 +28,47 @@ wsld    T = 2 (WSLD ``self.T``)                           2.5 (WSLD ``self.alpha
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
-from lix.distill.base import IGNORE_INDEX, DistillBatch, register_distiller
+from pipeline.constants import IGNORE_INDEX
 
-__all__ = ["kd_loss", "kd_map", "cwkd_loss", "dkd_loss", "dkd_terms", "dist_loss", "wsld_loss",
-           "wsld_weight"]
+__all__ = ["KDConfig", "CWKDConfig", "DKDConfig", "DISTConfig", "WSLDConfig", "kd_loss", "kd_map", "cwkd_loss",
+           "dkd_loss", "dkd_terms", "dist_loss", "wsld_loss", "wsld_weight"]
+
+
+# --------------------------------------------------------------------------- hyper-parameters
+# Each method's defaults, declared once: the loss functions' keyword defaults below and the
+# registered methods (lix/distill/methods/) read them from here.
+@dataclass(frozen=True)
+class KDConfig:
+    temperature: float = 1.0  # CIRKD --kd-temperature
+
+
+@dataclass(frozen=True)
+class CWKDConfig:
+    temperature: float = 4.0  # TorchDistiller README, CIRKD train_kd.py
+
+
+@dataclass(frozen=True)
+class DKDConfig:
+    alpha: float = 1.0  # mdistiller cfg.py DKD.ALPHA
+    beta: float = 8.0  # DKD.BETA
+    temperature: float = 4.0  # DKD.T
+
+
+@dataclass(frozen=True)
+class DISTConfig:
+    beta: float = 1.0  # DIST_KD segmentation: inter-class weight
+    gamma: float = 1.0  # intra-class weight
+    tau: float = 1.0  # no temperature in the segmentation code
+
+
+@dataclass(frozen=True)
+class WSLDConfig:
+    temperature: float = 2.0  # WSLD self.T
 
 
 # --------------------------------------------------------------------------- helpers
@@ -74,7 +108,7 @@ def _kl_rows(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -
 
 # --------------------------------------------------------------------------- KD
 def kd_map(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor,
-           temperature: float = 1.0, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+           temperature: float = KDConfig.temperature, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """Per-pixel T²·KL(p_t^T || p_s^T), (N, H, W); 0 at ignored pixels (they are not computed)."""
     _check(student_logits, teacher_logits, target, "kd")
     s, t, _, valid = _flatten_valid(student_logits, teacher_logits, target, ignore_index)
@@ -84,7 +118,7 @@ def kd_map(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: t
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor,
-            temperature: float = 1.0, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+            temperature: float = KDConfig.temperature, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """Pixel-wise KD (Hinton, Vinyals & Dean, "Distilling the Knowledge in a Neural Network",
     NIPS 2014 Deep Learning Workshop, arXiv:1503.02531), as used for segmentation by SKD
     (Liu et al., CVPR 2019) and CIRKD (Yang et al., CVPR 2022).
@@ -109,7 +143,7 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: 
 
 # --------------------------------------------------------------------------- CWKD
 def cwkd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor,
-              temperature: float = 4.0, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+              temperature: float = CWKDConfig.temperature, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """Channel-wise distillation of the logits (Shu, Liu, Gao, Yan & Shen, "Channel-wise Knowledge
     Distillation for Dense Prediction", ICCV 2021, arXiv:2011.13256).
 
@@ -187,7 +221,8 @@ def _dkd_rows(student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor
 
 
 def dkd_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor,
-              temperature: float = 4.0, ignore_index: int = IGNORE_INDEX) -> tuple[torch.Tensor, torch.Tensor]:
+              temperature: float = DKDConfig.temperature, ignore_index: int = IGNORE_INDEX
+              ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-pixel DKD pieces: ``(tckd, nckd)``, each (N, H, W), each already × T², 0 at ignored
     pixels (not computed there, no gradient). With the ground-truth class y of pixel i,
 
@@ -209,7 +244,7 @@ def dkd_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target
 
 
 def dkd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor,
-             alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0,
+             alpha: float = DKDConfig.alpha, beta: float = DKDConfig.beta, temperature: float = DKDConfig.temperature,
              ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """Decoupled KD (Zhao, Cui, Song, Qiu & Liang, "Decoupled Knowledge Distillation", CVPR 2022,
     arXiv:2203.08679), per pixel with the ground-truth class as the target class.
@@ -224,7 +259,8 @@ def dkd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target:
     the non-target distribution by subtracting 1000 from its logit / T) applied to the labelled
     pixels flattened to (M, C): the official division by the batch size becomes a division by M.
     Defaults: α = 1, β = 8, T = 4 (mdistiller ``mdistiller/engine/cfg.py``: ``DKD.ALPHA``,
-    ``DKD.BETA``, ``DKD.T``; ``DKD.CE_WEIGHT`` = 1, i.e. weight 1 next to the cross-entropy). Not ported: the official linear warm-up of the DKD weight over the
+    ``DKD.BETA``, ``DKD.T``; ``DKD.CE_WEIGHT`` = 1, i.e. weight 1 next to the cross-entropy). Not
+    ported: the official linear warm-up of the DKD weight over the
     first ``DKD.WARMUP`` = 20 epochs (the trainer's business, not the loss's).
     """
     _check(student_logits, teacher_logits, target, "dkd", min_classes=2)
@@ -245,7 +281,7 @@ def _pearson_rows(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.
 
 
 def dist_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor,
-              beta: float = 1.0, gamma: float = 1.0, tau: float = 1.0,
+              beta: float = DISTConfig.beta, gamma: float = DISTConfig.gamma, tau: float = DISTConfig.tau,
               ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """DIST (Huang, You, Wang, Qian & Xu, "Knowledge Distillation from A Stronger Teacher",
     NeurIPS 2022, arXiv:2205.10536) on the labelled pixels.
@@ -291,7 +327,7 @@ def wsld_weight(student: torch.Tensor, teacher: torch.Tensor, target: torch.Tens
 
 
 def wsld_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor,
-              temperature: float = 2.0, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+              temperature: float = WSLDConfig.temperature, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """Weighted soft label distillation (Zhou, Song, Chen, Zhou, Wang, Yuan & Zhang, "Rethinking
     Soft Labels for Knowledge Distillation: A Bias-Variance Tradeoff Perspective", ICLR 2021,
     arXiv:2102.00650), per pixel: every labelled pixel is one "sample" of the official code.
@@ -314,46 +350,3 @@ def wsld_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target
         return _zero(student_logits)
     w = wsld_weight(s, t, y)
     return (w * _kl_rows(s, t, temperature)).mean() * temperature ** 2
-
-
-# --------------------------------------------------------------------------- registration
-@register_distiller("kd", kind="logit", taps=(),
-                    reference="Hinton, Vinyals & Dean, Distilling the Knowledge in a Neural Network, "
-                              "NIPS 2014 DL Workshop, arXiv:1503.02531")
-def kd(b: DistillBatch, temperature: float = 1.0) -> torch.Tensor:
-    """Pixel-wise KD on the labelled pixels (:func:`kd_loss`)."""
-    return kd_loss(b.student_logits, b.teacher_logits, b.target, temperature, b.ignore_index)
-
-
-@register_distiller("cwkd", kind="logit", taps=(), terms={"cwkd": 3.0},
-                    reference="Shu, Liu, Gao, Yan & Shen, Channel-wise Knowledge Distillation for Dense "
-                              "Prediction, ICCV 2021, arXiv:2011.13256")
-def cwkd(b: DistillBatch, temperature: float = 4.0) -> torch.Tensor:
-    """Channel-wise distillation of the logits, ignored pixels out of the spatial softmax
-    (:func:`cwkd_loss`); official weight 3."""
-    return cwkd_loss(b.student_logits, b.teacher_logits, b.target, temperature, b.ignore_index)
-
-
-@register_distiller("dkd", kind="logit", taps=(),
-                    reference="Zhao, Cui, Song, Qiu & Liang, Decoupled Knowledge Distillation, CVPR 2022, "
-                              "arXiv:2203.08679")
-def dkd(b: DistillBatch, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0) -> torch.Tensor:
-    """Decoupled KD per labelled pixel, target class = ground truth (:func:`dkd_loss`)."""
-    return dkd_loss(b.student_logits, b.teacher_logits, b.target, alpha, beta, temperature, b.ignore_index)
-
-
-@register_distiller("dist", kind="logit", taps=(),
-                    reference="Huang, You, Wang, Qian & Xu, Knowledge Distillation from A Stronger Teacher, "
-                              "NeurIPS 2022, arXiv:2205.10536")
-def dist(b: DistillBatch, beta: float = 1.0, gamma: float = 1.0, tau: float = 1.0) -> torch.Tensor:
-    """DIST inter- + intra-class Pearson relations on the labelled pixels (:func:`dist_loss`)."""
-    return dist_loss(b.student_logits, b.teacher_logits, b.target, beta, gamma, tau, b.ignore_index)
-
-
-@register_distiller("wsld", kind="logit", taps=(), terms={"wsld": 2.5},
-                    reference="Zhou, Song, Chen, Zhou, Wang, Yuan & Zhang, Rethinking Soft Labels for "
-                              "Knowledge Distillation: A Bias-Variance Tradeoff Perspective, ICLR 2021, "
-                              "arXiv:2102.00650")
-def wsld(b: DistillBatch, temperature: float = 2.0) -> torch.Tensor:
-    """Weighted soft label distillation per labelled pixel (:func:`wsld_loss`); official weight 2.5."""
-    return wsld_loss(b.student_logits, b.teacher_logits, b.target, temperature, b.ignore_index)

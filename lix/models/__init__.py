@@ -8,8 +8,7 @@ hook (encoder stages, the decoder's last feature map).
 
 from __future__ import annotations
 
+from lix.models import mfnet, sne_roadseg  # noqa: F401  (register the models)
 from lix.models.registry import MODELS, create_model, register_model
-
-from lix.models import mfnet, sne_roadseg  # noqa: E402,F401  (register the models)
 
 __all__ = ["MODELS", "create_model", "register_model"]

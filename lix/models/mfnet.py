@@ -61,6 +61,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lix.models.base import SegmentationNet
 from lix.models.registry import register_model
 from lix.models.resnet import check_state_dict, read_state_dict
 from pipeline.errors import ConfigError, DataError
@@ -144,7 +145,7 @@ def _up(x: torch.Tensor) -> torch.Tensor:
 
 
 @register_model("mfnet")
-class MFNet(nn.Module):
+class MFNet(SegmentationNet):
     """MFNet teacher (``x_channels`` >= 1: 1 = thermal or depth, 3 = normals) or RGB-only
     student (``x_channels=0``, ignores ``x``).
 
@@ -156,15 +157,14 @@ class MFNet(nn.Module):
     # fused bottleneck (the only encoder map that has seen X in the late-fusion teacher) and the
     # decoder's last map.
     default_taps: tuple[str, ...] = ("rgb4", "fused", "decoder")
+    name = "mfnet"
+    stride = STRIDE
 
     def __init__(self, n_classes: int, x_channels: int = 0, weights: str | Path | None = None):
-        super().__init__()
-        if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 1:
-            raise ConfigError("n_classes", f"expected a positive integer, got {n_classes!r}")
+        super().__init__(n_classes, x_channels)
         if isinstance(x_channels, bool) or not isinstance(x_channels, int) or x_channels < 0:
             raise ConfigError("x_channels", f"expected 0 (RGB student) or a positive number of X channels "
                                             f"(1 thermal/depth, 3 normals), got {x_channels!r}")
-        self.n_classes, self.x_channels = n_classes, x_channels
         xc = X_CH if x_channels else (0, 0, 0, 0, 0)
 
         # attribute order = the official registration order = state-dict order
@@ -226,41 +226,6 @@ class MFNet(nn.Module):
             out[part] += p.numel()
         return out
 
-    # -------------------------------------------------------------------------------------
-    def _check_inputs(self, rgb: torch.Tensor, x: torch.Tensor | None) -> None:
-        if not isinstance(rgb, torch.Tensor) or rgb.dim() != 4 or rgb.shape[1] != 3:
-            raise ValueError(f"mfnet: rgb must be a (N, 3, H, W) tensor, got "
-                             f"{tuple(rgb.shape) if isinstance(rgb, torch.Tensor) else type(rgb).__name__}")
-        if not rgb.is_floating_point():
-            raise ValueError(f"mfnet: rgb must be floating point in [0, 1] (image / 255), got {rgb.dtype}")
-        if rgb.shape[0] == 0 or rgb.shape[2] == 0 or rgb.shape[3] == 0:
-            raise ValueError(f"mfnet: empty input {tuple(rgb.shape)}")
-        if not self.x_channels:
-            return
-        if x is None:
-            raise ValueError(f"mfnet teacher (x_channels={self.x_channels}) needs x, got None")
-        if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != self.x_channels \
-                or x.shape[0] != rgb.shape[0] or x.shape[2:] != rgb.shape[2:]:
-            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"mfnet: x must be (N, {self.x_channels}, H, W) matching rgb "
-                             f"{tuple(rgb.shape)}, got {got}")
-        if not x.is_floating_point():
-            raise ValueError(f"mfnet: x must be floating point, got {x.dtype}")
-
-    def forward(self, rgb: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
-        """rgb (N, 3, H, W), x (N, x_channels, H, W) or None -> logits (N, n_classes, H, W).
-        Any H, W: padded bottom/right (replicate) to multiples of 16, logits cropped back."""
-        self._check_inputs(rgb, x)
-        other = x if self.x_channels else None
-        h, w = rgb.shape[-2:]
-        ph, pw = -h % STRIDE, -w % STRIDE
-        if ph or pw:
-            rgb = F.pad(rgb, (0, pw, 0, ph), mode="replicate")
-            if other is not None:
-                other = F.pad(other, (0, pw, 0, ph), mode="replicate")
-        out = self._forward_aligned(rgb, other)
-        return out[..., :h, :w] if (ph or pw) else out
-
     def forward_official(self, image: torch.Tensor) -> torch.Tensor:
         """The official signature: one (N, 3 + x_channels, H, W) tensor, RGB first (e.g. RGB then
         thermal, /255), split as the official code does."""
@@ -279,7 +244,7 @@ class MFNet(nn.Module):
         s5 = m("conv5")(_pool(s4))
         return s2, s3, s4, s5
 
-    def _forward_aligned(self, rgb: torch.Tensor, other: torch.Tensor | None) -> torch.Tensor:
+    def forward_aligned(self, rgb: torch.Tensor, other: torch.Tensor | None) -> torch.Tensor:
         """The official MFNet.forward on inputs whose H, W are multiples of 16."""
         r2, r3, r4, r5 = self._encode("rgb", rgb)
         if other is not None:

@@ -45,9 +45,9 @@ import logging
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from lix.models.base import SegmentationNet
 from lix.models.registry import register_model
 from lix.models.resnet import ResNet, check_state_dict, load_pretrained, read_state_dict
 from pipeline.errors import ConfigError
@@ -106,7 +106,7 @@ class Fuse(nn.Module):
 
 
 @register_model("sne_roadseg")
-class SNERoadSeg(nn.Module):
+class SNERoadSeg(SegmentationNet):
     """SNE-RoadSeg teacher (``x_channels`` 1 = depth, 3 = normals) or RGB-only student (0).
 
     ``pretrained``: path of a torchvision ImageNet ResNet checkpoint of the same ``depth``
@@ -116,13 +116,13 @@ class SNERoadSeg(nn.Module):
 
     # The taps a feature method reads when it is not told: the fused encoder stages 1-4 and the decoder.
     default_taps: tuple[str, ...] = ("layer1", "layer2", "layer3", "layer4", "decoder")
+    name = "sne_roadseg"
+    stride = STRIDE
 
     def __init__(self, n_classes: int, x_channels: int = 0, depth: int = 152,
                  pretrained: str | Path | None = None, reset_encoder_bn: bool = True,
                  init_type: str = "kaiming", init_gain: float = 0.02):
-        super().__init__()
-        if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 1:
-            raise ConfigError("n_classes", f"expected a positive integer, got {n_classes!r}")
+        super().__init__(n_classes, x_channels)
         if x_channels not in (0, 1, 3) or isinstance(x_channels, bool):
             raise ConfigError("x_channels", f"SNE-RoadSeg takes 0 (student), 1 (depth) or 3 (normals) "
                                             f"X channels, got {x_channels!r}")
@@ -130,7 +130,7 @@ class SNERoadSeg(nn.Module):
             raise ConfigError("depth", f"SNE-RoadSeg ResNet depth must be one of {sorted(FILTERS)}, got {depth!r}")
         if init_type not in INIT_TYPES:
             raise ConfigError("init_type", f"expected one of {INIT_TYPES}, got {init_type!r}")
-        self.n_classes, self.x_channels, self.depth = n_classes, x_channels, depth
+        self.depth = depth
         f = FILTERS[depth]
 
         weights = read_state_dict(pretrained) if pretrained else None
@@ -230,34 +230,7 @@ class SNERoadSeg(nn.Module):
         return {"stem": (f[0], 2), "layer1": (f[1], 4), "layer2": (f[2], 8), "layer3": (f[3], 16),
                 "layer4": (f[4], 32), "decoder": (f[0], 2)}
 
-    # -------------------------------------------------------------------------------------
-    def _check_inputs(self, rgb: torch.Tensor, x: torch.Tensor | None) -> None:
-        if rgb.dim() != 4 or rgb.shape[1] != 3:
-            raise ValueError(f"sne_roadseg: rgb must be (N, 3, H, W), got {tuple(rgb.shape)}")
-        if not self.x_channels:
-            return
-        if x is None:
-            raise ValueError(f"sne_roadseg teacher (x_channels={self.x_channels}) needs x, got None")
-        if x.dim() != 4 or x.shape[1] != self.x_channels or x.shape[0] != rgb.shape[0] \
-                or x.shape[2:] != rgb.shape[2:]:
-            raise ValueError(f"sne_roadseg: x must be (N, {self.x_channels}, H, W) matching rgb "
-                             f"{tuple(rgb.shape)}, got {tuple(x.shape)}")
-
-    def forward(self, rgb: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
-        """rgb (N, 3, H, W), x (N, x_channels, H, W) or None -> logits (N, n_classes, H, W).
-        The student ignores ``x``."""
-        self._check_inputs(rgb, x)
-        h, w = rgb.shape[-2:]
-        ph, pw = -h % STRIDE, -w % STRIDE
-        other = x if self.x_channels else None
-        if ph or pw:
-            rgb = F.pad(rgb, (0, pw, 0, ph), mode="replicate")
-            if other is not None:
-                other = F.pad(other, (0, pw, 0, ph), mode="replicate")
-        out = self._forward_aligned(rgb, other)
-        return out[..., :h, :w] if (ph or pw) else out
-
-    def _forward_aligned(self, rgb: torch.Tensor, other: torch.Tensor | None) -> torch.Tensor:
+    def forward_aligned(self, rgb: torch.Tensor, other: torch.Tensor | None) -> torch.Tensor:
         """The official RoadSeg.forward on inputs whose H, W are multiples of 32."""
         teacher = other is not None
         # encoder: stem, then the four stages; X is added into RGB after each

@@ -212,7 +212,7 @@ class AGCL:
         warped = bilinear_sampler(self.fmap2, (self.coords + flow).permute(0, 2, 3, 1))
         ry, rx = _window(small_patch)
         lefts, rights = self.fmap1.chunk(4, dim=1), warped.chunk(4, dim=1)
-        return torch.cat([self._local(l, r, ry, rx) for l, r in zip(lefts, rights)], dim=1)
+        return torch.cat([self._local(lf, rf, ry, rx) for lf, rf in zip(lefts, rights)], dim=1)
 
     def _corr_offset(self, flow, extra_offset, small_patch):
         left, right = self.fmap1, self.fmap2
@@ -228,9 +228,9 @@ class AGCL:
         offsets = base + extra_offset.reshape(n, search, 2, h, w).permute(0, 1, 3, 4, 2)  # (N, 9, H, W, 2)
         coords = ((self.coords + flow).permute(0, 2, 3, 1)[:, None] + offsets).reshape(n, search * h, w, 2)
         corrs = []
-        for l, r in zip(left.chunk(4, dim=1), right.chunk(4, dim=1)):
-            sampled = bilinear_sampler(r, coords).reshape(n, c // 4, search, h, w)
-            corrs.append((l[:, :, None] * sampled).mean(1))
+        for lf, rf in zip(left.chunk(4, dim=1), right.chunk(4, dim=1)):
+            sampled = bilinear_sampler(rf, coords).reshape(n, c // 4, search, h, w)
+            corrs.append((lf[:, :, None] * sampled).mean(1))
         return torch.cat(corrs, dim=1)
 
 

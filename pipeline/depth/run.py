@@ -28,8 +28,8 @@ from pipeline.atomic import write_json
 from pipeline.depth.base import create_backend
 from pipeline.depth.metrics import depth_errors, summarise
 from pipeline.depth.select import resolve
-from pipeline.errors import DataError
 from pipeline.depth_codec import encode_depth, read_depth
+from pipeline.errors import DataError
 from pipeline.imageio import write_image
 from pipeline.progress import progress_bar
 from pipeline.sources import create_reader
@@ -132,8 +132,8 @@ def finalize(dataset: str, root, out_dir, cfg, reader_options=None, *, split=Non
     entries = _log_entries(out_dir)
     missing = [i for i in ids if not _is_done(entries.get(i, {}), fp, out_dir, i, reader)]
     if missing:
-        raise DataError(out_dir, f"{len(missing)} frame(s) have no depth yet for this config, code and input (first: {missing[0]}); "
-                        "run the remaining parts first")
+        raise DataError(out_dir, f"{len(missing)} frame(s) have no depth yet for this config, code and input "
+                                 f"(first: {missing[0]}); run the remaining parts first")
     wanted = {f"{i}.png" for i in ids}
     for png in out_dir.rglob("*.png"):  # maps of frames that left the split (kept by persist)
         if png.relative_to(out_dir).as_posix() not in wanted:

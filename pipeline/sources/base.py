@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.constants import IGNORE_INDEX
+from pipeline.datasets import READER_CLASSES
 from pipeline.errors import DataError
 from pipeline.imageio import check_same_size, read_rgb
 from pipeline.registry import Registry
-
 
 
 @dataclass
@@ -137,7 +137,9 @@ class DatasetReader(ABC):
     right_path = disparity_path = depth_path = label_path
 
 
-READERS: Registry[DatasetReader] = Registry("dataset")
+# A reader module is imported when its dataset is first asked for (create_reader), so a stage
+# imports only the reader it uses.
+READERS: Registry[DatasetReader] = Registry("dataset", lazy=READER_CLASSES)
 register_reader = READERS.register
 
 

@@ -8,7 +8,7 @@ Layout under the root (both archives extract into ``training/``):
     training/disp_occ_0/000000_10.png     uint16 disparity * 256, 0 = invalid (sparse)
     training/calib_cam_to_cam/000000.txt  P_rect_02 / P_rect_03 among others
 
-Labels: the 19 Cityscapes train ids (CLASS_NAMES order); every other id -> 255.
+Labels: the 19 Cityscapes train ids (CLASS_NAMES order, from pipeline.labels); every other id -> 255.
 """
 
 from __future__ import annotations
@@ -17,27 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import DataError
 from pipeline.depth_codec import decode_depth_cm
+from pipeline.errors import DataError
 from pipeline.imageio import read_raw, read_rgb
+from pipeline.labels import CITYSCAPES_IDS
+from pipeline.labels import KITTI_CLASSES as CLASS_NAMES
 from pipeline.sources.base import DatasetReader, lut_from_pairs, register_reader
 
-CLASS_NAMES = ("road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
-               "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train",
-               "motorcycle", "bicycle")
-# Cityscapes label id of each train id above.
-CITYSCAPES_IDS = (7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33)
 ID_TO_TRAIN = lut_from_pairs({cid: tid for tid, cid in enumerate(CITYSCAPES_IDS)})
-# Cityscapes colours by label id (for semantic_rgb); ids not listed are black.
-CITYSCAPES_COLORS = {
-    4: (111, 74, 0), 5: (81, 0, 81),  # static, dynamic (void: street clutter, ignored in training)
-    7: (128, 64, 128), 8: (244, 35, 232), 11: (70, 70, 70), 12: (102, 102, 156), 13: (190, 153, 153),
-    17: (153, 153, 153), 19: (250, 170, 30), 20: (220, 220, 0), 21: (107, 142, 35), 22: (152, 251, 152),
-    23: (70, 130, 180), 24: (220, 20, 60), 25: (255, 0, 0), 26: (0, 0, 142), 27: (0, 0, 70),
-    28: (0, 60, 100), 31: (0, 80, 100), 32: (0, 0, 230), 33: (119, 11, 32),
-}
-# Colour of each train id (CLASS_NAMES order): the Cityscapes colours, for previews.
-CLASS_COLORS = tuple(CITYSCAPES_COLORS[cid] for cid in CITYSCAPES_IDS)
 SIDECAR_DIR = "lix_depth_sidecar"
 
 

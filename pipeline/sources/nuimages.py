@@ -7,7 +7,7 @@ Layout under the root (``dataroot`` in devkit terms):
     lix_depth_sidecar/<sample_data_token>.png   (synthetic data only: uint16 cm, 0 = invalid)
 
 Sample ids are key-frame ``sample_data`` tokens. The devkit's semantic mask (category
-index per pixel, 0 = unannotated background) is mapped by category name to TRAIN_CLASSES.
+index per pixel, 0 = unannotated background) is mapped by category name to CLASS_NAMES (pipeline.labels).
 nuImages annotates only driveable surface and objects, so "background" covers buildings,
 vegetation, sky and the like.
 """
@@ -21,10 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.depth_codec import decode_depth_cm
 from pipeline.errors import DataError
 from pipeline.imageio import read_raw, read_rgb
+from pipeline.labels import NUIMAGES_CLASSES as CLASS_NAMES
 from pipeline.sources.base import IGNORE_INDEX, DatasetReader, register_reader
-from pipeline.depth_codec import decode_depth_cm
 
 TABLES = ("attribute", "calibrated_sensor", "category", "ego_pose", "log", "object_ann", "sample",
           "sample_data", "sensor", "surface_ann")
@@ -37,8 +38,6 @@ CATEGORIES = (
     "vehicle.bus.rigid", "vehicle.car", "vehicle.construction", "vehicle.emergency.ambulance",
     "vehicle.emergency.police", "vehicle.motorcycle", "vehicle.trailer", "vehicle.truck", "vehicle.ego",
 )
-CLASS_NAMES = ("background", "driveable_surface", "car", "truck", "bus", "pedestrian", "cycle", "barrier",
-               "traffic_cone", "other_object")
 # Category name prefix -> train id; the longest matching prefix wins.
 _PREFIX_TO_TRAIN = {
     "flat.driveable_surface": 1, "vehicle.car": 2, "vehicle.emergency": 2, "vehicle.truck": 3,
@@ -47,10 +46,6 @@ _PREFIX_TO_TRAIN = {
     "movable_object.debris": 9, "movable_object.pushable_pullable": 9, "static_object.bicycle_rack": 9,
     "vehicle.ego": IGNORE_INDEX,
 }
-# Colour of each train id for previews: the devkit's colour (nuscenes.utils.color_map) of a
-# representative category; background (unannotated) black.
-CLASS_COLORS = ((0, 0, 0), (0, 207, 191), (255, 158, 0), (255, 99, 71), (255, 69, 0), (0, 0, 230), (220, 20, 60),
-                (112, 128, 144), (47, 79, 79), (210, 105, 30))
 SIDECAR_DIR = "lix_depth_sidecar"
 
 

@@ -9,7 +9,8 @@ Layout:
     SceneXX/<variation>/extrinsic.txt   "frame cameraID r1,1 r1,2 r1,3 t1 ... 0 0 0 1" (world -> camera)
 
 Sample ids: ``SceneXX/<variation>/00000`` (Camera_0 is the reference view).
-Labels: train ids in CLASS_NAMES order, matched by category name; "Undefined" -> 255.
+Labels: train ids in CLASS_NAMES order (pipeline.labels), matched by category name; "Undefined" -> 255.
+Variations: the folder names of pipeline.datasets.VKITTI2_VARIATIONS; ``variations`` keeps a subset.
 """
 
 from __future__ import annotations
@@ -19,24 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.depth_codec import decode_depth_cm
 from pipeline.errors import DataError
 from pipeline.imageio import read_raw, read_rgb
+from pipeline.labels import VKITTI2_CLASSES as CLASS_NAMES
 from pipeline.sources.base import IGNORE_INDEX, DatasetReader, register_reader
-from pipeline.depth_codec import decode_depth_cm
 
-CLASS_NAMES = ("Terrain", "Sky", "Tree", "Vegetation", "Building", "Road", "GuardRail", "TrafficSign",
-               "TrafficLight", "Pole", "Misc", "Truck", "Car", "Van")
-# The official colors.txt, in its own order.
-OFFICIAL_COLORS = {
-    "Terrain": (210, 0, 200), "Sky": (90, 200, 255), "Tree": (0, 199, 0), "Vegetation": (90, 240, 0),
-    "Building": (140, 140, 140), "Road": (100, 60, 100), "GuardRail": (250, 100, 255),
-    "TrafficSign": (255, 255, 0), "TrafficLight": (200, 200, 0), "Pole": (255, 130, 0), "Misc": (80, 80, 80),
-    "Truck": (160, 60, 60), "Car": (255, 127, 80), "Van": (0, 139, 139), "Undefined": (0, 0, 0),
-}
 SKY_DEPTH_CM = 65535
-# The variations vKITTI2 renders of every frame (its folder names).
-VARIATIONS = ("clone", "15-deg-left", "15-deg-right", "30-deg-left", "30-deg-right",
-              "fog", "morning", "overcast", "rain", "sunset")
 
 
 def parse_colors(path: Path) -> dict[int, int]:

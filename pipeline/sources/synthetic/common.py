@@ -7,6 +7,7 @@ import zlib
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
+
 from pipeline.progress import progress_bar
 
 

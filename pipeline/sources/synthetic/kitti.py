@@ -8,14 +8,14 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.atomic import write_text
-from pipeline.imageio import write_image
-from pipeline.sources.kitti import CITYSCAPES_COLORS, SIDECAR_DIR
-from pipeline.sources.synthetic.classes import C, N_INTERNAL
 from pipeline.depth_codec import depth_to_cm
+from pipeline.imageio import write_image
+from pipeline.labels import CITYSCAPES_COLORS
+from pipeline.sources.kitti import SIDECAR_DIR
+from pipeline.sources.synthetic.classes import N_INTERNAL, C
 from pipeline.sources.synthetic.common import frame_rng, lut, run_jobs
 from pipeline.sources.synthetic.render import render
-from pipeline.sources.synthetic.scene import (KITTI_POPULATION, KITTI_STYLE, make_camera, sample_scene,
-                                              scaled_intrinsics)
+from pipeline.sources.synthetic.scene import KITTI_POPULATION, KITTI_STYLE, make_camera, sample_scene, scaled_intrinsics
 
 FULL_SIZE = (1242, 375)
 FULL_K = (721.5377, 721.5377, 609.5593, 172.854)  # fx, fy, cx, cy of the KITTI 2015 rectified cameras

@@ -16,14 +16,19 @@ import numpy as np
 from pycocotools import mask as cocomask
 
 from pipeline.atomic import write_json
+from pipeline.depth_codec import depth_to_cm
 from pipeline.imageio import write_image
 from pipeline.sources.nuimages import CATEGORIES, SIDECAR_DIR
 from pipeline.sources.synthetic.classes import C
-from pipeline.depth_codec import depth_to_cm
 from pipeline.sources.synthetic.common import frame_rng, run_jobs
 from pipeline.sources.synthetic.render import render
-from pipeline.sources.synthetic.scene import (NUIMAGES_POPULATION, NUIMAGES_STYLE, make_camera, sample_scene,
-                                              scaled_intrinsics)
+from pipeline.sources.synthetic.scene import (
+    NUIMAGES_POPULATION,
+    NUIMAGES_STYLE,
+    make_camera,
+    sample_scene,
+    scaled_intrinsics,
+)
 
 FULL_SIZE = (1600, 900)
 FULL_K = (1266.417, 1266.417, 816.267, 491.507)  # CAM_FRONT of a nuScenes car

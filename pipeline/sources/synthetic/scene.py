@@ -24,8 +24,18 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.sources.synthetic.classes import C
-from pipeline.sources.synthetic.render import (Box, Camera, Cylinder, Lighting, Material, ObjectInfo, Quad, Scene,
-                                               Sphere, rotation)
+from pipeline.sources.synthetic.render import (
+    Box,
+    Camera,
+    Cylinder,
+    Lighting,
+    Material,
+    ObjectInfo,
+    Quad,
+    Scene,
+    Sphere,
+    rotation,
+)
 
 Z_NEAR, Z_FAR = -10.0, 260.0
 X_FAR = 260.0
@@ -42,8 +52,6 @@ class CameraStyle:
 
 KITTI_STYLE = CameraStyle(height=(1.60, 1.70), pitch=(-0.04, 0.01), yaw=(-0.08, 0.08))
 NUIMAGES_STYLE = CameraStyle(height=(1.45, 1.60), pitch=(-0.04, 0.01), yaw=(-0.10, 0.10))
-
-from pipeline.sources.vkitti2 import VARIATIONS  # noqa: E402,F401  (the dataset's own names)
 
 
 def _vec(*xs: float) -> np.ndarray:
@@ -274,26 +282,26 @@ def _vehicles(b: _Builder, road_half: float, cam_x: float, n_max: int) -> None:
     r = b.rng
     for _ in range(r.integers(0, n_max + 1)):
         cls = C(r.choice([C.CAR, C.VAN, C.TRUCK], p=[0.65, 0.2, 0.15]))
-        w, h, l = (m * r.uniform(0.92, 1.08) for m in _VEHICLES[cls])
+        w, h, length = (m * r.uniform(0.92, 1.08) for m in _VEHICLES[cls])
         xc = r.uniform(-road_half + w / 2 + 0.2, road_half - w / 2 - 0.2)
         z0 = r.uniform(3.0, 60.0)
         if abs(xc - cam_x) < (w / 2 + 1.2) and z0 < 6.0:
             continue
-        if not b.free(xc - w / 2, xc + w / 2, z0, z0 + l):
+        if not b.free(xc - w / 2, xc + w / 2, z0, z0 + length):
             continue
-        b.claim(xc - w / 2, xc + w / 2, z0, z0 + l)
+        b.claim(xc - w / 2, xc + w / 2, z0, z0 + length)
         obj = b.new_object(cls.name.lower(), _lane_state(xc, w, road_half))
         mat = b.pal.vehicle()
         if cls == C.CAR:
             body = h * 0.55
-            b.box((xc - w / 2, -body, z0), (xc + w / 2, -0.15, z0 + l), cls, mat, obj)
-            b.box((xc - w / 2 + 0.1, -h, z0 + 0.25 * l), (xc + w / 2 - 0.1, -body, z0 + 0.8 * l), cls,
+            b.box((xc - w / 2, -body, z0), (xc + w / 2, -0.15, z0 + length), cls, mat, obj)
+            b.box((xc - w / 2 + 0.1, -h, z0 + 0.25 * length), (xc + w / 2 - 0.1, -body, z0 + 0.8 * length), cls,
                   b.pal.vehicle(), obj)
         elif cls == C.TRUCK:
-            b.box((xc - w / 2, -h * 0.8, z0), (xc + w / 2, -0.3, z0 + 0.25 * l), cls, mat, obj)
-            b.box((xc - w / 2, -h, z0 + 0.3 * l), (xc + w / 2, -0.5, z0 + l), cls, b.pal.vehicle(), obj)
+            b.box((xc - w / 2, -h * 0.8, z0), (xc + w / 2, -0.3, z0 + 0.25 * length), cls, mat, obj)
+            b.box((xc - w / 2, -h, z0 + 0.3 * length), (xc + w / 2, -0.5, z0 + length), cls, b.pal.vehicle(), obj)
         else:
-            b.box((xc - w / 2, -h, z0), (xc + w / 2, -0.2, z0 + l), cls, mat, obj)
+            b.box((xc - w / 2, -h, z0), (xc + w / 2, -0.2, z0 + length), cls, mat, obj)
 
 
 # ---------------------------------------------------------------------------------------------

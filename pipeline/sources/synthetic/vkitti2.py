@@ -12,13 +12,14 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.atomic import write_text
-from pipeline.imageio import write_image
-from pipeline.sources.synthetic.classes import C, N_INTERNAL
 from pipeline.depth_codec import depth_to_cm
+from pipeline.imageio import write_image
+from pipeline.labels import VKITTI2_COLORS
+from pipeline.sources.synthetic.classes import N_INTERNAL, C
 from pipeline.sources.synthetic.common import frame_rng, run_jobs, split_evenly
 from pipeline.sources.synthetic.render import render
 from pipeline.sources.synthetic.scene import KITTI_STYLE, lighting, make_camera, sample_scene, scaled_intrinsics
-from pipeline.sources.vkitti2 import OFFICIAL_COLORS, SKY_DEPTH_CM
+from pipeline.sources.vkitti2 import SKY_DEPTH_CM
 
 SCENES = ("Scene01", "Scene02", "Scene06", "Scene18", "Scene20")
 FULL_SIZE = (1242, 375)
@@ -38,7 +39,7 @@ _CATEGORY_OF_INTERNAL = {
     C.RAIL: "Road", **{c: "Undefined" for c in (C.PERSON, C.RIDER, C.BICYCLE, C.MOTORCYCLE, C.BUS, C.TRAM,
                                                 C.BARRIER, C.TRAFFIC_CONE, C.DEBRIS, C.PUSHABLE, C.BICYCLE_RACK)},
 }
-_COLOR_OF_INTERNAL = np.array([OFFICIAL_COLORS[_CATEGORY_OF_INTERNAL[C(i)]] for i in range(N_INTERNAL)],
+_COLOR_OF_INTERNAL = np.array([VKITTI2_COLORS[_CATEGORY_OF_INTERNAL[C(i)]] for i in range(N_INTERNAL)],
                               dtype=np.uint8)
 
 
@@ -54,7 +55,7 @@ class VKittiJob:
 
 
 def colors_text() -> str:
-    return "Category r g b\n" + "".join(f"{k} {r} {g} {b}\n" for k, (r, g, b) in OFFICIAL_COLORS.items())
+    return "Category r g b\n" + "".join(f"{k} {r} {g} {b}\n" for k, (r, g, b) in VKITTI2_COLORS.items())
 
 
 def render_views(job: VKittiJob):

@@ -2,13 +2,13 @@
 
 The paper's Tables I–V (Guo et al., "LIX: Implicitly Infusing Spatial Geometric Prior Knowledge
 into Visual Semantic Segmentation for Autonomous Driving", IEEE TIP 2025, arXiv:2403.08215) are
-facts, quoted as printed. They ship with the package (``lix/paper_tables.json``, transcribed from
-the paper's text; :data:`SHIPPED`) and ``lix report`` quotes them by default; ``--paper FILE``
-quotes another file of the same format instead (e.g. a later version of the paper). The report
-puts each published row beside the matching row of ours with the paper's setting stated, and
-adds two comparisons that do not depend on the training length or resolution (lix/report.py):
-the share of the teacher–student gap a method closes, and the rank agreement (Kendall's τ)
-between our ordering of the methods and the paper's.
+facts, quoted as printed. They ship with the package (``lix/report/paper_tables.json``,
+transcribed from the paper's text; :data:`SHIPPED`) and ``lix report`` quotes them by default;
+``--paper FILE`` quotes another file of the same format instead (e.g. a later version of the
+paper). The report puts each published row beside the matching row of ours with the paper's
+setting stated, and adds two comparisons that do not depend on the training length or resolution
+(lix/report/markdown_tables.py): the share of the teacher–student gap a method closes, and the
+rank agreement (Kendall's τ) between our ordering of the methods and the paper's.
 
 Format (JSON; values in percent, as printed in the paper; every key below is checked)::
 
@@ -39,9 +39,9 @@ import math
 from pathlib import Path
 from typing import Any
 
+from lix.report.names import METRICS  # the paper's column order, the report's too
 from pipeline.errors import ConfigError, DataError
 
-METRICS = ("mfsc", "fwfsc", "miou", "fwiou")  # the paper's column order; lix/report.py uses it too
 DEFAULT_FILE = "tables.json"
 SHIPPED = Path(__file__).with_name("paper_tables.json")  # Tables I–V of the paper, package data
 
@@ -53,9 +53,9 @@ def _known_methods() -> set[str]:
 
 
 def _known_datasets() -> set[str]:
-    from pipeline.sources import READERS
+    from pipeline.datasets import DATASETS
 
-    return set(READERS)
+    return set(DATASETS)
 
 
 def _known_models() -> set[str]:
@@ -76,7 +76,7 @@ def load_paper_figures(path: str | Path = SHIPPED) -> dict | None:
         if not p.is_file():
             return None
     if not p.is_file():
-        raise DataError(p, "not found: expected the paper's figures as JSON (format: lix/paper_figures.py)")
+        raise DataError(p, "not found: expected the paper's figures as JSON (format: lix/report/paper.py)")
     try:  # numbers as written, so the report quotes them exactly
         raw = json.loads(p.read_text(encoding="utf-8"), parse_float=_Printed, parse_int=_Printed)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:

@@ -11,7 +11,7 @@ moment ``sweep.methods`` changes. Instead the report stage writes, for every dat
     ...
 
 from whatever runs exist (each run's dvclive log, ``dvclive/plots/metrics/val/<metric>.tsv``),
-and dvc.yaml declares the directory once with the template ``lix/plots/val_curves.json``, which
+and dvc.yaml declares the directory once with the template ``lix/report/plots/val_curves.json``, which
 colours the lines by ``run`` (and dashes them by revision in ``dvc plots diff``).
 """
 
@@ -21,13 +21,15 @@ import csv
 import io
 from pathlib import Path
 
+from lix import layout
+from lix.report.logs import metric_file
 from pipeline.atomic import write_text
 
 
 def run_curve(run_dir: Path, metric: str = "miou") -> list[tuple[int, float]]:
     """(epoch, value) of ``val/<metric>`` from a run's dvclive log; [] when it has none or the
     file is unreadable (a run that failed before its first evaluation)."""
-    path = run_dir / "dvclive" / "plots" / "metrics" / "val" / f"{metric}.tsv"
+    path = metric_file(run_dir, f"val/{metric}")
     try:
         rows = list(csv.DictReader(io.StringIO(path.read_text()), delimiter="\t"))
         return [(int(float(r["step"])), float(r[metric])) for r in rows]
@@ -40,7 +42,7 @@ def val_curves(runs_dir: str | Path, metric: str = "miou") -> dict[str, list[tup
     ``runs_dir/<dataset>/<model>/<method>/seed<k>``, sorted by run then epoch."""
     out: dict[str, list[tuple[int, str, float]]] = {}
     for run_dir in sorted(Path(runs_dir).glob("*/*/*/seed*")):
-        if not run_dir.is_dir():
+        if not run_dir.is_dir() or not layout.SEED_DIR.match(run_dir.name):
             continue
         dataset, model, method, seed = run_dir.relative_to(runs_dir).parts
         label = f"{model}/{method}/{seed}"
