@@ -472,13 +472,12 @@ def from_dict(cls, data: Any, path: str = ""):
         raise ConfigError(f"{prefix}{e.key}", e.problem) from None
 
 
-# params.yaml's holder of the values the datasets share (YAML anchors the per-dataset sections merge:
-# ``<<: *train``). They reach the stages through those merges only: dropped here, listed by no stage.
-ANCHORS_KEY = "defaults"
+ANCHORS_KEY = "defaults"  # params.yaml's holder of shared values, which reach stages via `<<: *train` only
 
 
 def params_from_dict(data: Any) -> Params:
     """:class:`Params` from params.yaml's parsed mapping (merges resolved), without ``ANCHORS_KEY``."""
+    _require(data is None or isinstance(data, dict), "<root>", f"expected a mapping of sections, got {data!r}")
     data = dict(data or {})
     held = data.pop(ANCHORS_KEY, None)
     _require(held is None or isinstance(held, dict), ANCHORS_KEY,
