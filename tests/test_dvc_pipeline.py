@@ -463,27 +463,6 @@ def deps_gaps(stage: str, deps: list[str], imported: set[str]) -> dict[str, list
     return {k: v for k, v in (("add", add), ("remove", remove)) if v}
 
 
-def test_stage_deps_cover_the_code_they_run(repo):
-    """Both directions: every project file a stage's command imports is under one of its deps (or
-    an edit would not rerun it), and every code dep is imported (or an edit would rerun it for
-    nothing: a reader's edit must not retrain). The failure lists, per stage, the deps to add and
-    to remove in dvc.yaml."""
-    # The stage commands need their inputs, not up-to-date outputs: after the test above they all
-    # exist (a repro here would only retrain kitti after its last shards change).
-    if not (repo / "data/runs/kitti/mfnet/teacher/seed0/best.pt").is_file():
-        _run(["dvc", "repro"], repo)
-    gaps = {}
-    for stage, (cmd, deps) in _stages(repo).items():
-        if stage != "report" and ("@kitti" not in stage or stage.endswith("-student-0")):
-            if not stage.startswith(("splits@vkitti2", "depth@vkitti2", "normals@vkitti2")):
-                continue  # the same code per dataset and method; one is enough (two for per-reader stages)
-        found = deps_gaps(stage, deps, _imported_files(cmd, repo))
-        if found:
-            gaps[stage] = found
-    assert not gaps, "dvc.yaml deps differ from what the stage commands import:\n" + "\n".join(
-        f"  {stage}: " + "; ".join(f"{k} {v}" for k, v in found.items()) for stage, found in gaps.items())
-
-
 def test_interrupted_depth_stage_resumes_under_dvc(repo):
     """DVC deletes a stage's outputs before running it unless they persist. The depth outputs
     persist, so a `dvc repro` after an interruption computes only the frames not yet done. The
@@ -499,3 +478,24 @@ def test_interrupted_depth_stage_resumes_under_dvc(repo):
     resumed = _run(["dvc", "repro", "depth@kitti"], repo)
     assert _ran(resumed) == ["depth@kitti"]
     assert "3 computed, 3 already done" in resumed
+
+
+def test_stage_deps_cover_the_code_they_run(repo):
+    """Both directions: every project file a stage's command imports is under one of its deps (or
+    an edit would not rerun it), and every code dep is imported (or an edit would rerun it for
+    nothing: a reader's edit must not retrain). The failure lists, per stage, the deps to add and
+    to remove in dvc.yaml."""
+    # Last in the module: the stage commands run here in place (their inputs exist after the tests
+    # above) and leave outputs DVC no longer recognises, which a later test would pay to rebuild.
+    if not (repo / "data/runs/kitti/mfnet/teacher/seed0/best.pt").is_file():
+        _run(["dvc", "repro"], repo)
+    gaps = {}
+    for stage, (cmd, deps) in _stages(repo).items():
+        if stage != "report" and ("@kitti" not in stage or stage.endswith("-student-0")):
+            if not stage.startswith(("splits@vkitti2", "depth@vkitti2", "normals@vkitti2")):
+                continue  # the same code per dataset and method; one is enough (two for per-reader stages)
+        found = deps_gaps(stage, deps, _imported_files(cmd, repo))
+        if found:
+            gaps[stage] = found
+    assert not gaps, "dvc.yaml deps differ from what the stage commands import:\n" + "\n".join(
+        f"  {stage}: " + "; ".join(f"{k} {v}" for k, v in found.items()) for stage, found in gaps.items())
