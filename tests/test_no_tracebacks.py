@@ -364,7 +364,7 @@ def test_verify_shards_command(env):
 # --------------------------------------------------------------------------- lix report
 # name: (file of seed1 damaged, its text, whether the report counts seed1 as failed: a
 # metrics.json without a finite miou is a failed run; config.json / summary.json are optional
-# detail; None: either way, lix/report.py's choice, as long as it ends cleanly)
+# detail; None: either way, lix/report's choice, as long as it ends cleanly)
 REPORT_DAMAGE = {
     "metrics_empty_object": ("metrics.json", "{}", True),
     "metrics_invalid_json": ("metrics.json", '{"miou": 0.5,', True),

@@ -75,6 +75,16 @@ def user_errors(fn):
     return wrapper
 
 
+def command(app: typer.Typer, name: str):
+    """``@command(app, "name")``: the Typer command ``name`` of ``app``, behind :func:`user_errors`
+    (one line and exit 2 for a LixError, 130 for Ctrl-C), as every ``lix`` command is."""
+
+    def deco(fn):
+        return app.command(name)(user_errors(fn))
+
+    return deco
+
+
 SeedOpt = typer.Option(None, "--seed", help="Random seed of the run (default train.<dataset>.seed).")
 EvaluateOpt = typer.Option(True, "--evaluate/--no-evaluate",
                            help="After training, evaluate best.pt on the val split into the run directory "

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from lix import layout
-from lix.cli.common import Dataset, DeviceOpt, ProgressOpt, out, user_errors
+from lix.cli.common import Dataset, DeviceOpt, ProgressOpt, command, out
 
 cross_app = typer.Typer(help="Generalisation across datasets.")
 
@@ -31,8 +31,7 @@ def parse_pair(pair: str) -> tuple[str, str]:
     return src, tgt
 
 
-@cross_app.command("cross-evaluate")
-@user_errors
+@command(cross_app, "cross-evaluate")
 def cross_evaluate_cmd(
     checkpoint: Path = typer.Option(None, "--checkpoint", help="An RGB-only student of dataset A (lix train / "
                                                                "lix distill): best.pt, last.pt or model.safetensors."),

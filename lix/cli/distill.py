@@ -19,9 +19,9 @@ from lix.cli.common import (
     ResumeOpt,
     SeedOpt,
     VerifyOpt,
+    command,
     out,
     run_outcome,
-    user_errors,
 )
 
 distill_app = typer.Typer(help="Distillation of the teacher into the RGB-only student.")
@@ -45,8 +45,7 @@ def print_methods() -> None:
     out.print(table)
 
 
-@distill_app.command("distill")
-@user_errors
+@command(distill_app, "distill")
 def distill_cmd(
     dataset: Dataset = typer.Option(None, "--dataset", "-d", help="Which dataset (its shards and teacher)."),
     method: str = typer.Option(None, "--method", "-m", help="A registered method (see --list), 'student' (the CE "

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from lix.cli.common import DeviceOpt, ProgressOpt, out, user_errors
+from lix.cli.common import DeviceOpt, ProgressOpt, command, out
 
 # The command's own options (the shared ones live in lix/cli/common.py).
 CheckpointOpt = typer.Option(..., "--checkpoint", help="An RGB-only student: best.pt / last.pt / model.safetensors "
@@ -28,8 +28,7 @@ MemoryBudgetOpt = typer.Option(None, "--memory-budget", metavar="GIB",
 predict_app = typer.Typer(help="Segmentation of a folder of images with a trained student.")
 
 
-@predict_app.command("predict")
-@user_errors
+@command(predict_app, "predict")
 def predict_cmd(checkpoint: Path = CheckpointOpt, input_dir: Path = InputOpt, output_dir: Path = OutputOpt,
                 batch_size: int = BatchSizeOpt, memory_budget: float = MemoryBudgetOpt, device: str = DeviceOpt,
                 progress: bool = ProgressOpt):

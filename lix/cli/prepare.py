@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 
 from lix import layout
-from lix.cli.common import Dataset, DatasetOpt, ParamsOpt, ProgressOpt, out, user_errors
+from lix.cli.common import Dataset, DatasetOpt, ParamsOpt, ProgressOpt, command, out
 
 prepare_app = typer.Typer(help="Data preparation: download, splits, depth, normals, shards (the DVC stages).",
                           no_args_is_help=True)
@@ -21,8 +21,7 @@ SplitOpt = typer.Option(None, help="Split manifest (default data/splits/<dataset
 DepthOpt = typer.Option(None, help="Depth maps from `lix prepare depth` (default data/depth/<dataset>).")
 
 
-@prepare_app.command("download")
-@user_errors
+@command(prepare_app, "download")
 def download_cmd(
     dataset: Dataset = DatasetOpt,
     root: Path = typer.Option(None, help="Where the dataset goes (default data/raw/<dataset>)."),
@@ -43,8 +42,7 @@ def download_cmd(
     out.print(f"[green]{d}[/] ready at {root} (source: {p.download[d].source})")
 
 
-@prepare_app.command("splits")
-@user_errors
+@command(prepare_app, "splits")
 def splits_cmd(
     dataset: Dataset = DatasetOpt,
     root: Path = RootOpt,
@@ -68,8 +66,7 @@ def _env_int(name: str, default: int) -> int:
     return int(os.environ.get(name, default))
 
 
-@prepare_app.command("depth")
-@user_errors
+@command(prepare_app, "depth")
 def depth_cmd(
     dataset: Dataset = DatasetOpt,
     root: Path = RootOpt,
@@ -115,8 +112,7 @@ def depth_cmd(
     out.print(f"[green]{d}[/] depth metrics -> {metrics}: {m['vs_ground_truth'] or m['vs_sparse_lidar']}")
 
 
-@prepare_app.command("normals")
-@user_errors
+@command(prepare_app, "normals")
 def normals_cmd(
     dataset: Dataset = DatasetOpt,
     root: Path = RootOpt,
@@ -146,8 +142,7 @@ def normals_cmd(
               f"metrics {metrics}")
 
 
-@prepare_app.command("shards")
-@user_errors
+@command(prepare_app, "shards")
 def shards_cmd(
     dataset: Dataset = DatasetOpt,
     root: Path = RootOpt,
@@ -175,8 +170,7 @@ def shards_cmd(
               f"{s['train_shards'] + s['val_shards']} files ({s['bytes'] / 2**20:.1f} MiB); preview {preview}")
 
 
-@prepare_app.command("preview")
-@user_errors
+@command(prepare_app, "preview")
 def preview_cmd(
     dataset: Dataset = DatasetOpt,
     shards: Path = typer.Option(None, help="Shard directory (default data/shards/<dataset>)."),
@@ -197,8 +191,7 @@ class SplitChoice(str, Enum):
     all = "all"
 
 
-@prepare_app.command("verify-shards")
-@user_errors
+@command(prepare_app, "verify-shards")
 def verify_shards_cmd(
     shards: Path = typer.Option(None, "--shards", help="Shard directory (holds manifest.json)."),
     dataset: Dataset = typer.Option(None, "--dataset", "-d", help="Instead of --shards: data/shards/<dataset>."),
@@ -231,8 +224,7 @@ def verify_shards_cmd(
                   f"({'every byte' if sha256 else 'size and schema'}) in {shard_dir}", soft_wrap=True)
 
 
-@prepare_app.command("check-params")
-@user_errors
+@command(prepare_app, "check-params")
 def check_params_cmd(params: Path = ParamsOpt):
     """Validate params.yaml (types, ranges, and every model, method and hyper-parameter against the
     registries) and print the resolved values."""

@@ -6,13 +6,12 @@ from pathlib import Path
 
 import typer
 
-from lix.cli.common import ProgressOpt, out, user_errors
+from lix.cli.common import ProgressOpt, command, out
 
 report_app = typer.Typer(help="The experiment matrix's runs as a report in the paper's layout.")
 
 
-@report_app.command("report")
-@user_errors
+@command(report_app, "report")
 def report_cmd(
     # what it reads
     runs: Path = typer.Option(..., "--runs", help="Runs root: <runs>/<dataset>/<model>/<method>/seed<k>/metrics.json "

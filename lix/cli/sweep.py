@@ -6,13 +6,12 @@ from pathlib import Path
 
 import typer
 
-from lix.cli.common import err, out, user_errors
+from lix.cli.common import command, err, out
 
 sweep_app = typer.Typer(help="The experiment matrix: the DVC pipeline's stages in parallel, then the report.")
 
 
-@sweep_app.command("sweep")
-@user_errors
+@command(sweep_app, "sweep")
 def sweep_cmd(
     jobs: int = typer.Option(1, "--jobs", "-j", help="Stages run at once (CPU threads are shared among them; "
                                                      "with GPUs, one GPU per job slot)."),

@@ -1,4 +1,4 @@
-"""``lix train`` and ``lix evaluate``: thin over lix/train.py (parse, call, report)."""
+"""``lix train`` and ``lix evaluate``: thin over lix/train.py and lix/evaluate.py (parse, call, report)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import typer
 
 from lix import layout
 from lix.cli import common
-from lix.cli.common import Dataset, out, user_errors
+from lix.cli.common import Dataset, command, out
 
 train_app = typer.Typer(help="Training and evaluation of the teacher and the student.")
 
@@ -19,8 +19,7 @@ class Role(str, Enum):
     student = "student"
 
 
-@train_app.command("train")
-@user_errors
+@command(train_app, "train")
 def train_cmd(
     dataset: Dataset = common.DatasetOpt,
     out_dir: Path = typer.Option(..., "--out", help="Run directory: checkpoints, dvclive logs, metrics."),
@@ -87,8 +86,7 @@ def evaluate_run(out_dir: Path, shard_dir: Path, progress: bool, best_val: dict 
     return m
 
 
-@train_app.command("evaluate")
-@user_errors
+@command(train_app, "evaluate")
 def evaluate_cmd(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="best.pt / last.pt, or an exported model.safetensors."),
     dataset: Dataset = common.DatasetOpt,

@@ -16,7 +16,7 @@ Input layout (the contract the experiment matrix writes; lix.layout.run_dir)
     <runs_root>/overhead.json                                     optional: {model: {method:
                                                                   {"time_ratio": float, "memory_ratio": float}}}
 
-* ``metrics.json`` is the output of ``lix.train.evaluate_checkpoint``: ``miou``, ``mfsc``,
+* ``metrics.json`` is the output of ``lix.evaluate.evaluate_checkpoint``: ``miou``, ``mfsc``,
   ``fwiou``, ``fwfsc``, ``pixel_acc`` as fractions in [0, 1], ``per_class_iou`` /
   ``per_class_f1`` (class name -> value, null where undefined), ``dataset``, ``role``, ``model``,
   ``x`` (the teacher's geometry), ``matrix``.

@@ -34,7 +34,7 @@ class Run:
     hyper: dict | None = None  # config.json's distill.resolved_hyper: every value the distiller used
     given_hyper: dict | None = None  # config.json's distill.hyper: what the run was asked for
     notes: tuple[str, ...] = field(default=())
-    config: dict | None = None  # config.json: the resolved run config (lix.train.run_config)
+    config: dict | None = None  # config.json: the resolved run config (lix.provenance.run_config)
     summary: dict | None = None  # summary.json: epochs, best_epoch, stopped, last, provenance, samples
 
     @property
