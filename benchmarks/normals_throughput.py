@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _machine import cpu_model  # a sibling module: the benchmarks run as scripts
 
 from pipeline.normals import surface_normals, surface_normals_torch
 from pipeline.sources import create_reader
@@ -58,16 +59,6 @@ def nanmedian_median4(depth, K):
             return surface_normals(depth, K, estimator="median4")
     finally:
         N._median_of_finite = real
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def time_interleaved(methods: dict, rounds: int) -> dict:
@@ -107,7 +98,7 @@ def main():
         "torch sne": (lambda: surface_normals_torch(dt, Kt, 200.0), 1),
         "torch median4": (lambda: surface_normals_torch(dt, Kt, 200.0, estimator="median4"), 1),
     }
-    print(f"machine: {cpu_name()}, {os.cpu_count()} logical cores, load average "
+    print(f"machine: {cpu_model()}, {os.cpu_count()} logical cores, load average "
           f"{', '.join(f'{x:.2f}' for x in os.getloadavg())}; python {platform.python_version()}, "
           f"numpy {np.__version__} (single-threaded), torch {torch.__version__} "
           f"({torch.get_num_threads()} thread)")
