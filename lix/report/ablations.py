@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from lix.report.names import DISPLAY, display_name, parse_method, registry
+from lix.report.names import DISPLAY, display_name, legacy_hyper, parse_method
 from lix.report.scan import Run
 from lix.report.stats import aggregate, mark_best
 
@@ -50,12 +50,6 @@ def run_hyper(method: str, runs: list[Run]) -> tuple[dict, set[str]]:
         assumed = set(h) - set(given) - set(pairs)
     h.update(pairs)
     return h, assumed
-
-
-def legacy_hyper(base: str) -> dict:
-    """The registry's defaults of ``base`` (lix.distill.method_table), assumed for runs that predate
-    config.json's ``distill.resolved_hyper``; {} for a method the registry does not know."""
-    return dict(registry().get(base, {}).get("hyper", {}))
 
 
 def _assumed_note(where: str, keys: set[str], used: tuple[str, ...]) -> list[str]:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from lix import layout
-from lix.report.names import display_name
+from lix.report.names import display_name, legacy_hyper
 from lix.report.networks import load_net, load_teacher, logits_of, rgb_of, torch_device, val_items
 from lix.report.plot import GREY, figure_title, new_figure, save_png
 from pipeline.constants import IGNORE_INDEX
@@ -56,7 +56,6 @@ def _numpy(x):
 def _dwld_head(ckpt: dict, path: Path, n_classes: int):
     """The run's DWLDHead with its trained controller, or None when the run has no DWC (not a
     distilled run, a method without DWLD, or ``controller="fixed"``)."""
-    from lix.distill import hyper_defaults
     from lix.losses.dwld import DWLDHead
 
     distill = ckpt["config"].get("distill") or {}
@@ -64,11 +63,7 @@ def _dwld_head(ckpt: dict, path: Path, n_classes: int):
     own = {k[len("dwld."):]: v for k, v in state.items() if k.startswith("dwld.")}
     hyper = distill.get("resolved_hyper")  # every value the run's distiller used
     if hyper is None:  # a run from before the trainer recorded them: today's defaults + what it asked for
-        try:
-            defaults = hyper_defaults(distill.get("method", ""))
-        except Exception:  # not a registered method any more: the head's own defaults
-            defaults = {}
-        hyper = {**defaults, **(distill.get("hyper") or {})}
+        hyper = legacy_hyper(distill.get("method", "")) | (distill.get("hyper") or {})
     if "controller" not in hyper and not own:
         return None  # no DWLD in this run
     params = set(inspect.signature(DWLDHead.__init__).parameters) - {"self", "n_classes"}

@@ -53,6 +53,12 @@ def registry() -> dict[str, dict]:
     return {r["name"]: {"kind": r["kind"], "hyper": dict(r["hyper"])} for r in method_table()}
 
 
+
+def legacy_hyper(base: str) -> dict:
+    """The registry's defaults of ``base`` (lix.distill.method_table), assumed for runs that predate
+    config.json's ``distill.resolved_hyper``; {} for a method the registry does not know."""
+    return dict(registry().get(base, {}).get("hyper", {}))
+
 def kind_of(method: str) -> str:
     """The method's kind as the registry states it ("logit", "feature", "ours"); "—" for the
     teacher and the plain student, "other" for a name the registry does not know."""
