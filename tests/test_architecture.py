@@ -14,7 +14,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("pipeline.constants", "pipeline.errors", "pipeline.atomic", "pipeline.registry", "pipeline.device"),
     ("pipeline",),  # data preparation: readers, depth, normals, splits, shards
     ("lix", "lix.layout", "lix.runtime", "lix.reduce"),  # the trainer's own core
-    ("lix.models", "lix.metrics", "lix.inputs", "lix.config", "lix.checkpoint", "lix.data"),
+    ("lix.models", "lix.metrics", "lix.inputs", "lix.config", "lix.config_schema", "lix.config_slurm",
+     "lix.checkpoint", "lix.data"),
     ("lix.losses",),  # pure functions
     ("lix.train", "lix.provenance", "lix.loaders", "lix.model_factory", "lix.evaluate"),  # the supervised loop
     ("lix.distill", "lix.validate"),  # the method contract, the methods, distillation with the loop

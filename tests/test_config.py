@@ -93,6 +93,7 @@ def test_params_yaml_writes_out_every_key():
             assert set(raw[section][d]) == wanted, f"{section}.{d}: missing {sorted(wanted - set(raw[section][d]))}"
     assert set(raw["distill"]) == {f.name for f in dataclasses.fields(p.distill)}
     assert set(raw["sweep"]) == {f.name for f in dataclasses.fields(p.sweep)}
+    assert set(raw["sweep"]["slurm"]) == {f.name for f in dataclasses.fields(p.sweep.slurm)}
 
 
 def test_distill_section_lists_every_registered_method():

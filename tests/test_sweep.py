@@ -47,7 +47,11 @@ if stage in cfg.get("hang", []):  # a stage command (grandchild of the sweep) th
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     (root / f"child_{stage}").write_text(str(child.pid))
     child.wait()
-time.sleep(cfg.get("sleep", 0.3))
+once = root / f"once_{stage}"
+if stage in cfg.get("slow_once", {}) and not once.exists():  # the first run only (a requeued job's is quick)
+    once.write_text(str(os.getpid()))
+    time.sleep(cfg["slow_once"][stage])
+time.sleep(cfg.get("slow", {}).get(stage, cfg.get("sleep", 0.3)))
 if stage in cfg.get("fail", []):
     print(f"ERROR: failed to reproduce '{stage}'")
     log("fail")

@@ -13,8 +13,9 @@ sweep_app = typer.Typer(help="The experiment matrix: the DVC pipeline's stages i
 
 @command(sweep_app, "sweep")
 def sweep_cmd(
-    jobs: int = typer.Option(1, "--jobs", "-j", help="Stages run at once (CPU threads are shared among them; "
-                                                     "with GPUs, one GPU per job slot)."),
+    jobs: int = typer.Option(None, "--jobs", "-j", show_default=False,
+                             help="Stages run (or queued) at once. Local executor: default 1; CPU threads are "
+                                  "shared among them, with GPUs one GPU per job slot. Slurm: default no limit."),
     filters: list[str] = typer.Option(None, "--filter", "-f", help="Only stages matching this glob (and what "
                                       "they need), e.g. 'student@*-lix-*'; repeatable."),
     report: bool = typer.Option(True, "--report/--no-report", help="Run the report stage last."),
@@ -25,45 +26,105 @@ def sweep_cmd(
     repo: Path = typer.Option(Path("."), "--repo", help="The DVC repository (default: here)."),
     set_: list[str] = typer.Option(None, "--set-param", "-S", help="Set a params.yaml key first, as dvc exp run -S "
                                    "(e.g. -S 'sweep.seeds=[0,1,2]'); validated, comments kept; repeatable."),
+    executor: str = typer.Option("local", "--executor", "-e", help="Where stages run: local (processes here), "
+                                 "slurm (one job per stage through submitit; sweep.slurm in params.yaml), "
+                                 "submitit-local (the slurm code path with submitit's local executor)."),
+    slurm_opts: list[str] = typer.Option(None, "--slurm", help="Override a key of sweep.slurm for this sweep, e.g. "
+                                         "--slurm partition=gpu --slurm time_min=720; repeatable."),
+    show_status: bool = typer.Option(False, "--status", help="List the stages of the last sweep and the state of "
+                                     "their jobs (queued, running, done, failed...), then exit."),
+    cancel_jobs: bool = typer.Option(False, "--cancel", help="Cancel the jobs of the last sweep that are still "
+                                     "queued or running (a sweep that was killed left them), then exit."),
 ):
     """Run every out-of-date stage of dvc.yaml (preparation, teachers, students, ablations, report),
-    `-j` at a time; failed runs are reported and do not stop the others; rerunning resumes."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
+    `-j` at a time, here or as Slurm jobs; failed runs are reported and do not stop the others;
+    rerunning resumes. Ctrl-C stops every running stage (cancels every submitted job)."""
     from lix.config import load_params
-    from lix.sweep import set_params, sweep
+    from lix.sweep import EXECUTORS, cancel, set_params, status
     from lix.validate import check_params
+    from pipeline.errors import ConfigError
 
+    if executor not in EXECUTORS:
+        raise ConfigError("--executor", f"unknown executor {executor!r}; known: {list(EXECUTORS)}")
+    if show_status or cancel_jobs:
+        if cancel_jobs:
+            stages = cancel(repo)
+            out.print(f"cancelled {len(stages)} job(s)" + (": " + ", ".join(stages) if stages else ""),
+                      highlight=False)
+        _print_status(*status(repo))
+        return
+    _slurm_config(load_params(repo / "params.yaml").sweep.slurm, slurm_opts or [])  # before -S writes anything
     changed: dict = {}
     if set_:  # validated as a whole (the registries included) before the file is touched
         changed = set_params(repo / "params.yaml", set_, write=not dry)
         for key, value in changed.items():
             out.print(f"{'would set' if dry else 'params.yaml:'} {key} = {value!r}", highlight=False)
+        params = load_params(repo / "params.yaml") if not dry else None
     else:
-        check_params(load_params(repo / "params.yaml"))
+        params = load_params(repo / "params.yaml")
+        check_params(params)
+    slurm = _slurm_config(params.sweep.slurm if params else load_params(repo / "params.yaml").sweep.slurm,
+                          slurm_opts or [])
+    if jobs is None:
+        jobs = 1 if executor == "local" else 0
     if dry:
-        p, _ = sweep(repo, jobs, filters or None, report, dry=True, would_change=list(changed))
-        for s in p.order:
-            out.print(f"{'run' if s in p.todo else 'up to date':>10}  {s}", highlight=False)
-        out.print(f"{len(p.todo)} of {len(p.order)} stage(s) would run")
-        if any(k == "datasets" or k.startswith("sweep.") for k in changed):
-            out.print("[yellow]note:[/] the plan lists the current matrix; the -S values change the matrix "
-                      "itself (params.yaml is not written with --dry)", highlight=False)
+        _print_plan(repo, jobs, filters, report, changed)
         return
+    _run(repo, jobs, filters, report, pull, executor, slurm)
+
+
+def _slurm_config(base, overrides: list[str]):
+    """``sweep.slurm`` with ``--slurm key=value`` overrides (values read as YAML), validated."""
+    import dataclasses
+
+    import yaml
+
+    from lix.config import from_dict
+    from pipeline.errors import ConfigError
+
+    values = dataclasses.asdict(base)
+    for o in overrides:
+        key, eq, value = o.partition("=")
+        if not eq or not key.strip():
+            raise ConfigError("--slurm", f"expected <key>=<value>, got {o!r}")
+        values[key.strip()] = yaml.safe_load(value)
+    return from_dict(type(base), values, "sweep.slurm")
+
+
+def _print_plan(repo: Path, jobs: int, filters, report: bool, changed: dict) -> None:
+    from lix.sweep import sweep
+
+    p, _ = sweep(repo, jobs, filters or None, report, dry=True, would_change=list(changed))
+    for s in p.order:
+        out.print(f"{'run' if s in p.todo else 'up to date':>10}  {s}", highlight=False)
+    out.print(f"{len(p.todo)} of {len(p.order)} stage(s) would run")
+    if any(k == "datasets" or k.startswith("sweep.") for k in changed):
+        out.print("[yellow]note:[/] the plan lists the current matrix; the -S values change the matrix "
+                  "itself (params.yaml is not written with --dry)", highlight=False)
+
+
+def _run(repo: Path, jobs: int, filters, report: bool, pull: bool, executor: str, slurm) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from lix.sweep import sweep
+
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=out, transient=False) as bar:
         task = bar.add_task("sweep", total=None)
 
         def on_event(kind: str, stage: str, detail: str) -> None:
-            if kind == "start":
-                bar.console.print(f"[cyan]start[/]   {stage}", highlight=False)
+            if kind in ("start", "adopt"):
+                word = "start" if kind == "start" else "adopted"
+                bar.console.print(f"[cyan]{word:<7}[/] {stage}", highlight=False)
                 return
-            colour = {"done": "green", "failed": "bold red", "skipped": "yellow"}[kind]
+            colour = {"done": "green", "failed": "bold red", "skipped": "yellow", "cancelled": "yellow"}[kind]
             note = {"failed": f" (log {detail})", "skipped": f" (upstream {detail} failed)"}.get(kind, "")
             bar.console.print(f"[{colour}]{kind:<7}[/] {stage}{note}", highlight=False)
-            bar.advance(task)
+            if kind != "cancelled":
+                bar.advance(task)
 
-        p, o = sweep(repo, jobs, filters or None, report, on_event=on_event, pull=pull)
+        p, o = sweep(repo, jobs, filters or None, report, on_event=on_event, pull=pull, executor=executor,
+                     slurm=slurm)
         bar.update(task, total=len(p.todo), completed=len(o.ran) + len(o.failed) + len(o.skipped))
     out.print(f"[green]{len(o.ran)}[/] ran, {len(o.up_to_date)} up to date, [red]{len(o.failed)}[/] failed, "
               f"{len(o.skipped)} skipped (upstream failed)")
@@ -71,3 +132,59 @@ def sweep_cmd(
         for stage, log in o.failed.items():
             err.print(f"[bold red]failed:[/] {stage}: {Path(log)}", highlight=False)
         raise typer.Exit(1)
+
+
+_COLOURS = {"done": "green", "running": "cyan", "queued": "blue", "waiting": "dim", "failed": "bold red",
+            "skipped": "yellow", "cancelled": "yellow", "ended": "magenta", "unknown": "magenta"}
+
+
+def _print_status(header: dict, rows: list[dict]) -> None:
+    from collections import Counter
+
+    from rich.table import Table
+
+    if not rows:
+        out.print("no sweep on record (data/logs/sweep/jobs.json)")
+        return
+    t = Table(title=f"sweep of {header.get('started', '?')} ({header.get('executor', '?')} executor)")
+    for col in ("stage", "state", "job", "since", "log / why"):
+        t.add_column(col, overflow="fold")
+    for r in rows:
+        why = f"upstream {r['upstream_failed']} failed" if r["upstream_failed"] else r["log"]
+        t.add_row(r["stage"], f"[{_COLOURS.get(r['state'], 'white')}]{r['state']}[/]", str(r["job"]), r["since"], why)
+    out.print(t)
+    counts = Counter(r["state"] for r in rows)
+    out.print(", ".join(f"{n} {s}" for s, n in sorted(counts.items())), highlight=False)
+
+
+@command(sweep_app, "sbatch")
+def sbatch_cmd(
+    args: list[str] = typer.Argument(..., help="The lix command to run on every GPU, after `--`, e.g. "
+                                     "-- train --dataset kitti --role teacher --out data/runs/kitti/sne_roadseg/..."),
+    nodes: int = typer.Option(1, "--nodes", "-N", help="Nodes (one torchrun each)."),
+    gpus: int = typer.Option(None, "--gpus", "-g", show_default=False,
+                             help="GPUs per node (one process each); default sweep.slurm.gpus_per_job."),
+    name: str = typer.Option("lix", "--name", help="The job's name (%x in the log name)."),
+    port: int = typer.Option(29500, "--port", help="The rendezvous port on the first node."),
+    slurm_opts: list[str] = typer.Option(None, "--slurm", help="Override a key of sweep.slurm, e.g. --slurm "
+                                         "partition=gpu; repeatable."),
+    params: Path = typer.Option(Path("params.yaml"), "--params", help="Where sweep.slurm is read."),
+    out_file: Path = typer.Option(None, "--out", "-o", help="Write the script here (default: print it)."),
+):
+    """A Slurm batch script that runs one lix command on several GPUs and nodes (srun + torchrun,
+    DDP); submit it with `sbatch`. The job's log goes to data/logs/slurm/<name>-<job id>.out."""
+    from lix.config import load_params
+    from lix.sweep.launch import sbatch_script
+    from pipeline.atomic import write_text
+
+    cfg = _slurm_config(load_params(params).sweep.slurm, slurm_opts or [])
+    log = "data/logs/slurm/%x-%j.out"
+    text = sbatch_script(list(args), cfg, nodes=nodes, gpus_per_node=gpus, name=name, log=log, port=port)
+    Path(log).parent.mkdir(parents=True, exist_ok=True)  # sbatch does not make the log's folder
+    if out_file is None:
+        typer.echo(text, nl=False)
+        return
+    write_text(out_file, text)
+    out_file.chmod(0o755)
+    out.print(f"wrote {out_file}: `sbatch {out_file}` runs `lix {' '.join(args)}` on {nodes} node(s) x "
+              f"{gpus or cfg.gpus_per_job} GPU(s)", highlight=False)
