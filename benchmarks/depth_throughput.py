@@ -8,6 +8,7 @@ downloaded weights the model is randomly initialised with the real architecture'
 
     python benchmarks/depth_throughput.py --images 16 --batch 8
     python benchmarks/depth_throughput.py --device cuda --images 64 --batch 32   # on a GPU
+    python benchmarks/depth_throughput.py --crestereo-frames 0 --json out.json     # also the figures as JSON
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ def main():
     ap.add_argument("--model-path", default=None, help="a local Depth Anything directory (else random weights)")
     ap.add_argument("--crestereo-frames", type=int, default=2)
     ap.add_argument("--crestereo-iters", type=int, default=20)
+    ap.add_argument("--json", default=None, help="also write the figures as JSON (img/s, frames/s, the settings)")
     args = ap.parse_args()
 
     from pipeline.depth.crestereo_net import CREStereo, infer_disparity
@@ -82,6 +84,10 @@ def main():
     print(f"  naive per-image loop : {args.images / t_naive:8.2f} img/s")
     print(f"  batched (batch {args.batch:3d})   : {args.images / t_batch:8.2f} img/s")
     print(f"  speed-up batched/naive: {t_naive / t_batch:.2f}x")
+    figures = {"device": str(dev), "machine": desc, "images": args.images, "batch": args.batch,
+               "size": list(args.size), "input_size": args.input_size, "weights": args.model_path or "random",
+               "autocast": dev.type == "cuda",  # DepthAnythingBackend.raw: bf16 (else fp16) on CUDA
+               "naive_img_s": args.images / t_naive, "batched_img_s": args.images / t_batch}
 
     if args.crestereo_frames > 0:
         net = CREStereo().to(dev).eval()
@@ -92,6 +98,11 @@ def main():
                            for _ in range(args.crestereo_frames)], sync)
         print(f"CREStereo 1242x375, {args.crestereo_iters} iterations, two-pass recipe: "
               f"{args.crestereo_frames / t:.3f} frames/s")
+        figures |= {"crestereo_frames_s": args.crestereo_frames / t, "crestereo_iters": args.crestereo_iters}
+    if args.json:
+        from pipeline.atomic import write_json
+
+        write_json(args.json, figures)
 
 
 if __name__ == "__main__":

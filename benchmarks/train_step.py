@@ -4,6 +4,7 @@
     python benchmarks/train_step.py                    # CPU: the embedded default's sizes
     python benchmarks/train_step.py --preset paper     # the paper's sizes (a GPU; fp32 and bf16)
     python benchmarks/train_step.py --models mfnet --steps 20
+    python benchmarks/train_step.py --models mfnet --roles teacher --precisions bf16 --json out.json
 
 Each configuration runs in its own subprocess (clean peak-memory counters): ``--warmup`` steps,
 then the median of ``--steps`` timed steps (CUDA synchronised). Memory: on CUDA
@@ -33,6 +34,8 @@ import time
 PRESETS = {
     # model -> (x channels of the teacher, batch, H, W, extra kwargs)
     "cpu": {"mfnet": (1, 8, 96, 320, {}), "sne_roadseg": (3, 2, 96, 320, {"depth": 18})},
+    # the code paths only, in seconds on a CPU (benchmarks/gpu_check.py --cpu-smoke)
+    "smoke": {"mfnet": (1, 2, 64, 96, {}), "sne_roadseg": (3, 1, 64, 96, {"depth": 18})},
     "paper": {"mfnet": (1, 8, 480, 640, {}), "sne_roadseg": (3, 3, 384, 1248, {"depth": 152})},
 }
 ANCHORS_H100 = {  # (model, precision) -> (ms per step, peak GiB or None)
@@ -123,6 +126,11 @@ def main() -> None:
     ap.add_argument("--device", default=None, help="default: cuda when available")
     ap.add_argument("--steps", type=int, default=None, help="timed steps (default 20 on CUDA, 5 on CPU)")
     ap.add_argument("--warmup", type=int, default=None)
+    ap.add_argument("--roles", nargs="+", choices=["teacher", "student"], default=["teacher", "student"])
+    ap.add_argument("--precisions", nargs="+", choices=["fp32", "bf16"], default=None,
+                    help="default: fp32 and bf16 on CUDA, fp32 on CPU")
+    ap.add_argument("--json", default=None, help="also write every configuration's figures (or its error) as JSON: "
+                                                 "{\"machine\", \"preset\", \"steps\", \"warmup\", \"results\": [...]}")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one configuration, print JSON
     args = ap.parse_args()
     if args.one:
@@ -136,24 +144,29 @@ def main() -> None:
     preset = args.preset or ("paper" if cuda else "cpu")
     steps = args.steps or (20 if cuda else 5)
     warmup = args.warmup if args.warmup is not None else (5 if cuda else 2)
-    precisions = ["fp32", "bf16"] if cuda else ["fp32"]
+    precisions = args.precisions or (["fp32", "bf16"] if cuda else ["fp32"])
     h100 = cuda and "H100" in torch.cuda.get_device_name(0)
-    print(f"# train_step on {describe_machine(device)}; preset {preset}; median of {steps} steps after {warmup}")
+    machine = describe_machine(device)
+    rows: list[dict] = []
+    print(f"# train_step on {machine}; preset {preset}; median of {steps} steps after {warmup}")
     print("| model | role | precision | batch | size | params | ms/step | peak | teacher/student time | "
           "teacher/student memory | vs H100 anchor (time, memory) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for model in args.models:
         for precision in precisions:
             res = {}
-            for role in ("teacher", "student"):
+            for role in args.roles:
                 cfg = dict(model=model, role=role, precision=precision, device=device, preset=preset, steps=steps,
                            warmup=warmup)
                 proc = subprocess.run([sys.executable, __file__, "--one", json.dumps(cfg)], capture_output=True,
                                       text=True)
                 if proc.returncode != 0:
-                    print(f"| {model} | {role} | {precision} | failed: {proc.stderr.strip().splitlines()[-1]} |")
+                    error = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+                    print(f"| {model} | {role} | {precision} | failed: {error} |")
+                    rows.append({**cfg, "error": error})
                     continue
                 res[role] = json.loads(proc.stdout.strip().splitlines()[-1])
+                rows.append({**cfg, **res[role]})
             for role, r in res.items():
                 ratio_t = ratio_m = ""
                 if role == "teacher" and "student" in res:
@@ -169,6 +182,11 @@ def main() -> None:
                       f"{r['ms']:.1f} | {r['peak_bytes'] / 2**30:.2f} GiB | {ratio_t} | {ratio_m} | {anchor} |")
     if not h100:
         print("(anchor ratios need an H100 and --preset paper: the anchors were measured there)")
+    if args.json:
+        from pipeline.atomic import write_json
+
+        write_json(args.json, {"machine": machine, "preset": preset, "steps": steps, "warmup": warmup,
+                               "results": rows})
 
 
 if __name__ == "__main__":
