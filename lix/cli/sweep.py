@@ -35,6 +35,9 @@ def sweep_cmd(
                                      "their jobs (queued, running, done, failed...), then exit."),
     cancel_jobs: bool = typer.Option(False, "--cancel", help="Cancel the jobs of the last sweep that are still "
                                      "queued or running (a sweep that was killed left them), then exit."),
+    profile: str = typer.Option(None, "--profile", "-p", help="Run a named profile (lix/sweep/profiles/<name>.yaml, "
+                                "or a YAML file) instead of the DVC matrix: the runs its ledger lacks, each "
+                                "appended to the ledger as it finishes (e.g. --profile testbed)."),
 ):
     """Run every out-of-date stage of dvc.yaml (preparation, teachers, students, ablations, report),
     `-j` at a time, here or as Slurm jobs; failed runs are reported and do not stop the others;
@@ -46,6 +49,14 @@ def sweep_cmd(
 
     if executor not in EXECUTORS:
         raise ConfigError("--executor", f"unknown executor {executor!r}; known: {list(EXECUTORS)}")
+    if profile is not None:
+        if set_ or pull or show_status or cancel_jobs:
+            raise ConfigError("--profile", "takes no -S, --pull, --status or --cancel (a profile sets its own keys; "
+                                           "its jobs are listed by --status with --repo <profile folder>)")
+        slurm = _slurm_config(load_params(repo / "params.yaml").sweep.slurm, slurm_opts or [])
+        _run_profile(profile, repo, 1 if jobs is None and executor == "local" else (jobs or 0), filters, dry,
+                     executor, slurm)
+        return
     if show_status or cancel_jobs:
         if cancel_jobs:
             stages = cancel(repo)
@@ -131,6 +142,40 @@ def _run(repo: Path, jobs: int, filters, report: bool, pull: bool, executor: str
     if o.failed:
         for stage, log in o.failed.items():
             err.print(f"[bold red]failed:[/] {stage}: {Path(log)}", highlight=False)
+        raise typer.Exit(1)
+
+
+def _run_profile(name: str, repo: Path, jobs: int, filters, dry: bool, executor: str, slurm) -> None:
+    from lix.sweep.profile import load_profile
+    from lix.sweep.profile_run import run_profile
+
+    prof = load_profile(name)
+    if dry:
+        r = run_profile(prof, repo, jobs, filters=filters or None, dry=True)
+        for s in r.todo:
+            out.print(f"       run  {s}", highlight=False)
+        out.print(f"{len(r.todo)} stage(s) would run; {r.in_ledger} run(s) of the matrix already in "
+                  f"{prof.folder / 'ledger.jsonl'}")
+        return
+
+    def on_event(kind: str, stage: str, detail: str) -> None:
+        colour = {"start": "cyan", "adopt": "cyan", "done": "green", "failed": "bold red", "skipped": "yellow",
+                  "cancelled": "yellow"}[kind]
+        note = {"failed": f" (log {detail})", "skipped": f" (upstream {detail} failed)"}.get(kind, "")
+        out.print(f"[{colour}]{kind:<9}[/] {stage}{note}", highlight=False)
+
+    r = run_profile(prof, repo, jobs, executor=executor, slurm=slurm, filters=filters or None, on_event=on_event)
+    o = r.outcome
+    if o is None:
+        out.print(f"nothing to run: the {r.in_ledger} run(s) of profile {prof.name} are in its ledger")
+        return
+    out.print(f"[green]{len(r.recorded)}[/] run(s) added to {prof.folder / 'ledger.jsonl'} ({r.in_ledger} were "
+              f"there), [red]{len(o.failed)}[/] failed, {len(o.skipped)} skipped (upstream failed)")
+    for stage, why in r.errors.items():
+        err.print(f"[bold red]not recorded:[/] {stage}: {why}", highlight=False)
+    for stage, log in o.failed.items():
+        err.print(f"[bold red]failed:[/] {stage}: {Path(log)}", highlight=False)
+    if o.failed or r.errors:
         raise typer.Exit(1)
 
 

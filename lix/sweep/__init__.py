@@ -55,15 +55,17 @@ def log_dir_of(repo_dir: str | Path) -> Path:
 
 
 def make_executor(name: str, repo_dir: str | Path, jobs: int, *, log_dir: str | Path | None = None,
-                  dvc: list[str] | None = None, repro_args: tuple[str, ...] = (), slurm: SlurmConfig | None = None):
-    """The executor ``name`` of :data:`EXECUTORS` (ConfigError naming ``--executor`` otherwise)."""
+                  dvc: list[str] | None = None, repro_args: tuple[str, ...] = (), slurm: SlurmConfig | None = None,
+                  argv: dict[str, list[str]] | None = None):
+    """The executor ``name`` of :data:`EXECUTORS` (ConfigError naming ``--executor`` otherwise);
+    ``argv``: stage -> command, for stages that are not DVC stages (a profile's runs)."""
     if name not in EXECUTORS:
         raise ConfigError("--executor", f"unknown executor {name!r}; known: {list(EXECUTORS)}")
     cls = EXECUTORS[name]
     if name == "local" and jobs < 1:
         raise ConfigError("--jobs", f"must be >= 1 with the local executor, got {jobs}")
     return cls(repo_dir=Path(repo_dir), log_dir=Path(log_dir) if log_dir else log_dir_of(repo_dir), jobs=jobs,
-               dvc=dvc, repro_args=tuple(repro_args), slurm=slurm)
+               dvc=dvc, repro_args=tuple(repro_args), slurm=slurm, argv=argv)
 
 
 def run_plan(p: Plan, repo_dir: str | Path = ".", jobs: int = 1, *, log_dir: str | Path | None = None,

@@ -32,6 +32,15 @@ from pipeline.registry import Registry
 EXECUTORS: Registry = Registry("sweep executor")
 
 
+def stage_argv(dvc: list[str] | None, repro_args: tuple[str, ...], argv: dict[str, list[str]] | None):
+    """stage -> its command: ``argv[stage]`` when given (a profile's runs), else the DVC stage's
+    ``dvc repro [repro_args] --single-item <stage>`` (``dvc`` default: this Python's ``-m dvc``)."""
+    repro = [*(dvc or [sys.executable, "-m", "dvc"]), "repro", *repro_args]
+    if argv is not None:
+        return lambda stage: list(argv[stage])
+    return lambda stage: [*repro, "--single-item", stage]
+
+
 # --------------------------------------------------------------------------- local processes
 class LocalHandle:
     def __init__(self, proc: StageProcess):
@@ -52,15 +61,15 @@ class LocalExecutor:
     name = "local"
 
     def __init__(self, repo_dir: Path, log_dir: Path, jobs: int, dvc: list[str] | None = None,
-                 repro_args: tuple[str, ...] = (), grace_s: float = 30.0, **_):
+                 repro_args: tuple[str, ...] = (), grace_s: float = 30.0, argv: dict[str, list[str]] | None = None,
+                 **_):
         self.repo_dir, self.log_dir, self.jobs, self.grace_s = repo_dir, log_dir, jobs, grace_s
-        self.repro = [*(dvc or [sys.executable, "-m", "dvc"]), "repro", *repro_args]
+        self.argv = stage_argv(dvc, repro_args, argv)
 
     def start(self, stage: str, slot: int) -> LocalHandle:
         log = self.log_dir / f"{safe_name(stage)}.log"
         jobs = 1 if stage == "report" else self.jobs  # the report runs alone, after everything
-        return LocalHandle(StageProcess(stage, [*self.repro, "--single-item", stage], self.repo_dir, log,
-                                        slot_env(slot, jobs)))
+        return LocalHandle(StageProcess(stage, self.argv(stage), self.repo_dir, log, slot_env(slot, jobs)))
 
     def adopt(self, stage: str, entry: dict) -> None:
         """A local process dies with the sweep that started it (Ctrl-C, SIGTERM, SIGHUP), except
@@ -89,16 +98,13 @@ class StageJob(Checkpointable):
     submitit Checkpointable: a job stopped at its time limit or preempted is requeued as it is,
     and the stage's ``dvc repro`` then resumes the run from its ``last.pt``."""
 
-    def __init__(self, stage: str, repo_dir: str, log: str, dvc: list[str] | None, repro_args: tuple[str, ...],
-                 threads: int):
-        self.stage, self.repo_dir, self.log, self.threads = stage, repo_dir, log, threads
-        self.dvc, self.repro_args = dvc, tuple(repro_args)
+    def __init__(self, stage: str, repo_dir: str, log: str, argv: list[str], threads: int):
+        self.stage, self.repo_dir, self.log, self.argv, self.threads = stage, repo_dir, log, list(argv), threads
 
     def __call__(self) -> str:
         env = dict(os.environ)
         env.setdefault("OMP_NUM_THREADS", os.environ.get("SLURM_CPUS_PER_TASK", str(self.threads)))
-        argv = [*(self.dvc or [sys.executable, "-m", "dvc"]), "repro", *self.repro_args, "--single-item", self.stage]
-        rc = run_to_end(self.stage, argv, Path(self.repo_dir), Path(self.log), env)
+        rc = run_to_end(self.stage, self.argv, Path(self.repo_dir), Path(self.log), env)
         if rc != 0:
             raise RuntimeError(f"stage {self.stage} failed (dvc repro exit status {rc}); its log: {self.log}")
         return self.stage
@@ -125,11 +131,12 @@ class SubmititExecutor:
     cluster = "slurm"
 
     def __init__(self, repo_dir: Path, log_dir: Path, jobs: int, dvc: list[str] | None = None,
-                 repro_args: tuple[str, ...] = (), slurm: SlurmConfig | None = None, **_):
+                 repro_args: tuple[str, ...] = (), slurm: SlurmConfig | None = None,
+                 argv: dict[str, list[str]] | None = None, **_):
         import submitit
 
         self.repo_dir, self.log_dir, self.slurm = repo_dir.resolve(), log_dir.resolve(), slurm or SlurmConfig()
-        self.dvc, self.repro_args = dvc, tuple(repro_args)
+        self.argv = stage_argv(dvc, repro_args, argv)
         self.folder = self.log_dir / "submitit"
         self.threads = self.slurm.cpus_per_job if self.cluster == "slurm" else max(1, (os.cpu_count() or 1)
                                                                                  // max(1, jobs or 1))
@@ -151,8 +158,7 @@ class SubmititExecutor:
         executor = self.executors[gpus]
         executor.update_parameters(name=f"lix-{safe_name(stage)}")
         log = self.log_dir / f"{safe_name(stage)}.log"
-        job = executor.submit(StageJob(stage, str(self.repo_dir), str(log), self.dvc, self.repro_args,
-                                            self.threads))
+        job = executor.submit(StageJob(stage, str(self.repo_dir), str(log), self.argv(stage), self.threads))
         return SubmititHandle(job, stage, log, self.name, self.folder)
 
     def adopt(self, stage: str, entry: dict) -> SubmititHandle | None:

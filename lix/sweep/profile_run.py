@@ -1,0 +1,97 @@
+"""``lix sweep --profile <name>``: plan a profile's missing runs, run them on an executor, and
+append each to the ledger as it finishes (a teacher's weights copied beside it first, before
+its students start). See :mod:`lix.sweep.profile` and :mod:`lix.sweep.ledger`."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from lix.config_slurm import SlurmConfig
+from lix.sweep.ledger import Ledger, run_record
+from lix.sweep.plan import plan
+from lix.sweep.processes import slot_env
+from lix.sweep.profile import TEACHER, Profile, Run, plan_profile, write_params
+from lix.sweep.record import SweepRecord
+from lix.sweep.runner import Outcome, execute
+from pipeline.errors import LixError
+
+
+@dataclass
+class ProfileOutcome:
+    outcome: Outcome | None
+    todo: list[str]  # the stages the plan had to run
+    recorded: list[str] = field(default_factory=list)  # runs appended to the ledger
+    errors: dict[str, str] = field(default_factory=dict)  # stage -> why it could not be recorded
+    in_ledger: int = 0  # runs of the matrix already in the ledger before this sweep
+
+
+def run_profile(profile: Profile, repo_dir: str | Path = ".", jobs: int = 1, *, executor: str = "local",
+                slurm: SlurmConfig | None = None, filters: list[str] | None = None, dry: bool = False,
+                on_event: Callable[[str, str, str], None] | None = None, dvc: list[str] | None = None,
+                command_of: Callable[[Run], list[str]] | None = None, poll_s: float = 0.5) -> ProfileOutcome:
+    """Run what the ledger of ``profile`` lacks (``filters``: only the runs matching these stage
+    globs, e.g. ``'*-0'`` for seed 0); ``dry``: plan only. ``dvc`` / ``command_of``: the commands
+    of the preparation and of a run (tests put stand-ins here)."""
+    from lix.provenance import code_digest
+    from lix.sweep import make_executor
+
+    repo = Path(repo_dir)
+    profile = Profile(**{**profile.__dict__, "folder": repo / profile.folder}) if not profile.folder.is_absolute() \
+        else profile
+    params = write_params(profile, repo / "params.yaml", write=not dry)
+    ignore = profile.folder / ".gitignore"
+    if not dry and not ignore.is_file():  # git takes the ledger, the teachers, params.yaml; not the runs
+        ignore.write_text("runs/\nlogs/\n")
+    ledger = Ledger(profile.ledger)
+    code = code_digest()
+    full, stage_run, argv, dig = plan_profile(profile, params, ledger.digests(), code, dvc)
+    if command_of is not None:
+        argv.update({s: command_of(r) for s, r in stage_run.items()})
+    p = plan(full.order, full.upstream, full.todo, filters, report=False) if filters else full
+    result = ProfileOutcome(None, [s for s in p.order if s in p.todo],
+                            in_ledger=sum(1 for d in dig.values() if d in ledger.digests()))
+    if dry or not p.todo:
+        return result
+    started: dict[str, float] = {}
+    threads = (slurm or SlurmConfig()).cpus_per_job if executor == "slurm" else \
+        int(slot_env(0, max(1, jobs))["OMP_NUM_THREADS"])
+
+    def hook(kind: str, stage: str, detail: str) -> None:
+        if kind == "start":
+            started[stage] = time.monotonic()
+        if kind == "done" and stage in stage_run:
+            try:
+                result.recorded.append(_record(profile, stage_run[stage], dig, ledger, code,
+                                               time.monotonic() - started.get(stage, time.monotonic()), threads))
+            except (LixError, OSError) as e:  # the run finished but cannot be recorded: say which and why
+                result.errors[stage] = str(e)
+        if on_event is not None:
+            on_event(kind, stage, detail)
+
+    log_dir = profile.folder / "logs"
+    ex = make_executor(executor, repo, jobs, log_dir=log_dir, slurm=slurm, argv=argv)
+    result.outcome = execute(p, ex, jobs, on_event=hook, record=SweepRecord(log_dir / "jobs.json"), poll_s=poll_s)
+    return result
+
+
+def _record(profile: Profile, run: Run, dig: dict[Run, str], ledger: Ledger, code: str, seconds: float,
+            threads: int) -> str:
+    """Append ``run`` to the ledger; for a teacher, first its weights beside the ledger (its
+    students read them from there)."""
+    from pipeline.atomic import atomic_path
+
+    run_dir = profile.run_dir(run.dataset, run.model, run.method, run.seed)
+    if run.method == TEACHER:
+        dst = profile.teacher_file(run.dataset, run.model, run.seed)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(dst) as tmp:
+            shutil.copyfile(run_dir / "model.safetensors", tmp)
+    teacher = None if run.method == TEACHER else dig[run.teacher]
+    ledger.append(run_record(run_dir, digest=dig[run], profile=profile.name, teacher_digest=teacher, code=code,
+                             seconds=seconds, threads=threads, run={"dataset": run.dataset, "model": run.model,
+                                                   "method": run.method, "seed": run.seed}))
+    return run.stage
