@@ -14,8 +14,10 @@ report_app = typer.Typer(help="The experiment matrix's runs as a report in the p
 @command(report_app, "report")
 def report_cmd(
     # what it reads
-    runs: Path = typer.Option(..., "--runs", help="Runs root: <runs>/<dataset>/<model>/<method>/seed<k>/metrics.json "
-                                                  "(or failed.json), optional <runs>/overhead.json."),
+    runs: Path = typer.Option(None, "--runs", help="Runs root: <runs>/<dataset>/<model>/<method>/seed<k>/metrics.json "
+                                                   "(or failed.json), optional <runs>/overhead.json."),
+    ledger: Path = typer.Option(None, "--ledger", help="Instead of --runs: a profile's ledger.jsonl (lix sweep "
+                                                       "--profile): the verdict from the ledger alone."),
     cross: Path = typer.Option(None, "--cross", help="Cross-dataset evaluations root (<cross>/<source>-to-<target>/"
                                                      "<model>/<method>/seed<k>/metrics.json), if any."),
     shards: Path = typer.Option(None, "--shards", help="Shards root (<shards>/<dataset>): the val images of the "
@@ -45,7 +47,17 @@ def report_cmd(
     comparisons: README.md and summary.json."""
     from lix.report.build import write_report
     from lix.report.paper import SHIPPED
+    from pipeline.errors import ConfigError
 
+    if (runs is None) == (ledger is None):
+        raise ConfigError("--runs/--ledger", "give one of them")
+    if ledger is not None:
+        from lix.sweep.profile_run import write_ledger_report
+
+        s = write_ledger_report(ledger, out_dir, paper=None if no_paper else (paper or SHIPPED), plots=plots)
+        out.print(f"[green]verdict[/]: {s['totals']['runs']} run(s) of {ledger} -> {out_dir / 'README.md'}",
+                  soft_wrap=True)
+        return
     if not runs.is_dir():
         from pipeline.errors import DataError
 

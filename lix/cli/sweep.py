@@ -55,7 +55,7 @@ def sweep_cmd(
                                            "its jobs are listed by --status with --repo <profile folder>)")
         slurm = _slurm_config(load_params(repo / "params.yaml").sweep.slurm, slurm_opts or [])
         _run_profile(profile, repo, 1 if jobs is None and executor == "local" else (jobs or 0), filters, dry,
-                     executor, slurm)
+                     executor, slurm, report)
         return
     if show_status or cancel_jobs:
         if cancel_jobs:
@@ -145,7 +145,7 @@ def _run(repo: Path, jobs: int, filters, report: bool, pull: bool, executor: str
         raise typer.Exit(1)
 
 
-def _run_profile(name: str, repo: Path, jobs: int, filters, dry: bool, executor: str, slurm) -> None:
+def _run_profile(name: str, repo: Path, jobs: int, filters, dry: bool, executor: str, slurm, report: bool) -> None:
     from lix.sweep.profile import load_profile
     from lix.sweep.profile_run import run_profile
 
@@ -165,6 +165,13 @@ def _run_profile(name: str, repo: Path, jobs: int, filters, dry: bool, executor:
         out.print(f"[{colour}]{kind:<9}[/] {stage}{note}", highlight=False)
 
     r = run_profile(prof, repo, jobs, executor=executor, slurm=slurm, filters=filters or None, on_event=on_event)
+    if report and (prof_ledger := repo / prof.ledger).is_file() and prof_ledger.read_text().strip():
+        from lix.report.paper import SHIPPED
+        from lix.sweep.profile_run import write_ledger_report
+
+        cmd = f"lix sweep --profile {name} -j {jobs} --executor {executor}"
+        write_ledger_report(prof_ledger, repo / prof.folder / "report", paper=SHIPPED, command=cmd)
+        out.print(f"verdict so far -> {repo / prof.folder / 'report' / 'README.md'}", highlight=False)
     o = r.outcome
     if o is None:
         out.print(f"nothing to run: the {r.in_ledger} run(s) of profile {prof.name} are in its ledger")

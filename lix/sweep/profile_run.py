@@ -14,7 +14,7 @@ from lix.config_slurm import SlurmConfig
 from lix.sweep.ledger import Ledger, run_record
 from lix.sweep.plan import plan
 from lix.sweep.processes import slot_env
-from lix.sweep.profile import TEACHER, Profile, Run, plan_profile, write_params
+from lix.sweep.profile import TEACHER, Profile, Run, load_profile, plan_profile, write_params
 from lix.sweep.record import SweepRecord
 from lix.sweep.runner import Outcome, execute
 from pipeline.errors import LixError
@@ -95,3 +95,27 @@ def _record(profile: Profile, run: Run, dig: dict[Run, str], ledger: Ledger, cod
                              seconds=seconds, threads=threads, run={"dataset": run.dataset, "model": run.model,
                                                    "method": run.method, "seed": run.seed}))
     return run.stage
+
+
+def write_ledger_report(ledger: str | Path, out_dir: str | Path, *, paper: str | Path | None = None,
+                        plots: bool = True, command: str | None = None) -> dict:
+    """The verdict of the ledger file ``ledger`` (lix.sweep.ledger) into ``out_dir``, with the
+    paper's figures of ``paper`` (lix.report.paper) beside ours; the rows in the profile's order
+    when the ledger's profile is a shipped one."""
+    from lix.report.paper import load_paper_figures
+    from lix.report.verdict_markdown import write_verdict
+
+    lines = Ledger(Path(ledger)).lines
+    if not lines:
+        from pipeline.errors import DataError
+
+        raise DataError(Path(ledger), "no runs in the ledger yet")
+    name = lines[0].get("profile", "")
+    methods = None
+    try:
+        methods = ["teacher", *load_profile(name).methods]
+    except Exception:  # noqa: BLE001 - a ledger of a profile file that is not shipped: ledger order
+        pass
+    return write_verdict(lines, out_dir, paper=load_paper_figures(paper) if paper else None, methods=methods,
+                         plots=plots, title=f"The verdict of profile {name}",
+                         command=command or f"lix report --ledger {ledger} --out {out_dir}")
