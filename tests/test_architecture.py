@@ -20,7 +20,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("lix.train", "lix.provenance", "lix.loaders", "lix.model_factory", "lix.evaluate"),  # the supervised loop
     ("lix.distill", "lix.validate"),  # the method contract, the methods, distillation with the loop
     ("lix.predict", "lix.cross_dataset"),
-    ("lix.report",),
+    ("lix.report", "lix.verdict"),
     ("lix.sweep",),
     ("lix.cli",),
 ]

@@ -1,4 +1,4 @@
-"""The verdict from a profile's ledger alone (lix/report/verdict.py, verdict_markdown.py): the
+"""The verdict from a profile's ledger alone (lix/verdict/figures.py, markdown.py): the
 figures checked against values computed here independently (numpy, scipy's t and Kendall's τ)."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import pytest
 from scipy import stats
 
 from lix.report.paper import SHIPPED, load_paper_figures
-from lix.report.verdict import t975, verdict
 from lix.sweep.profile_run import write_ledger_report
+from lix.verdict.figures import t975, verdict
 
 SEEDS = [0, 1, 2, 3, 4]
 MIOU = {  # method -> per-seed val mIoU (fraction)

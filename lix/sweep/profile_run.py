@@ -103,7 +103,7 @@ def write_ledger_report(ledger: str | Path, out_dir: str | Path, *, paper: str |
     paper's figures of ``paper`` (lix.report.paper) beside ours; the rows in the profile's order
     when the ledger's profile is a shipped one."""
     from lix.report.paper import load_paper_figures
-    from lix.report.verdict_markdown import write_verdict
+    from lix.verdict.markdown import write_verdict
 
     lines = Ledger(Path(ledger)).lines
     if not lines:

@@ -3,7 +3,7 @@ method's figures over seeds, the premise (teacher over plain student), seed-pair
 with a 95 % interval (LIX against the plain student, DKD and the best other baseline), the share
 of the teacher-student gap each method closes beside the paper's, the rank agreement with the
 paper, the DWC's weights, stopping epochs and reasons, per-class IoU, and the cost. Pure
-functions of the ledger's lines; :mod:`lix.report.verdict_markdown` writes them out."""
+functions of the ledger's lines; :mod:`lix.verdict.markdown` writes them out."""
 
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from lix.report.names import display_dataset, display_model
 from lix.report.plot import new_figure, save_png
-from lix.report.verdict import DKD, LIX, PREMISE_PP, STUDENT, TEACHER, totals, verdict
+from lix.verdict.figures import DKD, LIX, PREMISE_PP, STUDENT, TEACHER, totals, verdict
 from pipeline.atomic import write_json, write_text
 
 
