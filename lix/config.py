@@ -186,6 +186,9 @@ class TrainConfig:
     # SNE-RoadSeg); constant. Stepped once per epoch.
     schedule: Literal["mfnet", "sne_roadseg", "constant"] = "mfnet"
     crop: Optional[tuple[int, int]] = None  # (H, W) training crop; null = the stored image size
+    # the fraction of the stored frame size the net sees, in training (it multiplies `scale`) and
+    # in validation (inputs resized, logits resized back: the metric stays the full-size one)
+    resolution: float = 1.0
     scale: tuple[float, float] = (0.75, 1.5)  # random rescale range
     flip: float = 0.5  # horizontal flip probability
     photometric: float = 0.5  # probability of each photometric distortion (RGB only)
@@ -210,6 +213,8 @@ class TrainConfig:
                  f"must be > depth_near ({self.depth_near}), got {self.depth_far}")
         _require(self.crop is None or min(self.crop) >= 1, "crop", f"must be positive (H, W), got {self.crop}")
         _require(0 < self.scale[0] <= self.scale[1], "scale", f"must be 0 < min <= max, got {list(self.scale)}")
+        _require(0 < self.resolution <= 4, "resolution", f"must be in (0, 4] (a fraction of the stored size), "
+                                                         f"got {self.resolution}")
         _require(0 <= self.flip <= 1, "flip", f"must be a probability in [0, 1], got {self.flip}")
         _require(0 <= self.photometric <= 1, "photometric", f"must be a probability in [0, 1], got {self.photometric}")
         _require(self.num_workers >= 0, "num_workers", f"must be >= 0, got {self.num_workers}")

@@ -27,12 +27,33 @@ from pipeline.errors import DataError
 SCALAR_METRICS = ("miou", "mfsc", "fwiou", "fwfsc", "pixel_acc")
 
 
+def predict_logits(model: nn.Module, inputs: Inputs, batch: dict, resolution: float = 1.0) -> torch.Tensor:
+    """(B, C, H, W) logits of ``model`` for ``batch`` at the labels' size (H, W): with
+    ``resolution`` != 1 the inputs are first resized by that factor as the training
+    augmentation resizes (RGB bilinear, X nearest-exact; both align_corners=False), and the
+    logits resized back bilinearly, so the metric is computed against the full-size labels."""
+    args = inputs(batch)
+    if resolution != 1.0:
+        h, w = batch["label"].shape[-2:]
+        size = (max(1, round(h * resolution)), max(1, round(w * resolution)))
+        rgb, *rest = args
+        rgb = torch.nn.functional.interpolate(rgb, size=size, mode="bilinear", align_corners=False)
+        rest = [x if x is None else torch.nn.functional.interpolate(x, size=size, mode="nearest-exact")
+                for x in rest]
+        args = (rgb, *rest)
+    logits = model(*args)
+    if logits.shape[-2:] != batch["label"].shape[-2:]:
+        logits = torch.nn.functional.interpolate(logits.float(), size=tuple(batch["label"].shape[-2:]),
+                                                 mode="bilinear", align_corners=False)
+    return logits
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, inputs: Inputs, n_classes: int, *, d: DistInfo = DistInfo(),
              amp: bool = False, channels_last: bool = False, max_batches: int | None = None,
-             progress: bool = False) -> dict:
+             progress: bool = False, resolution: float = 1.0) -> dict:
     """Confusion-matrix metrics (lix.metrics) of ``model`` (the plain, unwrapped model) over
-    this rank's slice of ``loader``, reduced over ranks."""
+    this rank's slice of ``loader``, reduced over ranks; ``resolution``: see :func:`predict_logits`."""
     was_training = model.training
     model.eval()
     cm = ConfusionMatrix(n_classes, ignore_index=IGNORE_INDEX, device=d.device)
@@ -43,7 +64,7 @@ def evaluate(model: nn.Module, loader: DataLoader, inputs: Inputs, n_classes: in
                 break
             batch = prepare_batch(batch, d.device, channels_last)
             with autocast(d.device, amp):
-                logits = model(*inputs(batch))
+                logits = predict_logits(model, inputs, batch, resolution)
             cm.update(logits.float(), batch["label"])
             bar.advance()
     if d.distributed:
@@ -90,7 +111,8 @@ def evaluate_checkpoint(checkpoint: str | Path, shard_dir: str | Path, out_dir: 
     inputs = Inputs.from_config(cfg, config["role"])
     if metrics is None:
         loader = DataLoader(val, batch_size=cfg.batch_size, shuffle=False)
-        metrics = evaluate(model, loader, inputs, config["n_classes"], d=d, amp=cfg.amp, progress=progress)
+        metrics = evaluate(model, loader, inputs, config["n_classes"], d=d, amp=cfg.amp, progress=progress,
+                           resolution=cfg.resolution)
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -102,7 +124,7 @@ def evaluate_checkpoint(checkpoint: str | Path, shard_dir: str | Path, out_dir: 
               "matrix": _tolist(metrics["matrix"])}
     write_json(out_dir / "metrics.json", result, sort_keys=False, nan_as_null=True)
     plot_confusion(metrics["matrix"], names, out_dir / "confusion.png")
-    write_prediction_grid(model, val, inputs, names, out_dir / "predictions.png", rows, d, cfg.amp)
+    write_prediction_grid(model, val, inputs, names, out_dir / "predictions.png", rows, d, cfg.amp, cfg.resolution)
     return result
 
 
@@ -116,7 +138,8 @@ def _floats(v) -> list[float]:
 
 @torch.no_grad()
 def write_prediction_grid(model: nn.Module, dataset: ShardDataset, inputs: Inputs, class_names: list[str],
-                          path: Path, rows: int, d: DistInfo = DistInfo(), amp: bool = False) -> Path:
+                          path: Path, rows: int, d: DistInfo = DistInfo(), amp: bool = False,
+                          resolution: float = 1.0) -> Path:
     """RGB | ground truth | prediction (labels over RGB, pipeline.preview's colours), one row
     per val sample, 2 px white gutters."""
     from pipeline.imageio import write_image
@@ -128,7 +151,7 @@ def write_prediction_grid(model: nn.Module, dataset: ShardDataset, inputs: Input
         item = dataset[i]
         batch = prepare_batch({k: v[None] if torch.is_tensor(v) else v for k, v in item.items()}, d.device)
         with autocast(d.device, amp):
-            pred = model(*inputs(batch)).argmax(1)[0].to(torch.uint8).cpu().numpy()
+            pred = predict_logits(model, inputs, batch, resolution).argmax(1)[0].to(torch.uint8).cpu().numpy()
         rgb = item["rgb"].permute(1, 2, 0).numpy()
         gt = item["label"].numpy()
         tiles = [rgb, label_overlay(rgb, gt, pal), label_overlay(rgb, pred, pal)]

@@ -30,7 +30,9 @@ class RankSlice(Sampler[int]):
 
 
 def augment_config(cfg: TrainConfig) -> AugmentConfig:
-    return AugmentConfig(scale=cfg.scale, crop=cfg.crop, flip=cfg.flip, photometric=cfg.photometric)
+    """The training augmentation of ``cfg``: its random rescale range times ``resolution``."""
+    scale = (cfg.scale[0] * cfg.resolution, cfg.scale[1] * cfg.resolution)
+    return AugmentConfig(scale=scale, crop=cfg.crop, flip=cfg.flip, photometric=cfg.photometric)
 
 
 def build_loaders(shard_dir: str | Path, cfg: TrainConfig, d: DistInfo = DistInfo(),

@@ -297,7 +297,7 @@ def _fit(shard_dir: Path, out_dir: Path, cfg: TrainConfig, dataset: str, role: s
 
     def validate(**kw) -> dict:
         return evaluate(task.student, run.val_loader, task.inputs, n_classes, d=d, amp=cfg.amp,
-                        channels_last=channels_last, **kw)
+                        channels_last=channels_last, resolution=cfg.resolution, **kw)
 
     # Fail fast: two validation batches through the net before any training (shapes, classes).
     validate(max_batches=2)
