@@ -38,7 +38,7 @@ out.mkdir(parents=True, exist_ok=True)
 seed = int(stage.rsplit("-", 1)[1])
 miou = 0.5 + 0.01 * seed + (0.1 if stage.startswith("teacher") else 0.0)
 (out / "summary.json").write_text(json.dumps({"best_miou": miou, "best_epoch": 7, "epochs": 12,
-                                              "stopped": "patience", "seconds_per_epoch": 1.0,
+                                              "stopped": "early_stopping", "seconds_per_epoch": 1.0,
                                               "last": {"train/loss": 0.3, "train/ce": 0.2}}))
 (out / "metrics.json").write_text(json.dumps({"miou": miou, "mfsc": miou + 0.1, "fwiou": 0.7, "fwfsc": 0.8,
                                               "pixel_acc": 0.9, "per_class_iou": {"Road": 0.9, "Car": 0.4}}))
@@ -109,7 +109,7 @@ def test_an_interrupted_profile_sweep_resumes_on_a_fresh_clone_and_redoes_nothin
     ledger = Ledger(repo / "data/tiny/ledger.jsonl")
     assert len(ledger.lines) == 5 and len(ledger.digests()) == 5
     line = next(ln for ln in ledger.lines if ln["method"] == "kd")
-    assert line["stopped"] == "patience" and line["best_epoch"] == 7 and line["curve"] == [0.3, 0.5]
+    assert line["stopped"] == "early_stopping" and line["best_epoch"] == 7 and line["curve"] == [0.3, 0.5]
     assert line["metrics"]["per_class_iou"] == {"Road": 0.9, "Car": 0.4} and line["teacher_digest"]
     assert {"machine", "commit", "code_digest", "seconds", "date"} <= set(line)
     # the tracked part of the profile's folder travels by git: ledger, teachers, params

@@ -29,7 +29,7 @@ def _lines() -> list[dict]:
             out.append({"digest": f"{m}{s}", "profile": "testbed", "dataset": "vkitti2", "model": "mfnet",
                         "method": m, "seed": s, "metrics": {"miou": v, "mfsc": v + 0.1, "fwiou": 0.8, "fwfsc": 0.9,
                                                             "per_class_iou": {"Road": 0.9, "Car": v}},
-                        "best_epoch": 10 + s, "epochs": 20 + s, "stopped": "max_epochs" if s == 4 else "patience",
+                        "best_epoch": 10 + s, "epochs": 20 + s, "stopped": "max_epochs" if s == 4 else "early_stopping",
                         "curve": [v / 2, v], "last": last, "seconds": 60.0, "threads": 1, "machine": "cpu, 2 cores",
                         "commit": "abc", "code_digest": "def", "date": f"2026-12-0{s + 1}"})
     return out
@@ -61,7 +61,7 @@ def test_the_verdicts_figures_equal_an_independent_computation():
     assert r["rank"]["tau"] == pytest.approx(tau) and r["rank"]["n"] == 3
     lix = r["cells"]["lix"]
     assert lix["best_epoch_median"] == 12 and lix["hit_cap"] == 1 and lix["stopped"] == {"max_epochs": 1,
-                                                                                           "patience": 4}
+                                                                                           "early_stopping": 4}
     assert lix["dwc"]["w_mean"][0] == pytest.approx(6.0)
     assert lix["per_class_iou"]["Car"] == pytest.approx(pct["lix"].mean())
     assert [t975(df) for df in (1, 4, 30)] == pytest.approx([stats.t.ppf(0.975, df) for df in (1, 4, 30)], abs=1e-3)

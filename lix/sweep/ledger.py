@@ -5,7 +5,7 @@ the profile's report needs (:func:`run_record`), so the report is built from the
 ``digest`` (lix.sweep.profile.run_digest: a run whose code or parameters changed has another),
 ``profile``, ``dataset``, ``model``, ``method``, ``seed``, ``teacher_digest``; ``metrics`` (the
 best checkpoint's val figures with per-class IoU); ``best_epoch``, ``epochs``, ``stopped``
-(``patience`` or ``max_epochs``: the cap was hit); ``curve`` (val mIoU per evaluation) and
+(``early_stopping``, or ``max_epochs``: the cap was hit); ``curve`` (val mIoU per evaluation) and
 ``cka`` (the teacher-student feature CKA per evaluation, students); ``last`` (the last epoch's
 per-term training losses and the DWC's weight statistics); ``seconds`` (the run's wall time),
 ``threads`` (the CPU threads it had); ``machine``, ``torch``, ``commit``, ``code_digest``, ``date``.
