@@ -1,12 +1,24 @@
 """Small helpers the loss modules share: float32 compute under autocast, summing per-tap losses,
-checking a choice among named options."""
+checking a choice among named options, and the switch to the reference implementations."""
 
 from __future__ import annotations
 
 import functools
+import os
 from typing import Sequence
 
 import torch
+
+REFERENCE_ENV = "LIX_REFERENCE_LOSSES"
+
+
+def use_reference() -> bool:
+    """True when the environment sets ``LIX_REFERENCE_LOSSES=1``: the losses and the distillation
+    step then run their reference implementations (the formulas as first written, kept beside each
+    faster rewrite and tested equal to it in tests/test_distill_step_fast.py) instead of the
+    rewrites. For side-by-side measurements (benchmarks/distill_step.py ``--compare``) and
+    checks; read at every call, so a test can set it with ``monkeypatch.setenv``."""
+    return os.environ.get(REFERENCE_ENV, "") == "1"
 
 
 def as_float(x: torch.Tensor) -> torch.Tensor:

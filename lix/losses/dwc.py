@@ -14,8 +14,10 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd import forward_ad
 
-from lix.losses._common import as_float, check_choice, full_precision
+from lix.losses._common import as_float, check_choice, full_precision, use_reference
+from lix.losses.decoupled import ncld_tangent
 from lix.reduce import global_mean
 from pipeline.constants import IGNORE_INDEX
 
@@ -30,9 +32,48 @@ def bernoulli_kl(u_logit: torch.Tensor, prior_logit: float) -> torch.Tensor:
     return u * (F.logsigmoid(u_logit) - log_prior) + (1.0 - u) * (F.logsigmoid(-u_logit) - log_prior_c)
 
 
+def _carrying_gradient(value: torch.Tensor, x: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
+    """The detached scalar ``value`` with the gradient ``coef`` (x's shape) w.r.t. x:
+    value + S − stop_grad(S), S = Σ x·coef (S − S is an exact 0)."""
+    surrogate = (x * coef).sum()
+    return value + (surrogate - surrogate.detach())
+
+
+def _pixel_weights(valid: torch.Tensor, k: torch.Tensor, world_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(v · W / n (N, H, W), v / K · W / n (N, 1, H, W)) for the labelled pixels v, K (N, H, W)
+    non-target logits per pixel: the weight of a pixel, and of each of its logits, in a mean over
+    the labelled pixels of the global batch (W / n as :func:`lix.reduce.global_mean` divides)."""
+    v = valid.to(k.dtype)
+    scale = global_mean(torch.ones((), dtype=k.dtype, device=k.device), v.sum(), world_size)  # W / n
+    pixel = v * scale
+    return pixel, (pixel / k).unsqueeze(1)
+
+
 @full_precision
 def lookahead_objective(u_logit: torch.Tensor, meta_grad: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor,
                         prior_logit: float, tau: float, world_size: int = 1) -> torch.Tensor:
+    """:func:`lookahead_objective_reference` (its value, its gradient w.r.t. ``u_logit``),
+    differentiated by hand: ∂/∂x_k [u_k G̃_k + τ KL(Bern(u_k) ‖ Bern(ū))] = u_k(1 − u_k)(G̃_k +
+    τ(x_k − b₀)), x = logit(u), weighted 1/K per non-target logit and per labelled pixel; the
+    value is computed without a graph. Equal to the reference to float32 rounding (tests)."""
+    if use_reference():
+        return lookahead_objective_reference(u_logit, meta_grad, gt, valid, prior_logit, tau, world_size)
+    with torch.no_grad():
+        nt = (~gt).to(u_logit.dtype)
+        k = nt.sum(1)
+        u = torch.sigmoid(u_logit)
+        g = meta_grad.detach()
+        obj = ((u * g + tau * bernoulli_kl(u_logit, prior_logit)) * nt).sum(1) / k
+        pixel, logit = _pixel_weights(valid, k, world_size)
+        coef = (u * (1.0 - u)).mul_(g + tau * (u_logit - prior_logit)).mul_(nt).mul_(logit)
+        value = (obj * pixel).sum()
+    return _carrying_gradient(value, u_logit, coef)
+
+
+@full_precision
+def lookahead_objective_reference(u_logit: torch.Tensor, meta_grad: torch.Tensor, gt: torch.Tensor,
+                                  valid: torch.Tensor, prior_logit: float, tau: float, world_size: int = 1
+                                  ) -> torch.Tensor:
     """The lookahead controller's objective (to be *minimised*), averaged over valid pixels:
     (1/K) Σ_{k≠y} [u_k·G̃_k + τ·KL(Bern(u_k) ‖ Bern(ū))], G̃ the meta-gradient ∂CE(θ')/∂w scaled
     to unit RMS (detached). Its minimiser per logit is logit(u_k) = b₀ − G̃_k/τ: weight moves to
@@ -50,6 +91,28 @@ def lookahead_objective(u_logit: torch.Tensor, meta_grad: torch.Tensor, gt: torc
 @full_precision
 def dwc_objective(u_logit: torch.Tensor, g: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor,
                   prior_logit: float, tau: float, eps: float = 1e-6, world_size: int = 1) -> torch.Tensor:
+    """:func:`dwc_objective_reference`'s J (its value, its gradient w.r.t. ``u_logit``),
+    differentiated by hand: ∂/∂x_k [u_k(r_k − r̄) − τ KL(Bern(u_k) ‖ Bern(ū))] = u_k(1 − u_k)
+    ((r_k − r̄) − τ(x_k − b₀)), r from the detached g; equal to the reference to float32 rounding."""
+    if use_reference():
+        return dwc_objective_reference(u_logit, g, gt, valid, prior_logit, tau, eps, world_size)
+    with torch.no_grad():
+        g = g.detach().clamp_min(0.0)
+        nt = (~gt).to(g.dtype)
+        k = nt.sum(1, keepdim=True)
+        r = g / ((g * nt).sum(1, keepdim=True) / k + eps)
+        r_rel = r - (r * nt).sum(1, keepdim=True) / k  # r − r̄
+        u = torch.sigmoid(u_logit)
+        j = ((u * r_rel - tau * bernoulli_kl(u_logit, prior_logit)) * nt).sum(1) / k.squeeze(1)
+        pixel, logit = _pixel_weights(valid, k.squeeze(1), world_size)
+        coef = (u * (1.0 - u)).mul_(r_rel - tau * (u_logit - prior_logit)).mul_(nt).mul_(logit)
+        value = (j * pixel).sum()
+    return _carrying_gradient(value, u_logit, coef)
+
+
+@full_precision
+def dwc_objective_reference(u_logit: torch.Tensor, g: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor,
+                            prior_logit: float, tau: float, eps: float = 1e-6, world_size: int = 1) -> torch.Tensor:
     """The adversarial controller's objective J (to be *maximised*), averaged over valid pixels.
 
     u_logit (N, C, H, W): logit(u_k) of the normalised weights u = (w − β_min)/(β_max − β_min);
@@ -151,7 +214,55 @@ class DynamicWeightController(nn.Module):
 def lookahead_weight_gradient(student_logits: torch.Tensor, target: torch.Tensor, w: torch.Tensor,
                               tcld: torch.Tensor, g: torch.Tensor, valid: torch.Tensor, student_forward,
                               lr: float, alpha: float, temperature: float, loss_weight: float = 1.0,
-                              ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+                              ignore_index: int = IGNORE_INDEX, teacher_logits: torch.Tensor | None = None,
+                              ncld_terms: str = "generalized") -> torch.Tensor:
+    """∂CE(θ')/∂w as :func:`lookahead_weight_gradient_reference` defines it (the arguments are
+    its own, plus the teacher's logits and ``ncld_terms`` that made ``g``), computed without
+    differentiating twice. The virtual step moves θ' = θ − η(∇θ CE + λ·∇θ DWLD(w)), so
+    ∂θ'/∂w_pk = −ηλT²·v_p/n·∇θ g_pk and
+
+        ∂CE(θ')/∂w_pk = −ηλT²·(v_p / n)·⟨u, ∇θ g_pk(θ)⟩,  u = ∇θ' CE(θ'),
+
+    (n the labelled pixels, v_p whether pixel p is one): u is one forward and backward of the
+    student at θ', and ⟨u, ∇θ g_pk⟩ the forward-mode derivative of the student's logits along u
+    (``torch.autograd.forward_ad``: one forward pass carrying tangents; 235 ms against
+    torch.func.jvp's 285 for MFNet batch 8 at 96x160 on one thread) pushed through g
+    (:func:`lix.losses.decoupled.ncld_tangent`). The reference differentiates the first
+    backward a second time (``create_graph``), whose BatchNorm double backward alone cost a
+    quarter of a LIX step on the CPU. Equal to the reference to float32 rounding (tests); the
+    reference runs instead under ``LIX_REFERENCE_LOSSES=1``, without ``teacher_logits``, or when
+    ``student_forward.forward_mode`` is False (e.g. SyncBatchNorm has no forward-mode rule)."""
+    if use_reference() or teacher_logits is None or not getattr(student_forward, "forward_mode", True):
+        return lookahead_weight_gradient_reference(student_logits, target, w, tcld, g, valid, student_forward, lr,
+                                                   alpha, temperature, loss_weight, ignore_index)
+    names = list(student_forward.params)
+    params = [student_forward.params[n] for n in names]
+    v = valid.to(tcld.dtype)
+    n_valid = v.sum().clamp_min(1.0)
+    lab = torch.where(valid, target, torch.full_like(target, ignore_index))
+    ce = F.cross_entropy(as_float(student_logits), lab, ignore_index=ignore_index, reduction="sum") / n_valid
+    dwld = ((temperature ** 2 * (alpha * tcld + (w.detach() * g).sum(1))) * v).sum() / n_valid
+    grads = torch.autograd.grad(ce + loss_weight * dwld, params, retain_graph=True, allow_unused=True)
+    virtual = [(p - lr * gr if gr is not None else p).detach().requires_grad_(True) for p, gr in zip(params, grads)]
+    meta = F.cross_entropy(as_float(student_forward(dict(zip(names, virtual)))), lab, ignore_index=ignore_index,
+                           reduction="sum") / n_valid
+    u = torch.autograd.grad(meta, virtual, allow_unused=True)
+    with torch.no_grad(), forward_ad.dual_level():  # the logits' derivative along u: dual numbers, one pass
+        dual = {n: forward_ad.make_dual(p.detach(), d if d is not None else torch.zeros_like(p))
+                for n, p, d in zip(names, params, u)}
+        logits_dot = forward_ad.unpack_dual(student_forward(dual)).tangent
+    if logits_dot is None:  # logits that do not depend on the parameters
+        logits_dot = torch.zeros_like(student_logits)
+    g_dot = ncld_tangent(as_float(student_logits).detach(), as_float(teacher_logits).detach(),
+                         torch.where(valid, target, torch.zeros_like(target)), as_float(logits_dot), temperature,
+                         ncld_terms == "generalized")
+    return g_dot.mul_((v * (-lr * loss_weight * temperature ** 2) / n_valid).unsqueeze(1))
+
+
+def lookahead_weight_gradient_reference(student_logits: torch.Tensor, target: torch.Tensor, w: torch.Tensor,
+                                        tcld: torch.Tensor, g: torch.Tensor, valid: torch.Tensor, student_forward,
+                                        lr: float, alpha: float, temperature: float, loss_weight: float = 1.0,
+                                        ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """∂CE(θ')/∂w: how the student's cross-entropy on this batch after one virtual SGD step
     θ' = θ − lr·∇θ[CE(θ) + loss_weight·DWLD(θ; w)] changes with the per-logit weights w
     (N, C, H, W) (the bi-level re-weighting of Ren et al., ICML 2018). ``student_logits`` must

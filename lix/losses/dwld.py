@@ -79,12 +79,14 @@ The training signal of the DWC (``dwc_training``; the paper says only "by minimi
   meta-distillation): the student minimises (18) for the weights it is given; the controller
   lowers the student's cross-entropy *after* a one-step virtual SGD update of the student under
   the weighted loss, θ' = θ − η∇θ[CE + λ1·DWLD(w)] (``lookahead_lr`` η; the same batch). The
-  meta-gradient G = ∂CE(θ')/∂w (:func:`lookahead_weight_gradient`, second order through the
-  student) is scaled to unit RMS and the controller descends
+  meta-gradient G = ∂CE(θ')/∂w (:func:`lookahead_weight_gradient`: one forward and backward of
+  the student at θ' and one forward-mode pass at θ; the reference differentiates the student
+  twice) is scaled to unit RMS and the controller descends
   (1/K) Σ_{k≠y} [u_k G̃_k + τ·KL(Bern(u_k) ‖ Bern(ū))] (:func:`lookahead_objective`; minimiser
   logit(u_k) = b₀ − G̃_k/τ). Without the KL anchor a learned controller follows a persistent
   meta-gradient into a bound (tested). ``lookahead_every`` = k runs the virtual step every k
-  training steps (about 3× a student step's cost on the CPU when k = 1).
+  training steps (the virtual step costs about 2.5× a student step on the CPU, MFNet batch 8 at
+  96x160, 1 thread: 2 backward passes, 2 forward passes, one of them carrying tangents).
 
 For every signal the returned term's value is exactly DWLD (≥ 0 with the generalized terms): the
 controller's objective enters as obj − stop_grad(obj) (value 0), so the trainer's single backward
@@ -104,6 +106,12 @@ table. (This head's own keyword defaults stay ``adversarial``, which needs no st
 
 DDP: every mean over pixels is over the labelled pixels of the global batch
 (lix/reduce.py), like the cross-entropy.
+
+Implementation (issue 21): :func:`dwld_terms` runs lix/losses/decoupled.py (the target removed
+from the non-target softmax by −∞ rather than eq. 11's −1000, the same numbers in float32 and
+float64; a hand-written backward), the meta-gradient runs in forward mode and the controller's
+objectives carry hand-derived gradients; each keeps its reference (``*_reference``, selected for
+everything by ``LIX_REFERENCE_LOSSES=1``), tested equal in tests/test_distill_step_fast.py.
 """
 
 from __future__ import annotations
@@ -115,7 +123,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lix.losses._common import as_float, check_choice, full_precision
+from lix.losses._common import as_float, check_choice, full_precision, use_reference
+from lix.losses.decoupled import decoupled_kl
 from lix.losses.dwc import (
     DynamicWeightController,
     confidence,
@@ -188,6 +197,28 @@ def dwld_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targe
                temperature: float = DWLDConfig.temperature, ignore_index: int = IGNORE_INDEX,
                ncld_terms: str = DWLDConfig.ncld_terms
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The per-pixel pieces of DWLD (``tcld``, ``g``, ``gt``, ``valid``), as
+    :func:`dwld_terms_reference` defines them, computed by :func:`lix.losses.decoupled.decoupled_kl`
+    (a hand-written backward; equal to the reference to float32 rounding). The reference runs
+    instead under ``LIX_REFERENCE_LOSSES=1`` or when the teacher's logits require a gradient."""
+    if use_reference() or teacher_logits.requires_grad:
+        return dwld_terms_reference(student_logits, teacher_logits, target, temperature, ignore_index, ncld_terms)
+    _check_logits(student_logits, teacher_logits, target)
+    check_choice("ncld_terms", ncld_terms, NCLD_TERMS)
+    valid = target != ignore_index
+    lab = torch.where(valid, target, torch.zeros_like(target))
+    tcld, g = decoupled_kl(as_float(student_logits), as_float(teacher_logits), lab, temperature,
+                           ncld_terms == "generalized")
+    classes = torch.arange(g.shape[1], device=g.device).view(1, -1, 1, 1)
+    gt = (lab.unsqueeze(1) == classes) & valid.unsqueeze(1)
+    return tcld, g, gt, valid
+
+
+@full_precision
+def dwld_terms_reference(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor,
+                         temperature: float = DWLDConfig.temperature, ignore_index: int = IGNORE_INDEX,
+                         ncld_terms: str = DWLDConfig.ncld_terms
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The per-pixel pieces of DWLD, before weighting and without T².
 
     student_logits, teacher_logits: (N, C, H, W); target: (N, H, W) int64, ``ignore_index`` =
@@ -365,8 +396,8 @@ class DWLDHead(nn.Module):
                 # no virtual step this time: the controller's gradient is 0, but present, so that
                 # DDP (which expects a gradient for every parameter each step) does not stall
                 return loss + 0.0 * u_logit.sum()
-            grad_w = self._lookahead_gradient(student_logits, target, ignore_index, w, tcld, g, gt, valid,
-                                              student_forward, loss_weight)
+            grad_w = self._lookahead_gradient(student_logits, teacher_logits, target, ignore_index, w, tcld, g, gt,
+                                              valid, student_forward, loss_weight)
             obj = lookahead_objective(u_logit, grad_w, gt, valid, self.controller.prior_logit, self.tau,
                                       world_size)
             return loss + (obj - obj.detach())  # value: DWLD; the controller descends obj
@@ -378,12 +409,13 @@ class DWLDHead(nn.Module):
         j = dwc_objective(u_logit, g_adv, gt, valid, self.controller.prior_logit, self.tau, world_size=world_size)
         return loss + (j.detach() - j)  # value: DWLD; gradient to the controller: -dJ/dphi
 
-    def _lookahead_gradient(self, student_logits, target, ignore_index, w, tcld, g, gt, valid, student_forward,
-                            loss_weight) -> torch.Tensor:
+    def _lookahead_gradient(self, student_logits, teacher_logits, target, ignore_index, w, tcld, g, gt, valid,
+                            student_forward, loss_weight) -> torch.Tensor:
         """:func:`lookahead_weight_gradient` scaled to unit RMS over the labelled non-target
         logits (so the controller's step size is set by its optimizer, not by η or λ1), detached."""
         grad_w = lookahead_weight_gradient(student_logits, target, w, tcld, g, valid, student_forward,
-                                           self.lookahead_lr, self.alpha, self.temperature, loss_weight, ignore_index)
+                                           self.lookahead_lr, self.alpha, self.temperature, loss_weight, ignore_index,
+                                           teacher_logits, self.ncld_terms)
         nt = ((~gt) & valid.unsqueeze(1)).to(grad_w.dtype)
         grad_w = grad_w * nt
         rms = (grad_w.square().sum() / nt.sum().clamp_min(1.0)).sqrt()
