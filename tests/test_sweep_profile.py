@@ -133,6 +133,10 @@ def test_an_interrupted_profile_sweep_resumes_on_a_fresh_clone_and_redoes_nothin
     again = subprocess.run([sys.executable, "-c", DRIVER.format(tests=str(Path(__file__).parent))], cwd=clone,
                            env=env2, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0 and _events(clone) == ["student@vkitti2-mfnet-kd-1"]  # nothing more
+    from lix.sweep import status  # `lix sweep --profile tiny --status`: the profile's own record
+
+    rows = {r["stage"]: r["state"] for r in status(clone, log_dir=clone / "data/tiny/logs")[1]}
+    assert rows == {"shards@vkitti2": "done", "student@vkitti2-mfnet-kd-1": "done"}, rows
 
 
 def test_digests_change_with_what_determines_a_run_and_only_for_the_runs_it_determines(tmp_path):

@@ -50,9 +50,18 @@ def sweep_cmd(
     if executor not in EXECUTORS:
         raise ConfigError("--executor", f"unknown executor {executor!r}; known: {list(EXECUTORS)}")
     if profile is not None:
-        if set_ or pull or show_status or cancel_jobs:
-            raise ConfigError("--profile", "takes no -S, --pull, --status or --cancel (a profile sets its own keys; "
-                                           "its jobs are listed by --status with --repo <profile folder>)")
+        if set_ or pull:
+            raise ConfigError("--profile", "takes no -S or --pull (a profile sets its own keys)")
+        if show_status or cancel_jobs:
+            from lix.sweep.profile import load_profile
+
+            logs = repo / load_profile(profile).folder / "logs"
+            if cancel_jobs:
+                stages = cancel(repo, log_dir=logs)
+                out.print(f"cancelled {len(stages)} job(s)" + (": " + ", ".join(stages) if stages else ""),
+                          highlight=False)
+            _print_status(*status(repo, log_dir=logs))
+            return
         slurm = _slurm_config(load_params(repo / "params.yaml").sweep.slurm, slurm_opts or [])
         _run_profile(profile, repo, 1 if jobs is None and executor == "local" else (jobs or 0), filters, dry,
                      executor, slurm, report)

@@ -75,7 +75,7 @@ class LocalExecutor:
         """A local process dies with the sweep that started it (Ctrl-C, SIGTERM, SIGHUP), except
         when that sweep was SIGKILLed: then refuse to start the stage twice."""
         pid = entry.get("pid") if entry.get("state") == "submitted" else None
-        if pid and _pid_runs_dvc(int(pid)):
+        if pid and _pid_runs_stage(int(pid)):
             raise LixError(f"stage {stage} is still running as process {pid}, started by an earlier sweep "
                            f"that was killed; wait for it or stop it (kill -INT -- -{pid}), then rerun")
         return None
@@ -84,11 +84,13 @@ class LocalExecutor:
         stop_processes([h.proc for h in handles], grace_s=self.grace_s)
 
 
-def _pid_runs_dvc(pid: int) -> bool:
+def _pid_runs_stage(pid: int) -> bool:
+    """Whether process ``pid`` is a stage's command: a ``dvc repro`` or a profile's ``lix.cli`` run."""
     try:
-        return "dvc" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
     except OSError:
         return False
+    return "dvc" in cmd or "lix.cli" in cmd
 
 
 # --------------------------------------------------------------------------- submitit jobs
@@ -235,7 +237,7 @@ def live_state(entry: dict) -> str:
         return _SLURM_STATES.get(state, "unknown" if state == "UNKNOWN" else "failed")
     if executor == "submitit-local":
         return "running" if _alive(int(job_id)) else "ended"
-    return "running" if _pid_runs_dvc(int(job_id)) else "ended"
+    return "running" if _pid_runs_stage(int(job_id)) else "ended"
 
 
 def _alive(pid: int) -> bool:
