@@ -44,6 +44,9 @@ miou = 0.5 + 0.01 * seed + (0.1 if stage.startswith("teacher") else 0.0)
                                               "pixel_acc": 0.9, "per_class_iou": {"Road": 0.9, "Car": 0.4}}))
 (out / "dvclive/plots/metrics/val").mkdir(parents=True, exist_ok=True)
 (out / "dvclive/plots/metrics/val/miou.tsv").write_text("step\tmiou\n1\t0.3\n2\t" + str(miou) + "\n")
+(out / "dvclive/plots/metrics/val/seconds.tsv").write_text("step\tseconds\n1\t1.0\n2\t1.5\n")
+(out / "dvclive/plots/metrics/train").mkdir(parents=True, exist_ok=True)
+(out / "dvclive/plots/metrics/train/seconds.tsv").write_text("step\tseconds\n2\t3.0\n1\t2.0\n")
 if stage.startswith("teacher"):
     (out / "model.safetensors").write_bytes(stage.encode())
 '''
@@ -111,7 +114,8 @@ def test_an_interrupted_profile_sweep_resumes_on_a_fresh_clone_and_redoes_nothin
     line = next(ln for ln in ledger.lines if ln["method"] == "kd")
     assert line["stopped"] == "early_stopping" and line["best_epoch"] == 7 and line["curve"] == [0.3, 0.5]
     assert line["metrics"]["per_class_iou"] == {"Road": 0.9, "Car": 0.4} and line["teacher_digest"]
-    assert {"machine", "commit", "code_digest", "seconds", "date"} <= set(line)
+    assert {"machine", "commit", "code_digest", "wall", "date"} <= set(line)
+    assert line["seconds"] == 7.5  # the run's own epochs, training and validation
     # the tracked part of the profile's folder travels by git: ledger, teachers, params
     subprocess.run(["git", "add", "data/tiny"], cwd=repo, check=True)
     tracked = subprocess.run(["git", "diff", "--cached", "--name-only"], cwd=repo, capture_output=True, text=True,

@@ -7,8 +7,9 @@ the profile's report needs (:func:`run_record`), so the report is built from the
 best checkpoint's val figures with per-class IoU); ``best_epoch``, ``epochs``, ``stopped``
 (``early_stopping``, or ``max_epochs``: the cap was hit); ``curve`` (val mIoU per evaluation) and
 ``cka`` (the teacher-student feature CKA per evaluation, students); ``last`` (the last epoch's
-per-term training losses and the DWC's weight statistics); ``seconds`` (the run's wall time),
-``threads`` (the CPU threads it had); ``machine``, ``torch``, ``commit``, ``code_digest``, ``date``.
+per-term training losses and the DWC's weight statistics); ``seconds`` (the run's own time over
+all its epochs, a resumed run's earlier part included), ``wall`` (what the sweep that finished it
+waited), ``threads`` (the CPU threads it had); ``machine``, ``torch``, ``commit``, ``code_digest``, ``date``.
 """
 
 from __future__ import annotations
@@ -89,12 +90,22 @@ def run_record(run_dir: Path, *, digest: str, profile: str, run: dict, teacher_d
     metrics = {k: m[k] for k in ("miou", "mfsc", "fwiou", "fwfsc", "pixel_acc") if k in m}
     metrics["per_class_iou"] = m.get("per_class_iou", {})
     last = {k: v for k, v in (s.get("last") or {}).items() if k.startswith(("train/", "val/cka/"))}
-    plots = run_dir / "dvclive" / "plots" / "metrics" / "val"
+    metrics_dir = run_dir / "dvclive" / "plots" / "metrics"
+    plots = metrics_dir / "val"
     return {"digest": digest, "profile": profile, **run, "teacher_digest": teacher_digest, "metrics": metrics,
             "best_epoch": s.get("best_epoch"), "epochs": s.get("epochs"), "stopped": s.get("stopped"),
             "seconds_per_epoch": s.get("seconds_per_epoch"), "curve": _tsv(plots / "miou.tsv"),
-            "cka": _tsv(plots / "cka" / "mean.tsv"), "last": last, "seconds": round(seconds, 1), "threads": threads,
+            "cka": _tsv(plots / "cka" / "mean.tsv"), "last": last,
+            "seconds": round(_run_seconds(metrics_dir, seconds), 1), "wall": round(seconds, 1), "threads": threads,
             **machine(), "code_digest": code, "commit": commit(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def _run_seconds(metrics_dir: Path, wall: float) -> float:
+    """The run's own time over all its epochs, a resumed run's earlier part included: the sum of
+    its per-epoch training and validation seconds (dvclive's history); the sweep's wall time when
+    the run logged none."""
+    total = sum(_tsv(metrics_dir / "train" / "seconds.tsv")) + sum(_tsv(metrics_dir / "val" / "seconds.tsv"))
+    return total if total > 0 else wall
 
 
 def machine() -> dict:
