@@ -56,10 +56,10 @@ GOALS = {"lix": 1.5, **{m: 1.15 for m in ("kd", "dkd", "cwkd", "dist", "wsld")}}
 REFERENCE_ENV = "LIX_REFERENCE_LOSSES"  # lix/losses/_common.py
 
 
-def configurations(preset: str, models: list[str]) -> dict[str, tuple]:
+def configurations(preset: str, models: list[str], datasets: list[str] | None = None) -> dict[str, tuple]:
     """label -> (model, xc, batch, H, W, kwargs, dataset or None)."""
     if preset == "testbed":
-        return {k: v for k, v in TESTBED.items() if v[0] in models}
+        return {k: v for k, v in TESTBED.items() if v[0] in models and (not datasets or v[6] in datasets)}
     return {m: (m, *PRESETS[preset][m], None) for m in models}
 
 
@@ -240,6 +240,7 @@ def main() -> None:
     ap.add_argument("--device", default=None)
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--warmup", type=int, default=None)
+    ap.add_argument("--datasets", nargs="+", default=None, help="testbed: the configurations to run (default both)")
     ap.add_argument("--threads", nargs="+", type=int, default=None,
                     help="intra-op threads per measurement (default: testbed 1 and 2; otherwise torch's default)")
     ap.add_argument("--compare", action="store_true",
@@ -279,7 +280,7 @@ def main() -> None:
           f"{' '.join(f'{x:.1f}' for x in os.getloadavg())} at the start (other jobs share the machine when it is > 0)")
     ratios: dict = {}
     full: list[dict] = []
-    for label, (model, xc, batch, h, w, kw, dataset) in configurations(preset, models).items():
+    for label, (model, xc, batch, h, w, kw, dataset) in configurations(preset, models, args.datasets).items():
         for nt in threads:
             key = label if len(threads) == 1 else f"{label}-{nt}t"
             base_cfg = dict(model=model, xc=xc, batch=batch, h=h, w=w, kw=kw, device=device, steps=steps,
