@@ -20,7 +20,9 @@ most 1.5x, the logit methods (kd, dkd, cwkd, dist, wsld) at most 1.15x.
 ``--preset testbed``: the synthetic testbed's training steps, MFNet batch 8 on the crops of
 ``params.yaml`` (vKITTI2 96x160, nuImages 144x128), 10 classes, the bottom tenth of every label
 map ignored (255; crops past a rescaled image are padded so), on ``--threads`` intra-op threads
-(default 1 and 2: the sweep runs 2 processes on 2 cores, one thread each). ``--methods`` takes
+(default 1 and 2: the sweep runs 2 processes on 2 cores, one thread each). ``--preset profile``:
+the same steps at the crops ``lix sweep --profile testbed`` trains on (lix/sweep/profiles/testbed.yaml:
+vKITTI2 48x80, nuImages 72x64, from half-size frames). ``--methods`` takes
 variants too (``lix~dwc_training=adversarial``).
 
 ``--compare`` runs every method also on its reference implementations (``LIX_REFERENCE_LOSSES=1``:
@@ -56,10 +58,27 @@ GOALS = {"lix": 1.5, **{m: 1.15 for m in ("kd", "dkd", "cwkd", "dist", "wsld")}}
 REFERENCE_ENV = "LIX_REFERENCE_LOSSES"  # lix/losses/_common.py
 
 
+TESTBED_PRESETS = ("testbed", "profile")
+
+
+def profile_testbed(name: str = "testbed") -> dict[str, tuple]:
+    """TESTBED at the crops a sweep profile trains on (``lix sweep --profile testbed``: half the
+    stored frames, crops of half the default's); batch and classes as in TESTBED."""
+    from lix.sweep.profile import load_profile
+
+    sets = load_profile(name).set
+    out = {}
+    for label, (model, xc, batch, h, w, kw, dataset) in TESTBED.items():
+        h, w = sets.get(f"train.{dataset}.crop", [h, w])
+        out[label] = (model, xc, batch, int(h), int(w), kw, dataset)
+    return out
+
+
 def configurations(preset: str, models: list[str], datasets: list[str] | None = None) -> dict[str, tuple]:
     """label -> (model, xc, batch, H, W, kwargs, dataset or None)."""
-    if preset == "testbed":
-        return {k: v for k, v in TESTBED.items() if v[0] in models and (not datasets or v[6] in datasets)}
+    if preset in TESTBED_PRESETS:
+        table = TESTBED if preset == "testbed" else profile_testbed()
+        return {k: v for k, v in table.items() if v[0] in models and (not datasets or v[6] in datasets)}
     return {m: (m, *PRESETS[preset][m], None) for m in models}
 
 
@@ -233,7 +252,7 @@ def _fmt(x: float | None, spec: str = ".2f") -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", choices=sorted([*PRESETS, "testbed"]), default=None)
+    ap.add_argument("--preset", choices=sorted([*PRESETS, *TESTBED_PRESETS]), default=None)
     ap.add_argument("--models", nargs="+", default=["mfnet", "sne_roadseg"])
     ap.add_argument("--methods", nargs="+", default=None,
                     help="default: every registered method (testbed: the logit methods, at, fitnet, sp, vid and ours)")
@@ -268,9 +287,9 @@ def main() -> None:
     preset = args.preset or ("paper" if cuda else "cpu")
     steps = args.steps or (20 if cuda else 5)
     warmup = args.warmup if args.warmup is not None else (5 if cuda else 2)
-    threads = args.threads or ([1, 2] if preset == "testbed" else [None])
-    methods = args.methods or (TESTBED_METHODS if preset == "testbed" else [r["name"] for r in method_table()])
-    models = ["mfnet"] if preset == "testbed" and args.models == ap.get_default("models") else args.models
+    threads = args.threads or ([1, 2] if preset in TESTBED_PRESETS else [None])
+    methods = args.methods or (TESTBED_METHODS if preset in TESTBED_PRESETS else [r["name"] for r in method_table()])
+    models = ["mfnet"] if preset in TESTBED_PRESETS and args.models == ap.get_default("models") else args.models
     modes = [False, True] if args.compare else [False]
     from _machine import cpu_model
 
@@ -284,7 +303,7 @@ def main() -> None:
         for nt in threads:
             key = label if len(threads) == 1 else f"{label}-{nt}t"
             base_cfg = dict(model=model, xc=xc, batch=batch, h=h, w=w, kw=kw, device=device, steps=steps,
-                            warmup=warmup, threads=nt, ignored_rows=IGNORED_ROWS if preset == "testbed" else 0.0)
+                            warmup=warmup, threads=nt, ignored_rows=IGNORED_ROWS if preset in TESTBED_PRESETS else 0.0)
             print(f"\n## {key}: {model} {kw or ''} batch {batch} at {w}x{h}, teacher RGB + "
                   f"{'depth' if xc == 1 else 'normals'}, {nt or torch.get_num_threads()} thread(s)")
             # every measurement of a method is paired with a plain student step measured just before it:

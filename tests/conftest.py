@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
-import pytest
+# Under pytest-xdist (pyproject's addopts: -n 2) the workers share the cores: each gets its share
+# of intra-op threads, and so do the subprocesses it starts (OpenMP threads of two workers
+# spinning on two cores cost more than they bring). A value set by the user wins.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_var, str(max(1, (os.cpu_count() or 1) // _WORKERS)))
 
-from pipeline.sources.synthetic import generate
+import pytest  # noqa: E402  (after the thread settings: torch reads them when first imported)
+
+from pipeline.sources.synthetic import generate  # noqa: E402
 
 SMALL = {
     "kitti": dict(n_images=8, width=160, height=48, seed=3),

@@ -81,7 +81,7 @@ def test_fresh_if_changed_resumes_the_same_run_and_restarts_a_changed_one(train_
     # more epochs: the same run, extended (epochs is a resumable key)
     s = fit(train_shards, out, cfg(epochs=2), dataset="kitti", role="student", progress=False, resume="if_same")
     # (that the resumed weights equal an uninterrupted run's: tests/test_train.py, and under DVC
-    # tests/test_dvc_pipeline.py)
+    # tests/test_runs_under_dvc.py)
     assert s["epochs"] == 2 and "resuming student" in caplog.text and "at epoch 1 of 2" in caplog.text
     # another lr: a different run, started afresh (not refused), equal to a fresh run of that config
     caplog.clear()
