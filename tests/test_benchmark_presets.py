@@ -1,0 +1,32 @@
+"""benchmarks/distill_step.py's testbed presets: ``testbed`` is params.yaml's default crops,
+``profile`` the crops `lix sweep --profile testbed` trains on, read from the profile itself."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import yaml
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import distill_step  # noqa: E402
+
+
+def test_profile_preset_reads_the_profiles_crops():
+    spec = yaml.safe_load((Path(__file__).resolve().parents[1] / "lix/sweep/profiles/testbed.yaml").read_text())
+    got = distill_step.configurations("profile", ["mfnet"])
+    assert set(got) == {"mfnet-vkitti2", "mfnet-nuimages"}
+    for label, (model, xc, batch, h, w, kw, dataset) in got.items():
+        assert [h, w] == spec["set"][f"train.{dataset}.crop"], label
+        assert (model, xc, batch, kw) == distill_step.TESTBED[label][:3] + (distill_step.TESTBED[label][5],)
+    only = distill_step.configurations("profile", ["mfnet"], ["nuimages"])
+    assert list(only) == ["mfnet-nuimages"]
+
+
+def test_testbed_preset_is_the_default_crops():
+    params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    for label, (_m, _xc, batch, h, w, _kw, dataset) in distill_step.configurations("testbed", ["mfnet"]).items():
+        assert [h, w] == params["train"][dataset]["crop"], label
+        assert batch == params["train"][dataset]["batch_size"], label
