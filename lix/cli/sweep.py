@@ -160,11 +160,20 @@ def _run_profile(name: str, repo: Path, jobs: int, filters, dry: bool, executor:
 
     prof = load_profile(name)
     if dry:
+        from lix.sweep.estimate import describe, estimate
+        from lix.sweep.ledger import Ledger
+        from lix.sweep.profile import runs
+
         r = run_profile(prof, repo, jobs, filters=filters or None, dry=True)
         for s in r.todo:
             out.print(f"       run  {s}", highlight=False)
         out.print(f"{len(r.todo)} stage(s) would run; {r.in_ledger} run(s) of the matrix already in "
                   f"{prof.folder / 'ledger.jsonl'}")
+        of = {run.stage: run for run in runs(prof)}
+        todo = [(of[s].dataset, of[s].method) for s in r.todo if s in of]
+        if todo:
+            out.print("estimated: " + describe(estimate(todo, Ledger(repo / prof.ledger).lines), jobs or 1),
+                      highlight=False)
         return
 
     def on_event(kind: str, stage: str, detail: str) -> None:
