@@ -74,6 +74,15 @@ def profile_testbed(name: str = "testbed") -> dict[str, tuple]:
     return out
 
 
+def profile_resolutions(name: str = "testbed") -> dict[str, float]:
+    """dataset -> the profile's ``train.<dataset>.resolution`` (the frames' scale before the crop)."""
+    from lix.sweep.profile import load_profile
+
+    sets = load_profile(name).set
+    return {d: float(sets[f"train.{d}.resolution"]) for d in {v[6] for v in TESTBED.values()}
+            if f"train.{d}.resolution" in sets}
+
+
 def configurations(preset: str, models: list[str], datasets: list[str] | None = None) -> dict[str, tuple]:
     """label -> (model, xc, batch, H, W, kwargs, dataset or None)."""
     if preset in TESTBED_PRESETS:
@@ -205,9 +214,11 @@ def breakdown(cfg: dict) -> dict:
     return {k: statistics.median(v[cfg["warmup"]:]) for k, v in times.items()}
 
 
-def data_time(dataset: str, crop: tuple[int, int], batch: int, repeats: int = 5) -> float | None:
+def data_time(dataset: str, crop: tuple[int, int], batch: int, repeats: int = 5,
+              resolution: float = 1.0) -> float | None:
     """Median ms to read, augment, collate and convert one batch of ``dataset``'s training shards on
-    one thread (the trainer's ``num_workers: 0`` path); None without the shards."""
+    one thread (the trainer's ``num_workers: 0`` path; the random rescale range times
+    ``resolution``, as lix/loaders.py does); None without the shards."""
     from pathlib import Path
 
     import torch
@@ -220,7 +231,9 @@ def data_time(dataset: str, crop: tuple[int, int], batch: int, repeats: int = 5)
     if not (shards / "manifest.json").is_file():
         return None
     torch.set_num_threads(1)
-    ds = ShardDataset(shards, "train", augment=AugmentConfig(crop=crop), verify="none")
+    lo, hi = AugmentConfig().scale
+    ds = ShardDataset(shards, "train", augment=AugmentConfig(crop=crop, scale=(lo * resolution, hi * resolution)),
+                      verify="none")
     times, start = [], 0
     for _ in range(repeats + 1):
         t0 = time.perf_counter()
@@ -291,6 +304,8 @@ def main() -> None:
     methods = args.methods or (TESTBED_METHODS if preset in TESTBED_PRESETS else [r["name"] for r in method_table()])
     models = ["mfnet"] if preset in TESTBED_PRESETS and args.models == ap.get_default("models") else args.models
     modes = [False, True] if args.compare else [False]
+    resolutions = profile_resolutions() if preset == "profile" else {}
+    issue_old = ISSUE_OLD if preset == "testbed" else {}  # the issue's figures are at the default crops
     from _machine import cpu_model
 
     print(f"# distill_step on {describe_machine(device)}; preset {preset}; median of {steps} steps after {warmup}; "
@@ -344,7 +359,7 @@ def main() -> None:
                     if old:
                         old_ms = statistics.median([r["ms"] for r, _b in old])
                         old_ratio = statistics.median([r["ms"] / b["ms"] for r, b in old])
-                    row += (f" {_fmt(old_ms, '.1f')} | {_fmt(old_ratio)} | {ISSUE_OLD.get(method, '')} | "
+                    row += (f" {_fmt(old_ms, '.1f')} | {_fmt(old_ratio)} | {issue_old.get(method, '')} | "
                             f"{('<= %.2f' % GOALS[method]) if method in GOALS else ''} |")
                 print(row, flush=True)
                 ratios.setdefault(key, {})[method] = {"time_ratio": ratio, "memory_ratio": mem}
@@ -356,7 +371,7 @@ def main() -> None:
             if args.breakdown and device == "cpu":
                 _print_breakdown(key, base_cfg, [None, *methods], modes, full)
                 if dataset is not None and nt in (None, 1):
-                    ms_data = data_time(dataset, (h, w), batch)
+                    ms_data = data_time(dataset, (h, w), batch, resolution=resolutions.get(dataset, 1.0))
                     print(f"\nloading + augmenting one batch of {dataset} ({batch} crops {w}x{h}, 1 thread, "
                           f"in the main process): " + ("no shards" if ms_data is None else
                                                         f"{ms_data:.1f} ms = {ms_data / base:.2f} x the student step"))

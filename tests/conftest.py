@@ -6,7 +6,7 @@ import os
 import shutil
 from pathlib import Path
 
-# Under pytest-xdist (pyproject's addopts: -n 2) the workers share the cores: each gets its share
+# Under pytest-xdist (the README's test command: -n 2) the workers share the cores: each gets its share
 # of intra-op threads, and so do the subprocesses it starts (OpenMP threads of two workers
 # spinning on two cores cost more than they bring). A value set by the user wins.
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))

@@ -91,14 +91,20 @@ def base_repository(tmp_path_factory) -> Path:
     root = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):
         root = root.parent  # the workers' folders share this parent
-    base = root / "dvc_base"
+    base, failed = root / "dvc_base", root / "dvc_base.failed"
     with FileLock(str(root / "dvc_base.lock")):
-        if not (base / FIRST_PASS_LOG).is_file():  # written last: a failed build is built again
-            shutil.rmtree(base, ignore_errors=True)
+        if failed.is_file():  # another module's worker met it already: no second build of minutes
+            raise AssertionError(f"the scratch repository's first pass failed (in another module):\n"
+                                 f"{failed.read_text()}")
+        if not (base / FIRST_PASS_LOG).is_file():  # written last: a half-built one is not taken
             partial = root / "dvc_base.partial"
             shutil.rmtree(partial, ignore_errors=True)
             partial.mkdir()
-            _build(partial)
+            try:
+                _build(partial)
+            except BaseException as e:
+                failed.write_text(str(e)[-4000:])
+                raise
             partial.rename(base)
     return base
 

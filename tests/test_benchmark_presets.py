@@ -30,3 +30,9 @@ def test_testbed_preset_is_the_default_crops():
     for label, (_m, _xc, batch, h, w, _kw, dataset) in distill_step.configurations("testbed", ["mfnet"]).items():
         assert [h, w] == params["train"][dataset]["crop"], label
         assert batch == params["train"][dataset]["batch_size"], label
+
+
+def test_profile_resolutions_are_the_profiles():
+    spec = yaml.safe_load((Path(__file__).resolve().parents[1] / "lix/sweep/profiles/testbed.yaml").read_text())
+    got = distill_step.profile_resolutions()
+    assert got == {d: spec["set"][f"train.{d}.resolution"] for d in ("vkitti2", "nuimages")}

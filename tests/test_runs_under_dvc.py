@@ -150,8 +150,7 @@ def test_a_comment_in_a_reader_reruns_only_the_preparation_that_imports_it(repo)
     included: HDF5 without timestamps), so nothing downstream of them and no training stage reruns."""
     reader = repo / "pipeline/sources/vkitti2.py"
     text = reader.read_text()
-    if not (repo / "data/report/README.md").is_file():  # run alone; in file order the test above leaves
-        _run(["dvc", "repro"], repo)  # everything up to date (the stage-deps test below runs commands)
+    # everything is up to date here: the copy's first pass, and the test above ends with `dvc repro`
     try:
         reader.write_text(text + "# a comment\n")
         log = _run(["dvc", "repro"], repo)
@@ -293,10 +292,8 @@ def test_stage_deps_cover_the_code_they_run(repo):
     an edit would not rerun it), and every code dep is imported (or an edit would rerun it for
     nothing: a reader's edit must not retrain). The failure lists, per stage, the deps to add and
     to remove in dvc.yaml."""
-    # Last in the module: the stage commands run here in place (their inputs exist after the tests
-    # above) and leave outputs DVC no longer recognises, which a later test would pay to rebuild.
-    if not (repo / "data/runs/kitti/mfnet/teacher/seed0/best.pt").is_file():
-        _run(["dvc", "repro"], repo)
+    # Last in the module: the stage commands run here in place (their inputs are the first pass's)
+    # and leave outputs DVC no longer recognises, which a later test would pay to rebuild.
     gaps = {}
     for stage, (cmd, deps) in _stages(repo).items():
         if stage != "report" and ("@kitti" not in stage or stage.endswith("-student-0")):

@@ -170,7 +170,7 @@ def _run_profile(name: str, repo: Path, jobs: int, filters, dry: bool, executor:
         out.print(f"{len(r.todo)} stage(s) would run; {r.in_ledger} run(s) of the matrix already in "
                   f"{prof.folder / 'ledger.jsonl'}")
         of = {run.stage: run for run in runs(prof)}
-        todo = [(of[s].dataset, of[s].method) for s in r.todo if s in of]
+        todo = [(of[s].dataset, of[s].model, of[s].method) for s in r.todo if s in of]
         if todo:
             out.print("estimated: " + describe(estimate(todo, Ledger(repo / prof.ledger).lines), jobs or 1),
                       highlight=False)

@@ -27,45 +27,53 @@ class Estimate:
         return self.seconds / max(1, jobs)
 
 
-def _medians(lines: list[dict]) -> dict[tuple[str, str], float]:
-    times: dict[tuple[str, str], list[float]] = {}
+Key = tuple[str, str, str]  # (dataset, model, method)
+
+
+def _medians(lines: list[dict]) -> dict[Key, float]:
+    times: dict[Key, list[float]] = {}
     for ln in lines:
         if isinstance(ln.get("seconds"), (int, float)) and ln["seconds"] > 0:
-            times.setdefault((ln["dataset"], ln["method"]), []).append(float(ln["seconds"]))
+            times.setdefault((ln["dataset"], ln.get("model", ""), ln["method"]), []).append(float(ln["seconds"]))
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def _scale(med: dict[tuple[str, str], float], dataset: str, other: str) -> float | None:
-    """How much longer a run takes on ``dataset`` than on ``other``: the median ratio over the
-    methods both have run (None when they share none)."""
-    shared = [m for (d, m) in med if d == dataset and (other, m) in med]
-    return statistics.median(med[(dataset, m)] / med[(other, m)] for m in shared) if shared else None
+def _scale(med: dict[Key, float], dataset: str, other: str, model: str, method: str) -> float | None:
+    """How much longer a run of ``method`` takes on ``dataset`` than on ``other``: the median ratio
+    over the methods both have run, of the same side (teacher or student) when they share one
+    (a teacher reads RGB + X and trains without a teacher: its ratio is not a student's); None
+    when they share none."""
+    shared = [m for (d, mo, m) in med if d == dataset and mo == model and (other, model, m) in med]
+    side = [m for m in shared if (m == "teacher") == (method == "teacher")]
+    pick = side or shared
+    return statistics.median(med[(dataset, model, m)] / med[(other, model, m)] for m in pick) if pick else None
 
 
-def run_seconds(dataset: str, method: str, lines: list[dict]) -> tuple[float | None, str]:
-    """(seconds, basis) of one run of ``method`` on ``dataset``: the median of the ledger's runs
-    of the same pair; else the median of the method on another dataset times that dataset pair's
-    ratio; else the dataset's median over its student-side runs (the teacher's when none); else
-    (None, UNKNOWN)."""
+def run_seconds(dataset: str, method: str, lines: list[dict], model: str = "") -> tuple[float | None, str]:
+    """(seconds, basis) of one run of ``method`` on ``dataset`` (``model``: as the ledger names
+    it, "" for lines without one): the median of the ledger's runs of the same triple; else the
+    median of the method on another dataset times that dataset pair's ratio (:func:`_scale`); else
+    the dataset's median over its student-side runs (the teacher's when none); else (None, UNKNOWN)."""
     med = _medians(lines)
-    if (dataset, method) in med:
-        return med[(dataset, method)], SAME
-    scaled = [med[(o, method)] * s for (o, m) in med if m == method and o != dataset
-              and (s := _scale(med, dataset, o)) is not None]
+    if (dataset, model, method) in med:
+        return med[(dataset, model, method)], SAME
+    scaled = [med[(o, mo, m)] * s for (o, mo, m) in med if m == method and mo == model and o != dataset
+              and (s := _scale(med, dataset, o, model, method)) is not None]
     if scaled:
         return statistics.median(scaled), SCALED
-    students = [v for (d, m), v in med.items() if d == dataset and m != "teacher"]
-    anything = [v for (d, _m), v in med.items() if d == dataset]
+    students = [v for (d, mo, m), v in med.items() if d == dataset and mo == model and m != "teacher"]
+    anything = [v for (d, mo, _m), v in med.items() if d == dataset and mo == model]
     if students or anything:
         return statistics.median(students or anything), GUESSED
     return None, UNKNOWN
 
 
-def estimate(todo: list[tuple[str, str]], lines: list[dict]) -> Estimate:
-    """The summed run time of the ``todo`` runs, (dataset, method) each."""
+def estimate(todo: list[tuple[str, str, str]], lines: list[dict]) -> Estimate:
+    """The summed run time of the ``todo`` runs, (dataset, model, method) each; runs of unknown
+    length add nothing (their count is under UNKNOWN)."""
     total, by = 0.0, dict.fromkeys(BASES, 0)
-    for dataset, method in todo:
-        s, basis = run_seconds(dataset, method, lines)
+    for dataset, model, method in todo:
+        s, basis = run_seconds(dataset, method, lines, model)
         by[basis] += 1
         total += s or 0.0
     return Estimate(total, len(todo), {k: v for k, v in by.items() if v})
@@ -73,6 +81,6 @@ def estimate(todo: list[tuple[str, str]], lines: list[dict]) -> Estimate:
 
 def describe(e: Estimate, jobs: int) -> str:
     """One line: 'N runs ≈ X h of run time ≈ Y h at -j J (…bases…)'."""
-    bases = ", ".join(f"{n} by {b}" for b, n in e.by_basis.items())
+    bases = ", ".join(f"{n} by {b}" if b != UNKNOWN else f"{n} not counted ({b})" for b, n in e.by_basis.items())
     return (f"{e.runs} run(s) ≈ {e.seconds / 3600:.1f} h of run time ≈ {e.wall(jobs) / 3600:.1f} h of wall time "
             f"at -j {max(1, jobs)}, from the ledger's own run times ({bases})")
