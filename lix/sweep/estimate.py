@@ -54,7 +54,11 @@ def run_seconds(dataset: str, method: str, lines: list[dict], model: str = "") -
     it, "" for lines without one): the median of the ledger's runs of the same triple; else the
     median of the method on another dataset times that dataset pair's ratio (:func:`_scale`); else
     the dataset's median over its student-side runs (the teacher's when none); else (None, UNKNOWN)."""
-    med = _medians(lines)
+    return _run_seconds(_medians(lines), dataset, model, method)
+
+
+def _run_seconds(med: dict[Key, float], dataset: str, model: str, method: str) -> tuple[float | None, str]:
+    """:func:`run_seconds` on the ledger's medians (:func:`_medians`, computed once per estimate)."""
     if (dataset, model, method) in med:
         return med[(dataset, model, method)], SAME
     scaled = [med[(o, mo, m)] * s for (o, mo, m) in med if m == method and mo == model and o != dataset
@@ -71,9 +75,9 @@ def run_seconds(dataset: str, method: str, lines: list[dict], model: str = "") -
 def estimate(todo: list[tuple[str, str, str]], lines: list[dict]) -> Estimate:
     """The summed run time of the ``todo`` runs, (dataset, model, method) each; runs of unknown
     length add nothing (their count is under UNKNOWN)."""
-    total, by = 0.0, dict.fromkeys(BASES, 0)
+    med, total, by = _medians(lines), 0.0, dict.fromkeys(BASES, 0)
     for dataset, model, method in todo:
-        s, basis = run_seconds(dataset, method, lines, model)
+        s, basis = _run_seconds(med, dataset, model, method)
         by[basis] += 1
         total += s or 0.0
     return Estimate(total, len(todo), {k: v for k, v in by.items() if v})
