@@ -103,7 +103,9 @@ def write_ledger_report(ledger: str | Path, out_dir: str | Path, *, paper: str |
     paper's figures of ``paper`` (lix.report.paper) beside ours; the rows in the profile's order
     when the ledger's profile is a shipped one."""
     from lix.report.paper import load_paper_figures
+    from lix.sweep.diagnostics import diagnostics, diagnostics_markdown
     from lix.verdict.markdown import write_verdict
+    from pipeline.atomic import write_json, write_text
 
     lines = Ledger(Path(ledger)).lines
     if not lines:
@@ -116,6 +118,14 @@ def write_ledger_report(ledger: str | Path, out_dir: str | Path, *, paper: str |
         methods = ["teacher", *load_profile(name).methods]
     except Exception:  # noqa: BLE001 - a ledger of a profile file that is not shipped: ledger order
         pass
-    return write_verdict(lines, out_dir, paper=load_paper_figures(paper) if paper else None, methods=methods,
-                         plots=plots, title=f"The verdict of profile {name}",
-                         command=command or f"lix report --ledger {ledger} --out {out_dir}")
+    summary = write_verdict(lines, out_dir, paper=load_paper_figures(paper) if paper else None, methods=methods,
+                            plots=plots, title=f"The verdict of profile {name}",
+                            command=command or f"lix report --ledger {ledger} --out {out_dir}")
+    diag = diagnostics(lines, methods)
+    readme = Path(out_dir) / "README.md"
+    write_text(readme, readme.read_text() + "\n".join(diagnostics_markdown(diag, out_dir, plots=plots)) + "\n")
+    summary["diagnostics"] = {ds: {model: {m: {k: v for k, v in c.items() if k != "cka_curves"}  # in the ledger
+                                           for m, c in cells.items()} for model, cells in per.items()}
+                              for ds, per in diag.items()}
+    write_json(Path(out_dir) / "verdict.json", summary, nan_as_null=True)
+    return summary

@@ -1,0 +1,142 @@
+"""The diagnostics beside a profile's verdict, from its ledger alone: per dataset, model and
+student method, the last epoch's training loss term by term, the linear CKA between the
+student's and the teacher's features on val (at the chosen checkpoint and, tap by tap, at the
+last epoch) and the CKA over training as a picture. They answer "why" when a method does not
+win: a distillation term that ends large beside the cross-entropy, a student no closer to the
+teacher's features than the plain one.
+
+This lives beside the ledger (lix/sweep), not in lix/verdict: every file of lix/verdict counts
+in the training-code digest (lix.provenance.code_digest), so an edit there would give every run
+of a running matrix a new digest and have the sweep redo them.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+TEACHER = "teacher"
+STUDENT = "student"
+# Columns of the ledger's ``last`` dictionary that are not a loss term.
+NOT_A_TERM = ("train/loss", "train/samples_per_s", "train/seconds")
+CKA_PREFIX = "val/cka/"
+
+
+def _mean(values) -> float | None:
+    v = [x for x in values if x is not None]
+    return statistics.fmean(v) if v else None
+
+
+def chosen_index(curve: list[float]) -> int | None:
+    """The evaluation the run's checkpoint comes from: the first maximum of its val mIoU curve
+    (early stopping keeps a checkpoint only when val mIoU strictly improves)."""
+    if not curve:
+        return None
+    best = max(curve)
+    return curve.index(best)
+
+
+def method_diagnostics(lines: list[dict]) -> dict:
+    """One method's diagnostics over its seeds' ledger lines (means over the seeds that have
+    each figure): ``terms`` (loss term -> last epoch's training value, ``ce`` first),
+    ``total`` (the last epoch's total loss), ``cka_chosen`` (val CKA, mean over the taps, at the
+    chosen checkpoint's evaluation), ``cka_last`` (tap -> val CKA at the last evaluation, ``mean``
+    included), ``cka_curves`` (seed -> the CKA curve) and ``n`` (seeds)."""
+    terms: dict[str, list[float]] = defaultdict(list)
+    taps: dict[str, list[float]] = defaultdict(list)
+    chosen, totals = [], []
+    curves: dict[int, list[float]] = {}
+    for ln in lines:
+        last = ln.get("last") or {}
+        for k, v in last.items():
+            if k.startswith("train/") and k not in NOT_A_TERM and not k.startswith("train/diag"):
+                terms[k[len("train/"):]].append(v)
+            elif k.startswith(CKA_PREFIX):
+                taps[k[len(CKA_PREFIX):]].append(v)
+        totals.append(last.get("train/loss"))
+        cka = ln.get("cka") or []
+        i = chosen_index(ln.get("curve") or [])
+        if cka and i is not None and i < len(cka):
+            chosen.append(cka[i])
+        if cka:
+            curves[ln["seed"]] = cka
+    order = sorted(terms, key=lambda t: (t != "ce", t))
+    return {"n": len(lines), "terms": {t: _mean(terms[t]) for t in order}, "total": _mean(totals),
+            "cka_chosen": _mean(chosen), "cka_last": {t: _mean(v) for t, v in sorted(taps.items())},
+            "cka_curves": curves}
+
+
+def diagnostics(lines: list[dict], methods: list[str] | None = None) -> dict:
+    """dataset -> model -> method -> :func:`method_diagnostics`, for every method but the
+    teacher (whose features are the reference), in ``methods``' order (default: the ledger's)."""
+    groups: dict[tuple[str, str], dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    order: list[str] = []
+    for ln in lines:
+        if ln["method"] == TEACHER:
+            continue
+        groups[(ln["dataset"], ln["model"])][ln["method"]].append(ln)
+        if ln["method"] not in order:
+            order.append(ln["method"])
+    order = [m for m in (methods or []) if m in order] + [m for m in order if m not in (methods or [])]
+    out: dict[str, dict] = {}
+    for (ds, model), by_method in groups.items():
+        out.setdefault(ds, {})[model] = {m: method_diagnostics(by_method[m]) for m in order if m in by_method}
+    return out
+
+
+def _f(x: float | None, digits: int = 3) -> str:
+    return "–" if x is None else f"{x:.{digits}f}"
+
+
+def diagnostics_markdown(diag: dict, out_dir: str | Path, *, focus: tuple[str, ...] = (STUDENT, "lix", "dwld", "arfd",
+                                                                                       "dkd"),
+                         plots: bool = True) -> list[str]:
+    """The "Diagnostics" section of the verdict's README (lines), drawing one CKA-over-training
+    picture per dataset and model into ``out_dir`` for the methods of ``focus`` it has."""
+    from lix.report.names import display_dataset, display_model
+
+    md = ["## Diagnostics", "",
+          "Per student method, mean over seeds: the last training epoch's loss terms (each as logged, "
+          "before its weight λ), the total loss, and the linear CKA between the student's and the teacher's "
+          "features on the first 16 val images (lix/distill/monitor.py; 1 = the same up to a rotation and "
+          "scale; \"chosen\": at the evaluation "
+          "the checkpoint was chosen from, mean over the taps; then each tap at the last evaluation).", ""]
+    for ds, per_model in diag.items():
+        for model, cells in per_model.items():
+            name = f"{display_dataset(ds)} · {display_model(model)}"
+            taps = [t for t in dict.fromkeys(t for c in cells.values() for t in c["cka_last"]) if t != "mean"]
+            md += [f"### {name}", "",
+                   "| method | n | train ce | distillation terms | train loss | CKA chosen | "
+                   + " | ".join(f"CKA {t} (last)" for t in taps) + " |",
+                   "|---" * (6 + len(taps)) + "|"]
+            for m, c in cells.items():
+                kd = ", ".join(f"{t} {_f(v)}" for t, v in c["terms"].items() if t != "ce") or "–"
+                md.append(f"| {m} | {c['n']} | {_f(c['terms'].get('ce'))} | {kd} | {_f(c['total'])} | "
+                          f"{_f(c['cka_chosen'])} | "
+                          + " | ".join(_f(c["cka_last"].get(t)) for t in taps) + " |")
+            md.append("")
+            shown = {m: cells[m] for m in focus if m in cells and cells[m]["cka_curves"]}
+            if plots and shown:
+                stem = f"{ds}-{model}-cka"
+                _cka_curves(shown, name, Path(out_dir) / f"{stem}.png")
+                md += [f"![val CKA with the teacher over training]({stem}.png)", ""]
+    return md
+
+
+def _cka_curves(cells: dict, title: str, path: Path) -> None:
+    from lix.report.plot import new_figure, save_png
+
+    fig = new_figure(5.0, 3.0)
+    ax = fig.add_subplot(1, 1, 1)
+    for m, c in cells.items():
+        curves = list(c["cka_curves"].values())
+        n = max(len(cv) for cv in curves)
+        mean = [statistics.fmean(cv[k] for cv in curves if len(cv) > k) for k in range(n)]
+        ax.plot(range(1, n + 1), mean, label=m, linewidth=2.0 if m == "lix" else 1.2)
+    ax.set_xlabel("evaluation")
+    ax.set_ylabel("val CKA with the teacher")
+    ax.set_title(f"{title}: mean over taps and seeds", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    save_png(fig, path)

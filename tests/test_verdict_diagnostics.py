@@ -1,0 +1,73 @@
+"""The diagnostics beside the verdict (lix/sweep/diagnostics.py): loss terms, CKA at the chosen
+checkpoint and per tap, checked against values computed here with numpy from the same lines."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from lix.report.paper import SHIPPED
+from lix.sweep.diagnostics import chosen_index, diagnostics
+from lix.sweep.profile_run import write_ledger_report
+
+SEEDS = [0, 1, 2]
+CURVES = {0: [0.30, 0.50, 0.45], 1: [0.40, 0.40, 0.60], 2: [0.55, 0.50, 0.55]}  # ties: the first maximum
+CKA = {0: [0.60, 0.70, 0.90], 1: [0.50, 0.65, 0.80], 2: [0.72, 0.74, 0.76]}
+
+
+def _lines() -> list[dict]:
+    out = []
+    for m in ("teacher", "student", "lix"):
+        for s in SEEDS:
+            last = {"train/ce": 0.3 + 0.1 * s, "train/loss": 1.0 + s, "train/samples_per_s": 15.0,
+                    "train/seconds": 30.0, "train/diag.dwc.w_mean": 8.0}
+            if m == "lix":
+                last |= {"train/dwld": 1.5 + s, "train/arfd": 0.05 * (s + 1)}
+            if m != "teacher":
+                last |= {"val/cka/rgb4": 0.6 + 0.01 * s, "val/cka/decoder": 0.8, "val/cka/mean": 0.7}
+            out.append({"digest": f"{m}{s}", "profile": "testbed", "dataset": "vkitti2", "model": "mfnet",
+                        "method": m, "seed": s, "metrics": {"miou": 0.5, "per_class_iou": {}}, "best_epoch": 4,
+                        "epochs": 6, "stopped": "early_stopping", "curve": CURVES[s],
+                        "cka": [] if m == "teacher" else CKA[s], "last": last, "seconds": 60.0, "threads": 1,
+                        "machine": "cpu", "commit": "abc", "code_digest": "def", "date": "2026-12-05"})
+    return out
+
+
+def test_the_chosen_evaluation_is_the_first_maximum_of_the_curve():
+    assert [chosen_index(CURVES[s]) for s in SEEDS] == [1, 2, 0]
+    assert chosen_index([]) is None
+
+
+def test_the_diagnostics_equal_an_independent_computation():
+    d = diagnostics(_lines(), ["teacher", "student", "lix"])["vkitti2"]["mfnet"]
+    assert list(d) == ["student", "lix"]  # the teacher is the reference, not a row
+    lix = d["lix"]
+    assert list(lix["terms"]) == ["ce", "arfd", "dwld"]  # ce first, then by name; diag.* and timings left out
+    assert lix["terms"]["ce"] == pytest.approx(np.mean([0.3 + 0.1 * s for s in SEEDS]))
+    assert lix["terms"]["dwld"] == pytest.approx(np.mean([1.5 + s for s in SEEDS]))
+    assert lix["total"] == pytest.approx(np.mean([1.0 + s for s in SEEDS]))
+    chosen = [CKA[s][int(np.argmax(CURVES[s]))] for s in SEEDS]  # numpy's argmax: the first maximum too
+    assert lix["cka_chosen"] == pytest.approx(np.mean(chosen))
+    assert lix["cka_last"]["rgb4"] == pytest.approx(np.mean([0.6 + 0.01 * s for s in SEEDS]))
+    assert set(lix["cka_last"]) == {"rgb4", "decoder", "mean"} and lix["n"] == 3
+    assert d["student"]["terms"] == {"ce": pytest.approx(0.4)}
+
+
+def test_the_verdicts_readme_and_json_carry_the_diagnostics(tmp_path):
+    ledger = tmp_path / "ledger.jsonl"
+    ledger.write_text("".join(json.dumps(ln) + "\n" for ln in _lines()))
+    s = write_ledger_report(ledger, tmp_path / "report", paper=SHIPPED)
+    text = (tmp_path / "report" / "README.md").read_text()
+    assert text.index("## vKITTI2") < text.index("## Diagnostics")
+    diag = text[text.index("## Diagnostics"):].splitlines()
+    row = next(ln for ln in diag if ln.startswith("| lix |"))
+    cells = [c.strip() for c in row.split("|")]
+    assert cells[3] == f"{np.mean([0.3 + 0.1 * s for s in SEEDS]):.3f}"  # train ce
+    arfd, dwld = np.mean([0.05 * (s + 1) for s in SEEDS]), np.mean([1.5 + s for s in SEEDS])
+    assert cells[4] == f"arfd {arfd:.3f}, dwld {dwld:.3f}"  # the distillation terms, by name
+    assert (tmp_path / "report" / "vkitti2-mfnet-cka.png").stat().st_size > 0
+    saved = json.loads((tmp_path / "report" / "verdict.json").read_text())
+    assert saved["diagnostics"]["vkitti2"]["mfnet"]["lix"]["cka_chosen"] == pytest.approx(
+        s["diagnostics"]["vkitti2"]["mfnet"]["lix"]["cka_chosen"])
