@@ -21,8 +21,9 @@ def sweep_cmd(
     report: bool = typer.Option(True, "--report/--no-report", help="Run the report stage last."),
     dry: bool = typer.Option(False, "--dry", help="Print what would run, run nothing (params.yaml is not written, "
                              "-S included)."),
-    pull: bool = typer.Option(False, "--pull", help="Restore runs finished on other machines (pushed with `dvc push "
-                              "--run-cache`) from the default DVC remote instead of running them (dvc repro --pull)."),
+    pull: bool = typer.Option(False, "--pull", help="Restore run-cached stages pushed with `dvc push --run-cache` (the "
+                              "preparation but depth) from the default DVC remote instead of running them (dvc repro "
+                              "--pull). Run directories persist: runs travel as dvc.lock plus dvc push/pull instead."),
     repo: Path = typer.Option(Path("."), "--repo", help="The DVC repository (default: here)."),
     set_: list[str] = typer.Option(None, "--set-param", "-S", help="Set a params.yaml key first, as dvc exp run -S "
                                    "(e.g. -S 'sweep.seeds=[0,1,2]'); validated, comments kept; repeatable."),

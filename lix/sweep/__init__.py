@@ -26,7 +26,8 @@ stopped, a rerun is a no-op), and a parameter change reruns what it affects.
 * **Status**: ``data/logs/sweep/jobs.json`` (:mod:`lix.sweep.record`) holds every stage's state;
   :func:`status` lists it with what the cluster says now, :func:`cancel` cancels what is left.
 * ``--filter GLOB`` restricts the sweep to matching stages (plus what they need); ``--pull``
-  (``dvc repro --pull``) restores runs other machines pushed with ``dvc push --run-cache``.
+  (``dvc repro --pull``) restores run-cached stages other machines pushed with ``dvc push --run-cache``
+  (the preparation but depth; run directories persist, so they travel as dvc.lock plus dvc pull).
 
 Logs: ``<repo>/data/logs/sweep/<stage>.log`` (the stage's full output; a lock retry overwrites it).
 """
@@ -88,8 +89,9 @@ def sweep(repo_dir: str | Path = ".", jobs: int = 1, filters: list[str] | None =
           pull: bool = False, would_change: list[str] | None = None, executor: str = "local",
           slurm: SlurmConfig | None = None) -> tuple[Plan, Outcome | None]:
     """Plan and (unless ``dry``) run the pipeline of ``repo_dir``: see the package docstring.
-    ``pull``: ``dvc repro --pull``, so that a run finished on another machine and pushed with
-    its run cache is restored from the default remote instead of run again. ``would_change``:
+    ``pull``: ``dvc repro --pull``, so that a run-cached stage (the preparation but depth)
+    finished on another machine and pushed with its run cache is restored from the default
+    remote instead of run again. ``would_change``:
     params keys a dry run treats as changed (``--dry -S``, which leaves params.yaml alone)."""
     order, upstream = stage_graph(repo_dir)
     changed = out_of_date(repo_dir)
