@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import pytest
 
-from lix.sweep.estimate import GUESSED, SAME, SCALED, UNKNOWN, describe, estimate, run_seconds
+from lix.sweep.estimate import GUESSED, SAME, SCALED, UNKNOWN, describe, estimate, progress, run_seconds
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def line(dataset, method, seconds, model="m"):
@@ -48,3 +53,53 @@ def test_totals_and_wall():
 def test_an_empty_ledger_knows_nothing():
     e = estimate([("a", "m", "teacher")], [])
     assert e.seconds == 0.0 and e.by_basis == {UNKNOWN: 1}
+
+
+def test_the_progress_line_counts_the_matrix_and_estimates_what_this_sweep_has_left():
+    left = [("a", "m", "kd"), ("b", "m", "kd")]  # 70 s and 140 s (see test_each_basis)
+    text = progress(5, 140, left, LEDGER, jobs=2)
+    assert text.startswith("5 of 140 runs of the matrix in the ledger; this sweep: 2 left")
+    assert f"≈ {(70.0 + 140.0) / 2 / 3600:.1f} h at -j 2" in text
+    assert progress(140, 140, [], LEDGER, jobs=2).endswith("this sweep: none left")
+
+
+def test_a_profile_sweep_prints_the_progress_after_each_finished_run(tmp_path, monkeypatch):
+    """The CLI's wiring: the dry plan gives what is left, each 'done' adds one to the ledger's
+    count and prints the estimate for the rest (run_profile is a stand-in: no run starts)."""
+    import json
+
+    import yaml
+    from typer.testing import CliRunner
+
+    import lix.sweep.profile_run as profile_run
+    from lix.cli import app
+    from lix.sweep.runner import Outcome
+
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(
+        {"datasets": ["vkitti2"], "models": ["mfnet"], "methods": ["student", "kd"], "seeds": [0, 1],
+         "folder": "data/tiny"}))
+    ledger = tmp_path / "data/tiny/ledger.jsonl"
+    todo = ["student@vkitti2-mfnet-kd-1", "student@vkitti2-mfnet-student-1"]
+
+    def fake_run_profile(profile, repo, jobs, *, dry=False, on_event=None, **_):
+        if dry:
+            return profile_run.ProfileOutcome(None, list(todo), in_ledger=4)
+        ledger.parent.mkdir(parents=True, exist_ok=True)
+        for s in todo[:1]:
+            on_event("start", s, "")
+            with ledger.open("a") as f:
+                f.write(json.dumps({"digest": "d", "dataset": "vkitti2", "model": "mfnet", "method": "kd",
+                                    "seconds": 7200.0}) + "\n")
+            on_event("done", s, "")
+        on_event("failed", todo[1], "log")
+        return profile_run.ProfileOutcome(Outcome(ran=todo[:1], failed={todo[1]: "log"}), list(todo),
+                                          recorded=todo[:1], in_ledger=4)
+
+    monkeypatch.setattr(profile_run, "run_profile", fake_run_profile)
+    res = CliRunner().invoke(app, ["sweep", "--profile", str(tmp_path / "tiny.yaml"), "--repo", str(tmp_path),
+                                   "-j", "2", "--no-report"])
+    text = " ".join(res.output.split())  # the console wraps long lines
+    # the matrix: 2 teachers + 2 seeds x 2 methods = 6 runs; 4 were in the ledger, one more done; the
+    # failed one leaves the rest, the one still left is estimated from the ledger (the kd run's 2 h)
+    assert "5 of 6 runs of the matrix in the ledger; this sweep: 1 left ≈ 1.0 h at -j 2" in text, text

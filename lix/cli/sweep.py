@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import typer
@@ -177,11 +178,31 @@ def _run_profile(name: str, repo: Path, jobs: int, filters, dry: bool, executor:
                       highlight=False)
         return
 
+    from lix.sweep.estimate import progress
+    from lix.sweep.ledger import Ledger
+    from lix.sweep.profile import runs
+    from pipeline.errors import LixError
+
+    of = {run.stage: run for run in runs(prof)}
+    planned = run_profile(prof, repo, jobs, filters=filters or None, dry=True)
+    left = {s: (of[s].dataset, of[s].model, of[s].method) for s in planned.todo if s in of}
+    in_ledger = [planned.in_ledger]
+
     def on_event(kind: str, stage: str, detail: str) -> None:
         colour = {"start": "cyan", "adopt": "cyan", "done": "green", "failed": "bold red", "skipped": "yellow",
                   "cancelled": "yellow"}[kind]
         note = {"failed": f" (log {detail})", "skipped": f" (upstream {detail} failed)"}.get(kind, "")
         out.print(f"[{colour}]{kind:<9}[/] {stage}{note}", highlight=False)
+        if stage in left and kind in ("done", "failed", "skipped", "cancelled"):
+            left.pop(stage)
+            if kind == "done":
+                in_ledger[0] += 1
+                try:
+                    line = progress(in_ledger[0], len(of), list(left.values()), Ledger(repo / prof.ledger).lines,
+                                    jobs)
+                except (LixError, OSError) as e:  # a progress line must never stop a sweep of many hours
+                    line = f"no estimate ({e})"
+                out.print(f"          {time.strftime('%H:%M')} {line}", highlight=False)
 
     r = run_profile(prof, repo, jobs, executor=executor, slurm=slurm, filters=filters or None, on_event=on_event)
     if report and (prof_ledger := repo / prof.ledger).is_file() and prof_ledger.read_text().strip():
