@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from lix.report.paper import SHIPPED
-from lix.sweep.diagnostics import chosen_index, diagnostics
+from lix.sweep.diagnostics import chosen_index, diagnostics, reading
 from lix.sweep.profile_run import write_ledger_report
 
 SEEDS = [0, 1, 2]
@@ -71,3 +71,26 @@ def test_the_verdicts_readme_and_json_carry_the_diagnostics(tmp_path):
     saved = json.loads((tmp_path / "report" / "verdict.json").read_text())
     assert saved["diagnostics"]["vkitti2"]["mfnet"]["lix"]["cka_chosen"] == pytest.approx(
         s["diagnostics"]["vkitti2"]["mfnet"]["lix"]["cka_chosen"])
+
+
+def _cell(miou, cka, ce, dwc=None):
+    return {"miou": miou, "cka_chosen": cka, "terms": {"ce": ce}, "dwc": dwc or {}}
+
+
+def test_the_reading_states_the_measured_differences_and_their_signs():
+    one = {"w_mean": 8.0, "w_std_class": 0.1, "w_std_pixel": 0.01}
+    cells = {"student": _cell(50.0, 0.60, 0.30), "lix": _cell(49.0, 0.70, 0.35, one),
+             "dwld": _cell(51.5, 0.55, 0.28, {"w_mean": 4.0, "w_std_class": 1.5, "w_std_pixel": 0.2}),
+             "arfd": _cell(52.0, 0.65, 0.31)}
+    text = reading(cells)
+    assert text[0] == ("lix vs the plain student: mIoU -1.00 points, val CKA with the teacher at the chosen "
+                       "checkpoint +0.100 (0.700 vs 0.600), last-epoch train CE +0.050: closer to the teacher's "
+                       "features without gaining accuracy.")
+    assert text[1].endswith("+1.50 points, val CKA with the teacher at the chosen checkpoint -0.050 (0.550 vs 0.600), "
+                            "last-epoch train CE -0.020: more accurate without moving toward the teacher's features.")
+    assert text[2].endswith("closer to the teacher's features and more accurate.")
+    # 0.1 and 0.01 are under 5 % of 8: one weight; 1.5 is not under 5 % of 4
+    assert "nearly one weight everywhere, so its NCLD is close to DKD's with β ≈ 8.0" in text[3]
+    assert text[4] == ("dwld's DWC weights at the last epoch: mean 4.00, std across classes 1.50 and across pixels "
+                       "0.200.")
+    assert reading({"lix": cells["lix"]}) == [text[3]]  # no plain student: no comparison

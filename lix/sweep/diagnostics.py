@@ -21,6 +21,8 @@ STUDENT = "student"
 # Columns of the ledger's ``last`` dictionary that are not a loss term.
 NOT_A_TERM = ("train/loss", "train/samples_per_s", "train/seconds")
 CKA_PREFIX = "val/cka/"
+DWC_PREFIX = "train/diag.dwc."
+UNIFORM = 0.05  # DWC weights whose std (across classes, across pixels) is under this share of their mean
 
 
 def _mean(values) -> float | None:
@@ -42,9 +44,11 @@ def method_diagnostics(lines: list[dict]) -> dict:
     each figure): ``terms`` (loss term -> last epoch's training value, ``ce`` first),
     ``total`` (the last epoch's total loss), ``cka_chosen`` (val CKA, mean over the taps, at the
     chosen checkpoint's evaluation), ``cka_last`` (tap -> val CKA at the last evaluation, ``mean``
-    included), ``cka_curves`` (seed -> the CKA curve) and ``n`` (seeds)."""
+    included), ``cka_curves`` (seed -> the CKA curve), ``miou`` (val mIoU, percent), ``dwc``
+    (the DWC's weight statistics of the last epoch, when the method has one) and ``n`` (seeds)."""
     terms: dict[str, list[float]] = defaultdict(list)
     taps: dict[str, list[float]] = defaultdict(list)
+    dwc: dict[str, list[float]] = defaultdict(list)
     chosen, totals = [], []
     curves: dict[int, list[float]] = {}
     for ln in lines:
@@ -54,6 +58,8 @@ def method_diagnostics(lines: list[dict]) -> dict:
                 terms[k[len("train/"):]].append(v)
             elif k.startswith(CKA_PREFIX):
                 taps[k[len(CKA_PREFIX):]].append(v)
+            elif k.startswith(DWC_PREFIX):
+                dwc[k[len(DWC_PREFIX):]].append(v)
         totals.append(last.get("train/loss"))
         cka = ln.get("cka") or []
         i = chosen_index(ln.get("curve") or [])
@@ -64,7 +70,9 @@ def method_diagnostics(lines: list[dict]) -> dict:
     order = sorted(terms, key=lambda t: (t != "ce", t))
     return {"n": len(lines), "terms": {t: _mean(terms[t]) for t in order}, "total": _mean(totals),
             "cka_chosen": _mean(chosen), "cka_last": {t: _mean(v) for t, v in sorted(taps.items())},
-            "cka_curves": curves}
+            "cka_curves": curves, "miou": _mean(100.0 * ln["metrics"]["miou"] for ln in lines
+                                                if (ln.get("metrics") or {}).get("miou") is not None),
+            "dwc": {k: _mean(v) for k, v in sorted(dwc.items())}}
 
 
 def diagnostics(lines: list[dict], methods: list[str] | None = None) -> dict:
@@ -82,6 +90,37 @@ def diagnostics(lines: list[dict], methods: list[str] | None = None) -> dict:
     out: dict[str, dict] = {}
     for (ds, model), by_method in groups.items():
         out.setdefault(ds, {})[model] = {m: method_diagnostics(by_method[m]) for m in order if m in by_method}
+    return out
+
+
+def reading(cells: dict) -> list[str]:
+    """What the diagnostics of one dataset and model say, as sentences of measured differences
+    (no judgement beyond their signs): each of LIX, DWLD and ARFD against the plain student in
+    mIoU, val CKA with the teacher at the chosen checkpoint and the last epoch's training CE; and
+    whether a DWC's weights stayed nearly one weight everywhere (then DWLD is close to DKD with
+    that β: with equal weights it is DKD exactly, lix/losses/dwld.py)."""
+    out = []
+    base = cells.get(STUDENT)
+    for m in ("lix", "dwld", "arfd"):
+        c = cells.get(m)
+        if base is None or c is None or None in (c["miou"], base["miou"], c["cka_chosen"], base["cka_chosen"]):
+            continue
+        dm, dc = c["miou"] - base["miou"], c["cka_chosen"] - base["cka_chosen"]
+        ce = (c["terms"].get("ce"), base["terms"].get("ce"))
+        verdict = {(True, True): "closer to the teacher's features and more accurate",
+                   (True, False): "closer to the teacher's features without gaining accuracy",
+                   (False, True): "more accurate without moving toward the teacher's features",
+                   (False, False): "neither closer to the teacher's features nor more accurate"}[(dc > 0, dm > 0)]
+        ce_text = f", last-epoch train CE {ce[0] - ce[1]:+.3f}" if None not in ce else ""
+        out.append(f"{m} vs the plain student: mIoU {dm:+.2f} points, val CKA with the teacher at the chosen "
+                   f"checkpoint {dc:+.3f} ({c['cka_chosen']:.3f} vs {base['cka_chosen']:.3f}){ce_text}: {verdict}.")
+    for m, c in cells.items():
+        mean, by_class, by_pixel = (c["dwc"].get(k) for k in ("w_mean", "w_std_class", "w_std_pixel"))
+        if mean and by_class is not None and by_pixel is not None:
+            one = max(by_class, by_pixel) < UNIFORM * mean
+            out.append(f"{m}'s DWC weights at the last epoch: mean {mean:.2f}, std across classes {by_class:.2f} "
+                       f"and across pixels {by_pixel:.3f}" + (f": nearly one weight everywhere, so its NCLD is close "
+                                                             f"to DKD's with β ≈ {mean:.1f}." if one else "."))
     return out
 
 
@@ -116,6 +155,7 @@ def diagnostics_markdown(diag: dict, out_dir: str | Path, *, focus: tuple[str, .
                           f"{_f(c['cka_chosen'])} | "
                           + " | ".join(_f(c["cka_last"].get(t)) for t in taps) + " |")
             md.append("")
+            md += [f"* {sentence}" for sentence in reading(cells)] + ([""] if reading(cells) else [])
             shown = {m: cells[m] for m in focus if m in cells and cells[m]["cka_curves"]}
             if plots and shown:
                 stem = f"{ds}-{model}-cka"
