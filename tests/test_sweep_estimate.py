@@ -61,6 +61,9 @@ def test_the_progress_line_counts_the_matrix_and_estimates_what_this_sweep_has_l
     assert text.startswith("5 of 140 runs of the matrix in the ledger; this sweep: 2 left")
     assert f"≈ {(70.0 + 140.0) / 2 / 3600:.1f} h at -j 2" in text
     assert progress(140, 140, [], LEDGER, jobs=2).endswith("this sweep: none left")
+    # Slurm without a cap (jobs 0): the run time; a dataset with no run yet: said, not counted
+    assert progress(5, 140, left + [("c", "m", "kd")], LEDGER, jobs=0).endswith(
+        f"3 left ≈ {(70.0 + 140.0) / 3600:.1f} h of run time (1 of them not counted: no run of their dataset yet)")
 
 
 def test_a_profile_sweep_prints_the_progress_after_each_finished_run(tmp_path, monkeypatch):
@@ -86,20 +89,22 @@ def test_a_profile_sweep_prints_the_progress_after_each_finished_run(tmp_path, m
         if dry:
             return profile_run.ProfileOutcome(None, list(todo), in_ledger=4)
         ledger.parent.mkdir(parents=True, exist_ok=True)
-        for s in todo[:1]:
-            on_event("start", s, "")
-            with ledger.open("a") as f:
-                f.write(json.dumps({"digest": "d", "dataset": "vkitti2", "model": "mfnet", "method": "kd",
-                                    "seconds": 7200.0}) + "\n")
-            on_event("done", s, "")
-        on_event("failed", todo[1], "log")
-        return profile_run.ProfileOutcome(Outcome(ran=todo[:1], failed={todo[1]: "log"}), list(todo),
-                                          recorded=todo[:1], in_ledger=4)
+        on_event("start", todo[0], "")
+        with ledger.open("a") as f:
+            f.write(json.dumps({"digest": "d", "dataset": "vkitti2", "model": "mfnet", "method": "kd",
+                                "seconds": 7200.0}) + "\n")
+        on_event("done", todo[0], "")
+        on_event("start", todo[1], "")
+        on_event("done", todo[1], "")  # finished, but its ledger line could not be written
+        return profile_run.ProfileOutcome(Outcome(ran=list(todo)), list(todo), recorded=todo[:1],
+                                          errors={todo[1]: "disk full"}, in_ledger=4)
 
     monkeypatch.setattr(profile_run, "run_profile", fake_run_profile)
     res = CliRunner().invoke(app, ["sweep", "--profile", str(tmp_path / "tiny.yaml"), "--repo", str(tmp_path),
                                    "-j", "2", "--no-report"])
     text = " ".join(res.output.split())  # the console wraps long lines
-    # the matrix: 2 teachers + 2 seeds x 2 methods = 6 runs; 4 were in the ledger, one more done; the
-    # failed one leaves the rest, the one still left is estimated from the ledger (the kd run's 2 h)
+    # the matrix: 2 teachers + 2 seeds x 2 methods = 6 runs; 4 were in the ledger, one more recorded; the
+    # one still left is estimated from the ledger (the kd run's 2 h at -j 2); the run that finished
+    # without its ledger line is not counted
     assert "5 of 6 runs of the matrix in the ledger; this sweep: 1 left ≈ 1.0 h at -j 2" in text, text
+    assert "5 of 6 runs of the matrix in the ledger; this sweep: none left" in text, text

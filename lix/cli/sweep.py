@@ -181,12 +181,12 @@ def _run_profile(name: str, repo: Path, jobs: int, filters, dry: bool, executor:
     from lix.sweep.estimate import progress
     from lix.sweep.ledger import Ledger
     from lix.sweep.profile import runs
-    from pipeline.errors import LixError
 
     of = {run.stage: run for run in runs(prof)}
     planned = run_profile(prof, repo, jobs, filters=filters or None, dry=True)
     left = {s: (of[s].dataset, of[s].model, of[s].method) for s in planned.todo if s in of}
-    in_ledger = [planned.in_ledger]
+    ledger_file = repo / prof.ledger
+    in_ledger = [planned.in_ledger, len(Ledger(ledger_file).lines)]  # the matrix's runs in it; its lines
 
     def on_event(kind: str, stage: str, detail: str) -> None:
         colour = {"start": "cyan", "adopt": "cyan", "done": "green", "failed": "bold red", "skipped": "yellow",
@@ -196,12 +196,13 @@ def _run_profile(name: str, repo: Path, jobs: int, filters, dry: bool, executor:
         if stage in left and kind in ("done", "failed", "skipped", "cancelled"):
             left.pop(stage)
             if kind == "done":
-                in_ledger[0] += 1
                 try:
-                    line = progress(in_ledger[0], len(of), list(left.values()), Ledger(repo / prof.ledger).lines,
-                                    jobs)
-                except (LixError, OSError) as e:  # a progress line must never stop a sweep of many hours
-                    line = f"no estimate ({e})"
+                    lines = Ledger(ledger_file).lines
+                    in_ledger[0] += len(lines) - in_ledger[1]  # 0 when the run could not be recorded
+                    in_ledger[1] = len(lines)
+                    line = progress(in_ledger[0], len(of), list(left.values()), lines, jobs)
+                except Exception as e:  # noqa: BLE001 - a progress line must never stop a sweep of many hours
+                    line = f"no estimate ({type(e).__name__}: {e})"
                 out.print(f"          {time.strftime('%H:%M')} {line}", highlight=False)
 
     r = run_profile(prof, repo, jobs, executor=executor, slurm=slurm, filters=filters or None, on_event=on_event)

@@ -39,19 +39,41 @@ def chosen_index(curve: list[float]) -> int | None:
     return curve.index(best)
 
 
+def chosen_cka(line: dict) -> float | None:
+    """The val CKA (mean over the taps) at the evaluation ``line``'s checkpoint was chosen from,
+    or None when that evaluation cannot be told for sure: the ``curve`` (val mIoU) and ``cka``
+    lists pair evaluations by position only, so they must be equally long, and the curve's
+    maximum must be the run's recorded val mIoU (a run killed between logging the two could
+    otherwise pair an evaluation with its neighbour's CKA)."""
+    curve, cka = line.get("curve") or [], line.get("cka") or []
+    i = chosen_index(curve)
+    miou = (line.get("metrics") or {}).get("miou")
+    if i is None or len(cka) != len(curve) or miou is None or abs(curve[i] - miou) > 1e-5:
+        return None
+    return cka[i]
+
+
+def by_seed(lines: list[dict]) -> dict[int, dict]:
+    """One line per seed, the ledger's last (as the verdict counts them: lix.verdict.figures)."""
+    return {ln["seed"]: ln for ln in lines}
+
+
 def method_diagnostics(lines: list[dict]) -> dict:
-    """One method's diagnostics over its seeds' ledger lines (means over the seeds that have
-    each figure): ``terms`` (loss term -> last epoch's training value, ``ce`` first),
-    ``total`` (the last epoch's total loss), ``cka_chosen`` (val CKA, mean over the taps, at the
-    chosen checkpoint's evaluation), ``cka_last`` (tap -> val CKA at the last evaluation, ``mean``
-    included), ``cka_curves`` (seed -> the CKA curve), ``miou`` (val mIoU, percent), ``dwc``
-    (the DWC's weight statistics of the last epoch, when the method has one) and ``n`` (seeds)."""
+    """One method's diagnostics over its seeds' ledger lines (one per seed: :func:`by_seed`;
+    means over the seeds that have each figure): ``terms`` (loss term -> last epoch's training
+    value, ``ce`` first), ``total`` (the last epoch's total loss), ``cka_chosen`` (val CKA, mean
+    over the taps, at the chosen checkpoint's evaluation: :func:`chosen_cka`), ``cka_last`` (tap
+    -> val CKA at the last evaluation, ``mean`` included), ``cka_curves`` (seed -> the CKA
+    curve), ``miou`` (val mIoU, percent), ``dwc`` (the DWC's weight statistics of the last
+    epoch, when the method has one), ``seeds`` (seed -> its ``miou``, ``cka_chosen``, ``ce``, for
+    comparisons paired by seed) and ``n`` (seeds)."""
     terms: dict[str, list[float]] = defaultdict(list)
     taps: dict[str, list[float]] = defaultdict(list)
     dwc: dict[str, list[float]] = defaultdict(list)
-    chosen, totals = [], []
+    totals: list = []
     curves: dict[int, list[float]] = {}
-    for ln in lines:
+    seeds: dict[int, dict] = {}
+    for seed, ln in sorted(by_seed(lines).items()):
         last = ln.get("last") or {}
         for k, v in last.items():
             if k.startswith("train/") and k not in NOT_A_TERM and not k.startswith("train/diag"):
@@ -61,18 +83,17 @@ def method_diagnostics(lines: list[dict]) -> dict:
             elif k.startswith(DWC_PREFIX):
                 dwc[k[len(DWC_PREFIX):]].append(v)
         totals.append(last.get("train/loss"))
-        cka = ln.get("cka") or []
-        i = chosen_index(ln.get("curve") or [])
-        if cka and i is not None and i < len(cka):
-            chosen.append(cka[i])
-        if cka:
-            curves[ln["seed"]] = cka
+        if ln.get("cka"):
+            curves[seed] = ln["cka"]
+        miou = (ln.get("metrics") or {}).get("miou")
+        seeds[seed] = {"miou": None if miou is None else 100.0 * miou, "cka_chosen": chosen_cka(ln),
+                       "ce": last.get("train/ce")}
     order = sorted(terms, key=lambda t: (t != "ce", t))
-    return {"n": len(lines), "terms": {t: _mean(terms[t]) for t in order}, "total": _mean(totals),
-            "cka_chosen": _mean(chosen), "cka_last": {t: _mean(v) for t, v in sorted(taps.items())},
-            "cka_curves": curves, "miou": _mean(100.0 * ln["metrics"]["miou"] for ln in lines
-                                                if (ln.get("metrics") or {}).get("miou") is not None),
-            "dwc": {k: _mean(v) for k, v in sorted(dwc.items())}}
+    return {"n": len(seeds), "terms": {t: _mean(terms[t]) for t in order}, "total": _mean(totals),
+            "cka_chosen": _mean(v["cka_chosen"] for v in seeds.values()),
+            "cka_last": {t: _mean(v) for t, v in sorted(taps.items())}, "cka_curves": curves,
+            "miou": _mean(v["miou"] for v in seeds.values()), "dwc": {k: _mean(v) for k, v in sorted(dwc.items())},
+            "seeds": seeds}
 
 
 def diagnostics(lines: list[dict], methods: list[str] | None = None) -> dict:
@@ -93,34 +114,46 @@ def diagnostics(lines: list[dict], methods: list[str] | None = None) -> dict:
     return out
 
 
+def paired(a: dict[int, dict], b: dict[int, dict], key: str) -> tuple[float | None, int]:
+    """(mean of a − b over the seeds where both have ``key``, how many seeds)."""
+    diffs = [a[s][key] - b[s][key] for s in sorted(set(a) & set(b))
+             if a[s][key] is not None and b[s][key] is not None]
+    return _mean(diffs), len(diffs)
+
+
 def reading(cells: dict) -> list[str]:
     """What the diagnostics of one dataset and model say, as sentences of measured differences
-    (no judgement beyond their signs): each of LIX, DWLD and ARFD against the plain student in
-    mIoU, val CKA with the teacher at the chosen checkpoint and the last epoch's training CE; and
-    whether a DWC's weights stayed nearly one weight everywhere (then DWLD is close to DKD with
-    that β: with equal weights it is DKD exactly, lix/losses/dwld.py)."""
+    paired by seed, with their number of seeds (no judgement beyond their signs: a difference
+    within one seed's spread is reported like any other, the verdict's intervals say which
+    are): each of LIX, DWLD and ARFD against the plain student in mIoU, val CKA with the
+    teacher at the chosen checkpoint and the last epoch's training CE; and whether a DWC's
+    weights stayed nearly one weight everywhere (then DWLD is close to DKD with that β: with
+    equal weights it is DKD exactly, lix/losses/dwld.py)."""
     out = []
     base = cells.get(STUDENT)
     for m in ("lix", "dwld", "arfd"):
         c = cells.get(m)
-        if base is None or c is None or None in (c["miou"], base["miou"], c["cka_chosen"], base["cka_chosen"]):
+        if base is None or c is None:
             continue
-        dm, dc = c["miou"] - base["miou"], c["cka_chosen"] - base["cka_chosen"]
-        ce = (c["terms"].get("ce"), base["terms"].get("ce"))
+        (dm, n), (dc, nc), (dce, nce) = (paired(c["seeds"], base["seeds"], k) for k in ("miou", "cka_chosen", "ce"))
+        if dm is None or dc is None:
+            continue
         verdict = {(True, True): "closer to the teacher's features and more accurate",
                    (True, False): "closer to the teacher's features without gaining accuracy",
                    (False, True): "more accurate without moving toward the teacher's features",
                    (False, False): "neither closer to the teacher's features nor more accurate"}[(dc > 0, dm > 0)]
-        ce_text = f", last-epoch train CE {ce[0] - ce[1]:+.3f}" if None not in ce else ""
-        out.append(f"{m} vs the plain student: mIoU {dm:+.2f} points, val CKA with the teacher at the chosen "
-                   f"checkpoint {dc:+.3f} ({c['cka_chosen']:.3f} vs {base['cka_chosen']:.3f}){ce_text}: {verdict}.")
+        ce_text = f", last-epoch train CE {dce:+.3f}" if dce is not None else ""
+        seeds = f"{n} seed{'s' if n > 1 else ''}" + (f" ({nc} for the CKA)" if nc != n else "")
+        out.append(f"{m} − plain student, paired over {seeds}: mIoU {dm:+.2f} points, val CKA with the teacher at "
+                   f"the chosen checkpoint {dc:+.3f}{ce_text}: {verdict}.")
     for m, c in cells.items():
         mean, by_class, by_pixel = (c["dwc"].get(k) for k in ("w_mean", "w_std_class", "w_std_pixel"))
         if mean and by_class is not None and by_pixel is not None:
             one = max(by_class, by_pixel) < UNIFORM * mean
-            out.append(f"{m}'s DWC weights at the last epoch: mean {mean:.2f}, std across classes {by_class:.2f} "
-                       f"and across pixels {by_pixel:.3f}" + (f": nearly one weight everywhere, so its NCLD is close "
-                                                             f"to DKD's with β ≈ {mean:.1f}." if one else "."))
+            out.append(f"{m}'s DWC weights at the last epoch (mean over {c['n']} seed{'s' if c['n'] > 1 else ''}): "
+                       f"mean {mean:.2f}, std across classes {by_class:.2f} and across pixels {by_pixel:.3f}"
+                       + (f": nearly one weight everywhere, so its NCLD is close to DKD's with β ≈ {mean:.1f}."
+                          if one else "."))
     return out
 
 

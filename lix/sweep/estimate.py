@@ -94,9 +94,13 @@ def progress(in_ledger: int, total: int, left: list[Key], lines: list[dict], job
     """The line a profile sweep prints after each finished run: how much of the matrix the ledger
     holds, and how many runs this sweep (its ``--filter`` applied) still has, with their time
     estimated from ``lines`` as ``--dry`` does ('22 of 140 runs of the matrix in the ledger; this
-    sweep: 118 left ≈ 15.9 h at -j 2')."""
+    sweep: 118 left ≈ 15.9 h at -j 2'); ``jobs`` 0 (Slurm without a cap): the run time instead.
+    Runs under way count as whole runs."""
     rest = "none left"
     if left:
         e = estimate(left, lines)
-        rest = f"{len(left)} left ≈ {e.wall(jobs) / 3600:.1f} h at -j {max(1, jobs)}"
+        rest = f"{len(left)} left ≈ " + (f"{e.wall(jobs) / 3600:.1f} h at -j {jobs}" if jobs > 0 else
+                                         f"{e.seconds / 3600:.1f} h of run time")
+        if e.by_basis.get(UNKNOWN):
+            rest += f" ({e.by_basis[UNKNOWN]} of them not counted: no run of their dataset yet)"
     return f"{in_ledger} of {total} runs of the matrix in the ledger; this sweep: {rest}"

@@ -118,12 +118,16 @@ def write_ledger_report(ledger: str | Path, out_dir: str | Path, *, paper: str |
         methods = ["teacher", *load_profile(name).methods]
     except Exception:  # noqa: BLE001 - a ledger of a profile file that is not shipped: ledger order
         pass
+    # The diagnostics (and their pictures) first: write_verdict writes README.md and verdict.json,
+    # which are then rewritten with the diagnostics added, with nothing that can fail in between.
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    diag = diagnostics(lines, methods)
+    diag_md = "\n".join(diagnostics_markdown(diag, out_dir, plots=plots)) + "\n"
     summary = write_verdict(lines, out_dir, paper=load_paper_figures(paper) if paper else None, methods=methods,
                             plots=plots, title=f"The verdict of profile {name}",
                             command=command or f"lix report --ledger {ledger} --out {out_dir}")
-    diag = diagnostics(lines, methods)
     readme = Path(out_dir) / "README.md"
-    write_text(readme, readme.read_text() + "\n".join(diagnostics_markdown(diag, out_dir, plots=plots)) + "\n")
+    write_text(readme, readme.read_text() + diag_md)
     summary["diagnostics"] = {ds: {model: {m: {k: v for k, v in c.items() if k != "cka_curves"}  # in the ledger
                                            for m, c in cells.items()} for model, cells in per.items()}
                               for ds, per in diag.items()}
