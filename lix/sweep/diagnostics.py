@@ -172,8 +172,8 @@ def diagnostics_markdown(diag: dict, out_dir: str | Path, *, focus: tuple[str, .
           "Per student method, mean over seeds: the last training epoch's loss terms (each as logged, "
           "before its weight λ), the total loss, and the linear CKA between the student's and the teacher's "
           "features on the first 16 val images (lix/distill/monitor.py; 1 = the same up to a rotation and "
-          "scale; \"chosen\": at the evaluation "
-          "the checkpoint was chosen from, mean over the taps; then each tap at the last evaluation).", ""]
+          "scale; \"chosen\": at the evaluation the checkpoint was chosen from, mean over the taps; then "
+          "each tap at the last evaluation).", ""]
     for ds, per_model in diag.items():
         for model, cells in per_model.items():
             name = f"{display_dataset(ds)} · {display_model(model)}"
@@ -188,7 +188,8 @@ def diagnostics_markdown(diag: dict, out_dir: str | Path, *, focus: tuple[str, .
                           f"{_f(c['cka_chosen'])} | "
                           + " | ".join(_f(c["cka_last"].get(t)) for t in taps) + " |")
             md.append("")
-            md += [f"* {sentence}" for sentence in reading(cells)] + ([""] if reading(cells) else [])
+            sentences = reading(cells)
+            md += [f"* {sentence}" for sentence in sentences] + ([""] if sentences else [])
             shown = {m: cells[m] for m in focus if m in cells and cells[m]["cka_curves"]}
             if plots and shown:
                 stem = f"{ds}-{model}-cka"
@@ -207,7 +208,7 @@ def _cka_curves(cells: dict, title: str, path: Path) -> None:
         n = max(len(cv) for cv in curves)
         mean = [statistics.fmean(cv[k] for cv in curves if len(cv) > k) for k in range(n)]
         ax.plot(range(1, n + 1), mean, label=m, linewidth=2.0 if m == "lix" else 1.2)
-    ax.set_xlabel("evaluation")
+    ax.set_xlabel("evaluation (late ones: mean over the seeds still running)")
     ax.set_ylabel("val CKA with the teacher")
     ax.set_title(f"{title}: mean over taps and seeds", fontsize=9)
     ax.legend(fontsize=7)
