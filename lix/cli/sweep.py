@@ -157,35 +157,26 @@ def _run(repo: Path, jobs: int, filters, report: bool, pull: bool, executor: str
 
 
 def _run_profile(name: str, repo: Path, jobs: int, filters, dry: bool, executor: str, slurm, report: bool) -> None:
-    from lix.sweep.profile import load_profile
+    from lix.sweep.estimate import describe, estimate, progress
+    from lix.sweep.ledger import Ledger
+    from lix.sweep.profile import load_profile, runs
     from lix.sweep.profile_run import run_profile
 
     prof = load_profile(name)
+    ledger_file = repo / prof.ledger
+    planned = run_profile(prof, repo, jobs, filters=filters or None, dry=True)
+    of = {run.stage: run for run in runs(prof)}  # the matrix: stage -> run
+    left = {s: (of[s].dataset, of[s].model, of[s].method) for s in planned.todo if s in of}  # runs, not shards
     if dry:
-        from lix.sweep.estimate import describe, estimate
-        from lix.sweep.ledger import Ledger
-        from lix.sweep.profile import runs
-
-        r = run_profile(prof, repo, jobs, filters=filters or None, dry=True)
-        for s in r.todo:
+        for s in planned.todo:
             out.print(f"       run  {s}", highlight=False)
-        out.print(f"{len(r.todo)} stage(s) would run; {r.in_ledger} run(s) of the matrix already in "
+        out.print(f"{len(planned.todo)} stage(s) would run; {planned.in_ledger} run(s) of the matrix already in "
                   f"{prof.folder / 'ledger.jsonl'}")
-        of = {run.stage: run for run in runs(prof)}
-        todo = [(of[s].dataset, of[s].model, of[s].method) for s in r.todo if s in of]
-        if todo:
-            out.print("estimated: " + describe(estimate(todo, Ledger(repo / prof.ledger).lines), jobs or 1),
+        if left:
+            out.print("estimated: " + describe(estimate(list(left.values()), Ledger(ledger_file).lines), jobs or 1),
                       highlight=False)
         return
 
-    from lix.sweep.estimate import progress
-    from lix.sweep.ledger import Ledger
-    from lix.sweep.profile import runs
-
-    of = {run.stage: run for run in runs(prof)}
-    planned = run_profile(prof, repo, jobs, filters=filters or None, dry=True)
-    left = {s: (of[s].dataset, of[s].model, of[s].method) for s in planned.todo if s in of}
-    ledger_file = repo / prof.ledger
     in_ledger = [planned.in_ledger, len(Ledger(ledger_file).lines)]  # the matrix's runs in it; its lines
 
     def on_event(kind: str, stage: str, detail: str) -> None:

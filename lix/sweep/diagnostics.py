@@ -16,8 +16,9 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-TEACHER = "teacher"
-STUDENT = "student"
+from lix.verdict.figures import LIX, STUDENT, TEACHER, mean_std
+from lix.verdict.figures import paired as paired_values
+
 # Columns of the ledger's ``last`` dictionary that are not a loss term.
 NOT_A_TERM = ("train/loss", "train/samples_per_s", "train/seconds")
 CKA_PREFIX = "val/cka/"
@@ -26,8 +27,7 @@ UNIFORM = 0.05  # DWC weights whose std (across classes, across pixels) is under
 
 
 def _mean(values) -> float | None:
-    v = [x for x in values if x is not None]
-    return statistics.fmean(v) if v else None
+    return mean_std(values)[0]
 
 
 def chosen_index(curve: list[float]) -> int | None:
@@ -115,10 +115,10 @@ def diagnostics(lines: list[dict], methods: list[str] | None = None) -> dict:
 
 
 def paired(a: dict[int, dict], b: dict[int, dict], key: str) -> tuple[float | None, int]:
-    """(mean of a − b over the seeds where both have ``key``, how many seeds)."""
-    diffs = [a[s][key] - b[s][key] for s in sorted(set(a) & set(b))
-             if a[s][key] is not None and b[s][key] is not None]
-    return _mean(diffs), len(diffs)
+    """(mean of a − b over the seeds where both have ``key``, how many seeds): the verdict's
+    seed pairing (lix.verdict.figures.paired) on one figure of the per-seed records."""
+    p = paired_values(*({s: v[key] for s, v in x.items() if v[key] is not None} for x in (a, b)))
+    return p["mean"], p["n"]
 
 
 def reading(cells: dict) -> list[str]:
@@ -131,7 +131,7 @@ def reading(cells: dict) -> list[str]:
     equal weights it is DKD exactly, lix/losses/dwld.py)."""
     out = []
     base = cells.get(STUDENT)
-    for m in ("lix", "dwld", "arfd"):
+    for m in (LIX, "dwld", "arfd"):
         c = cells.get(m)
         if base is None or c is None:
             continue
@@ -161,7 +161,7 @@ def _f(x: float | None, digits: int = 3) -> str:
     return "–" if x is None else f"{x:.{digits}f}"
 
 
-def diagnostics_markdown(diag: dict, out_dir: str | Path, *, focus: tuple[str, ...] = (STUDENT, "lix", "dwld", "arfd",
+def diagnostics_markdown(diag: dict, out_dir: str | Path, *, focus: tuple[str, ...] = (STUDENT, LIX, "dwld", "arfd",
                                                                                        "dkd"),
                          plots: bool = True) -> list[str]:
     """The "Diagnostics" section of the verdict's README (lines), drawing one CKA-over-training
@@ -207,7 +207,7 @@ def _cka_curves(cells: dict, title: str, path: Path) -> None:
         curves = list(c["cka_curves"].values())
         n = max(len(cv) for cv in curves)
         mean = [statistics.fmean(cv[k] for cv in curves if len(cv) > k) for k in range(n)]
-        ax.plot(range(1, n + 1), mean, label=m, linewidth=2.0 if m == "lix" else 1.2)
+        ax.plot(range(1, n + 1), mean, label=m, linewidth=2.0 if m == LIX else 1.2)
     ax.set_xlabel("evaluation (late ones: mean over the seeds still running)")
     ax.set_ylabel("val CKA with the teacher")
     ax.set_title(f"{title}: mean over taps and seeds", fontsize=9)
