@@ -96,7 +96,7 @@ def _build(cfg: dict):
     configuration, in this process."""
     import torch
 
-    from lix.config import parse_variant
+    from lix.config import variant_hyper
     from lix.distill import create_distiller, validate_hyper
     from lix.distill.train import StudentWithDistiller
     from lix.inputs import Inputs
@@ -124,7 +124,7 @@ def _build(cfg: dict):
             return torch.nn.functional.cross_entropy(student(batch_data["rgb"]).float(), batch_data["label"],
                                                      ignore_index=255)
     else:
-        name, variant = parse_variant(method)
+        name, variant = variant_hyper(method)
         teacher = create_model(model, n_classes, xc, **kw).to(dev).eval().requires_grad_(False)
         distiller = create_distiller(name, student, teacher, **validate_hyper(name, variant))
         if distiller.needs_pretrain:

@@ -36,3 +36,13 @@ def test_profile_resolutions_are_the_profiles():
     spec = yaml.safe_load((Path(__file__).resolve().parents[1] / "lix/sweep/profiles/testbed.yaml").read_text())
     got = distill_step.profile_resolutions()
     assert got == {d: spec["set"][f"train.{d}.resolution"] for d in ("vkitti2", "nuimages")}
+
+
+def test_a_variant_gets_typed_hyper_parameters():
+    """``lix~lookahead_every=4`` is the integer 4, as the sweep and ``lix distill`` read it
+    (lix.config.variant_hyper), not the string '4' that the config check rejects."""
+    label, (model, xc, batch, _h, _w, kw, _d) = next(iter(distill_step.configurations("testbed", ["mfnet"]).items()))
+    cfg = dict(model=model, xc=xc, batch=2, h=32, w=48, kw=kw, device="cpu", steps=1, warmup=0, threads=1,
+               ignored_rows=0.0, method="lix~lookahead_every=4,dwc_training=adversarial")
+    distiller = distill_step._build(cfg)[4]
+    assert distiller.dwld.lookahead_every == 4 and distiller.dwld.dwc_training == "adversarial"
