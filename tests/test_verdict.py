@@ -80,3 +80,15 @@ def test_the_report_is_built_from_the_ledger_file_alone(tmp_path):
     assert methods == ["teacher", "student", "kd", "dkd", "lix"]  # the profile's order
     assert (tmp_path / "report" / "vkitti2-mfnet-miou.png").stat().st_size > 1000
     assert json.loads((tmp_path / "report" / "verdict.json").read_text())["totals"]["runs"] == 25
+
+
+def test_a_missing_or_empty_ledger_is_named(tmp_path):
+    from pipeline.errors import DataError
+
+    with pytest.raises(DataError, match="ledger not found") as e:
+        write_ledger_report(tmp_path / "typo.jsonl", tmp_path / "report")
+    assert "typo.jsonl" in str(e.value)
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(DataError, match="no runs in the ledger yet"):
+        write_ledger_report(tmp_path / "empty.jsonl", tmp_path / "report")
+    assert not (tmp_path / "report").exists()  # nothing written for either

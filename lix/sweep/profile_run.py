@@ -106,11 +106,13 @@ def write_ledger_report(ledger: str | Path, out_dir: str | Path, *, paper: str |
     from lix.sweep.diagnostics import diagnostics, diagnostics_markdown
     from lix.verdict.markdown import write_verdict
     from pipeline.atomic import write_json, write_text
+    from pipeline.errors import DataError
 
+    if not Path(ledger).is_file():
+        raise DataError(Path(ledger), "ledger not found (expected the JSON-lines file a profile's sweep appends "
+                                      "to, e.g. data/testbed/ledger.jsonl)")
     lines = Ledger(Path(ledger)).lines
     if not lines:
-        from pipeline.errors import DataError
-
         raise DataError(Path(ledger), "no runs in the ledger yet")
     name = lines[0].get("profile", "")
     methods = None
