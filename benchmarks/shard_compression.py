@@ -18,6 +18,7 @@ import os
 import sys
 import tempfile
 import time
+from itertools import chain, islice
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -34,14 +35,9 @@ def rewrite(shard_dir: Path, out_root: Path, n: int, compressions=COMPRESSIONS) 
     from pipeline.shards import iter_samples, read_manifest, split_entries, write_manifest, write_shard
 
     manifest = read_manifest(shard_dir)
-    samples = []
-    for entry in split_entries(shard_dir, "train", manifest):
-        for s in iter_samples(shard_dir / entry["file"]):
-            samples.append(s)
-            if len(samples) == n:
-                break
-        if len(samples) == n:
-            break
+    entries = split_entries(shard_dir, "train", manifest)
+    every = chain.from_iterable(iter_samples(shard_dir / e["file"]) for e in entries)
+    samples = list(islice(every, n))
     if not samples:
         raise SystemExit(f"{shard_dir}: no train samples; run `dvc repro` (or `lix prepare shards`) first")
     out = {}

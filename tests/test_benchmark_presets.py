@@ -41,7 +41,7 @@ def test_profile_resolutions_are_the_profiles():
 def test_a_variant_gets_typed_hyper_parameters():
     """``lix~lookahead_every=4`` is the integer 4, as the sweep and ``lix distill`` read it
     (lix.config.variant_hyper), not the string '4' that the config check rejects."""
-    label, (model, xc, batch, _h, _w, kw, _d) = next(iter(distill_step.configurations("testbed", ["mfnet"]).items()))
+    model, xc, _batch, _h, _w, kw, _d = next(iter(distill_step.configurations("testbed", ["mfnet"]).values()))
     cfg = dict(model=model, xc=xc, batch=2, h=32, w=48, kw=kw, device="cpu", steps=1, warmup=0, threads=1,
                ignored_rows=0.0, method="lix~lookahead_every=4,dwc_training=adversarial")
     distiller = distill_step._build(cfg)[4]

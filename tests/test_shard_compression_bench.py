@@ -47,7 +47,7 @@ def test_rewrite_keeps_every_field_under_each_compression(tmp_path):
     assert size["gzip"] < size["none"] and size["lzf"] < size["none"]
 
 
-def test_missing_shards_name_the_folder(tmp_path, monkeypatch, capsys):
+def test_missing_shards_name_the_folder(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["shard_compression.py", "--data", str(tmp_path), "--dataset", "kitti"])
     with pytest.raises(SystemExit) as e:
         shard_compression.main()
