@@ -113,6 +113,7 @@ def test_an_interrupted_profile_sweep_resumes_on_a_fresh_clone_and_redoes_nothin
     assert len(ledger.lines) == 5 and len(ledger.digests()) == 5
     line = next(ln for ln in ledger.lines if ln["method"] == "kd")
     assert line["stopped"] == "early_stopping" and line["best_epoch"] == 7 and line["curve"] == [0.3, 0.5]
+    assert line["curve_epochs"] == [1, 2]  # dvclive's steps: the epochs of the evaluations
     assert line["metrics"]["per_class_iou"] == {"Road": 0.9, "Car": 0.4} and line["teacher_digest"]
     assert {"machine", "commit", "code_digest", "wall", "date"} <= set(line)
     assert line["seconds"] == 7.5  # the run's own epochs, training and validation

@@ -5,7 +5,8 @@ the profile's report needs (:func:`run_record`), so the report is built from the
 ``digest`` (lix.sweep.profile.run_digest: a run whose code or parameters changed has another),
 ``profile``, ``dataset``, ``model``, ``method``, ``seed``, ``teacher_digest``; ``metrics`` (the
 best checkpoint's val figures with per-class IoU); ``best_epoch``, ``epochs``, ``stopped``
-(``early_stopping``, or ``max_epochs``: the cap was hit); ``curve`` (val mIoU per evaluation) and
+(``early_stopping``, or ``max_epochs``: the cap was hit); ``curve`` (val mIoU per evaluation),
+``curve_epochs`` (the epoch of each of them; lines written before 2026-12-05 lack it) and
 ``cka`` (the teacher-student feature CKA per evaluation, students); ``last`` (the last epoch's
 per-term training losses and the DWC's weight statistics); ``seconds`` (the run's own time over
 all its epochs, a resumed run's earlier part included), ``wall`` (what the sweep that finished it
@@ -68,12 +69,18 @@ def _plain(x):
     return float(x) if hasattr(x, "__float__") else str(x)
 
 
-def _tsv(path: Path) -> list[float]:
-    """The values column of a dvclive plot file (step<TAB>value lines), in step order."""
+def _tsv_rows(path: Path) -> list[tuple[int, float]]:
+    """(step, value) of a dvclive plot file (a header, then step<TAB>value lines), in step order;
+    dvclive's step is the epoch in our runs."""
     if not path.is_file():
         return []
     rows = [ln.split("\t") for ln in path.read_text().splitlines()[1:] if ln.strip()]
-    return [round(float(v), 6) for _, v in sorted(((int(s), v) for s, v in rows), key=lambda r: r[0])]
+    return sorted((int(s), round(float(v), 6)) for s, v in rows)
+
+
+def _tsv(path: Path) -> list[float]:
+    """The values column of a dvclive plot file, in step order."""
+    return [v for _, v in _tsv_rows(path)]
 
 
 def run_record(run_dir: Path, *, digest: str, profile: str, run: dict, teacher_digest: str | None,
@@ -95,6 +102,7 @@ def run_record(run_dir: Path, *, digest: str, profile: str, run: dict, teacher_d
     return {"digest": digest, "profile": profile, **run, "teacher_digest": teacher_digest, "metrics": metrics,
             "best_epoch": s.get("best_epoch"), "epochs": s.get("epochs"), "stopped": s.get("stopped"),
             "seconds_per_epoch": s.get("seconds_per_epoch"), "curve": _tsv(plots / "miou.tsv"),
+            "curve_epochs": [step for step, _ in _tsv_rows(plots / "miou.tsv")],
             "cka": _tsv(plots / "cka" / "mean.tsv"), "last": last,
             "seconds": round(_run_seconds(metrics_dir, seconds), 1), "wall": round(seconds, 1), "threads": threads,
             **machine(), "code_digest": code, "commit": commit(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}

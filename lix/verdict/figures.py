@@ -73,7 +73,21 @@ def _cell(lines: list[dict]) -> dict:
             "hit_cap": sum(ln.get("stopped") == "max_epochs" for ln in by_seed.values()),
             "stopped": _count(ln.get("stopped") for ln in by_seed.values()),
             "dwc": dwc, "seconds": sum(ln.get("seconds") or 0.0 for ln in by_seed.values()),
-            "curves": {s: ln.get("curve") or [] for s, ln in by_seed.items()}}
+            "curves": {s: curve_points(ln) for s, ln in by_seed.items()}}
+
+
+def curve_points(line: dict) -> list[tuple[int, float]]:
+    """A ledger line's val mIoU curve as (epoch, value) pairs. Lines written before the ledger kept
+    ``curve_epochs`` hold the values alone; their evaluations were evenly spaced and the last
+    came at the last epoch, so evaluation k (from 1) was at epoch k * epochs / len(curve), when
+    that spacing is a whole number (else the evaluation's number stands in for its epoch)."""
+    values = line.get("curve") or []
+    epochs = line.get("curve_epochs")
+    if epochs is None or len(epochs) != len(values):
+        n, last = len(values), line.get("epochs")
+        step = last // n if n and isinstance(last, int) and last % n == 0 else 1
+        epochs = [step * (k + 1) for k in range(n)]
+    return list(zip((int(e) for e in epochs), values))
 
 
 def _count(items) -> dict:
@@ -116,7 +130,6 @@ def _compare(ds: str, model: str, cells: dict, paper: dict | None) -> dict:
     for other in (STUDENT, DKD, best):
         if other and other in cells and LIX in cells and f"lix vs {other}" not in comparisons:
             comparisons[f"lix vs {other}"] = {**paired(_miou(cells, LIX), _miou(cells, other)), "other": other}
-    t_mean, s_mean = (cells[m]["metrics"]["miou"]["mean"] if m in cells else None for m in (TEACHER, STUDENT))
     rows = ((paper or {}).get("datasets", {}).get(ds) or {}).get("rows", {})
 
     def paper_value(m: str) -> float | None:
@@ -127,13 +140,24 @@ def _compare(ds: str, model: str, cells: dict, paper: dict | None) -> dict:
     for m in cells:
         if m in (TEACHER, STUDENT):
             continue
-        gap[m] = {"ours": gap_closed(cells[m]["metrics"]["miou"]["mean"], s_mean, t_mean),
+        gap[m] = {"ours": _gap_on_shared_seeds(_miou(cells, m), _miou(cells, STUDENT), _miou(cells, TEACHER)),
                   "paper": gap_closed(paper_value(m), paper_value(STUDENT), paper_value(TEACHER))}
     both = [m for m in gap if cells[m]["metrics"]["miou"]["mean"] is not None and paper_value(m) is not None]
     tau = kendall_tau([cells[m]["metrics"]["miou"]["mean"] for m in both], [paper_value(m) for m in both]) \
         if len(both) >= 2 else None
     return {"cells": cells, "premise": premise, "best_baseline": best, "comparisons": comparisons, "gap": gap,
             "rank": {"tau": tau, "n": len(both), "methods": both}}
+
+
+def _gap_on_shared_seeds(method: dict[int, float], student: dict[int, float],
+                        teacher: dict[int, float]) -> float | None:
+    """The share of the gap ``method`` closes, on the means over the seeds all three have (so
+    that a method short of some seeds is not set against another seed set's teacher and
+    student); None when they share none."""
+    seeds = set(method) & set(student) & set(teacher)
+    if not seeds:
+        return None
+    return gap_closed(*(statistics.fmean(d[s] for s in seeds) for d in (method, student, teacher)))
 
 
 def totals(lines: list[dict]) -> dict:
