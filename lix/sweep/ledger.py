@@ -6,7 +6,7 @@ the profile's report needs (:func:`run_record`), so the report is built from the
 ``profile``, ``dataset``, ``model``, ``method``, ``seed``, ``teacher_digest``; ``metrics`` (the
 best checkpoint's val figures with per-class IoU); ``best_epoch``, ``epochs``, ``stopped``
 (``early_stopping``, or ``max_epochs``: the cap was hit); ``curve`` (val mIoU per evaluation),
-``curve_epochs`` (the epoch of each of them; lines written before 2026-12-05 lack it) and
+``curve_epochs`` (the epoch of each of them; lines written before it was added lack it) and
 ``cka`` (the teacher-student feature CKA per evaluation, students); ``last`` (the last epoch's
 per-term training losses and the DWC's weight statistics); ``seconds`` (the run's own time over
 all its epochs, a resumed run's earlier part included), ``wall`` (what the sweep that finished it
