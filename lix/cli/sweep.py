@@ -40,6 +40,10 @@ def sweep_cmd(
     profile: str = typer.Option(None, "--profile", "-p", help="Run a named profile (lix/sweep/profiles/<name>.yaml, "
                                 "or a YAML file) instead of the DVC matrix: the runs its ledger lacks, each "
                                 "appended to the ledger as it finishes (e.g. --profile testbed)."),
+    rekey: bool = typer.Option(False, "--rekey", help="With --profile: give the ledger's lines this checkout's "
+                               "digests where their runs provably train as this checkout would (after an edit "
+                               "outside the training code that changed the digests), then exit; with --dry, "
+                               "only say which."),
 ):
     """Run every out-of-date stage of dvc.yaml (preparation, teachers, students, ablations, report),
     `-j` at a time, here or as Slurm jobs; failed runs are reported and do not stop the others;
@@ -51,7 +55,12 @@ def sweep_cmd(
 
     if executor not in EXECUTORS:
         raise ConfigError("--executor", f"unknown executor {executor!r}; known: {list(EXECUTORS)}")
+    if rekey and profile is None:
+        raise ConfigError("--rekey", "needs --profile (it rekeys a profile's ledger)")
     if profile is not None:
+        if rekey:
+            _rekey_profile(profile, repo, dry)
+            return
         if set_ or pull:
             raise ConfigError("--profile", "takes no -S or --pull (a profile sets its own keys)")
         if show_status or cancel_jobs:
@@ -93,6 +102,23 @@ def sweep_cmd(
         _print_plan(repo, jobs, filters, report, changed)
         return
     _run(repo, jobs, filters, report, pull, executor, slurm)
+
+
+def _rekey_profile(name: str, repo: Path, dry: bool) -> None:
+    import dataclasses
+
+    from lix.sweep.profile import load_profile, write_params
+    from lix.sweep.rekey import rekey_ledger
+
+    prof = load_profile(name)
+    if not prof.folder.is_absolute():
+        prof = dataclasses.replace(prof, folder=repo / prof.folder)
+    r = rekey_ledger(prof, write_params(prof, repo / "params.yaml", write=False), repo, write=not dry)
+    for stage, why in r.refused.items():
+        out.print(f"[yellow]kept[/]     {stage}: {why}", highlight=False)
+    verb = "would rekey" if dry else "rekeyed"
+    out.print(f"{verb} {len(r.rekeyed)} line(s) of {prof.ledger}; {len(r.current)} already current, "
+              f"{len(r.refused)} kept (their runs would be trained again)", highlight=False)
 
 
 def _slurm_config(base, overrides: list[str]):

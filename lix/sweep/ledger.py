@@ -1,5 +1,6 @@
 """A profile's ledger (``<profile folder>/ledger.jsonl``, tracked by git): one JSON line per
-finished run, appended by the sweep as each run ends, never edited. What a line holds is what
+finished run, appended by the sweep as each run ends, never edited but by ``lix sweep --rekey``
+(lix.sweep.rekey: a line's digest replaced when it provably still names the same run). What a line holds is what
 the profile's report needs (:func:`run_record`), so the report is built from the ledger alone:
 
 ``digest`` (lix.sweep.profile.run_digest: a run whose code or parameters changed has another),
@@ -63,6 +64,14 @@ class Ledger:
             text += "\n"
         write_text(self.path, text + json.dumps(line, sort_keys=True, allow_nan=False, default=_plain) + "\n")
         self.lines.append(line)
+
+    def replace(self, lines: list[dict]) -> None:
+        """Write ``lines`` as the whole ledger (atomically); ValueError when two share a digest."""
+        if len({line["digest"] for line in lines}) != len(lines):
+            raise ValueError("two ledger lines would share a digest")
+        write_text(self.path, "".join(json.dumps(line, sort_keys=True, allow_nan=False, default=_plain) + "\n"
+                                      for line in lines))
+        self.lines = list(lines)
 
 
 def _plain(x):
