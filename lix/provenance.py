@@ -10,8 +10,7 @@ import hashlib
 import json
 import platform
 import subprocess
-from collections.abc import Iterable
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import torch
 
@@ -51,27 +50,20 @@ NOT_TRAINING_CODE = ("lix/cli", "lix/report", "lix/sweep", "lix/verdict", "lix/c
                      "pipeline/sources/kitti.py", "pipeline/sources/vkitti2.py", "pipeline/sources/nuimages.py")
 
 
-def digest_sources(files: Iterable[tuple[str, bytes]], exclude: tuple[str, ...] = NOT_TRAINING_CODE) -> str:
-    """sha256 (hex) of ``files`` ((path from the repository root in POSIX form, content) pairs):
-    each ``.py`` file outside ``__pycache__`` and outside the ``exclude`` prefixes, hashed as
-    path, NUL, content, NUL in the order of their path components. A pure function of its input,
-    so a commit's files read from git (lix.sweep.rekey) hash as its checkout would."""
-    h = hashlib.sha256()
-    for rel, data in sorted(files, key=lambda f: PurePosixPath(f[0]).parts):
-        if rel.endswith(".py") and "__pycache__" not in rel and not rel.startswith(exclude):
-            h.update(rel.encode() + b"\0" + data + b"\0")
-    return h.hexdigest()
-
-
 def code_digest() -> str:
-    """:func:`digest_sources` of the checkout's ``lix`` and ``pipeline`` packages: the source of
-    the code a training run executes (:data:`NOT_TRAINING_CODE` left out). It depends on the
-    checkout only (not on what happened to be imported), so a resume by any command or process
-    compares like with like."""
+    """sha256 (hex) of the source of the code a training run executes: every ``.py`` file of
+    the ``lix`` and ``pipeline`` packages but those of :data:`NOT_TRAINING_CODE`, by relative
+    path. It depends on the checkout only (not on what happened to be imported), so a resume by
+    any command or process compares like with like."""
     root = Path(__file__).resolve().parent.parent
-    packages = (Path(__file__).resolve().parent, Path(pipeline.__file__).resolve().parent)
-    return digest_sources((p.relative_to(root).as_posix(), p.read_bytes())
-                          for package in packages for p in package.rglob("*.py"))
+    h = hashlib.sha256()
+    for package in (Path(__file__).resolve().parent, Path(pipeline.__file__).resolve().parent):
+        for path in sorted(package.rglob("*.py")):
+            rel = path.relative_to(root).as_posix()
+            if "__pycache__" in rel or rel.startswith(NOT_TRAINING_CODE):
+                continue
+            h.update(rel.encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
 
 
 def provenance(config: dict, code: str) -> dict:

@@ -26,13 +26,15 @@ checkout's, which a later rekey starts from), ``date``. The ledger is otherwise 
 from __future__ import annotations
 
 import ast
+import hashlib
 import subprocess
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Iterable
+from pathlib import Path, PurePosixPath
 
 from lix.config import Params
-from lix.provenance import NOT_TRAINING_CODE, code_digest, digest_sources
+from lix.provenance import NOT_TRAINING_CODE, code_digest
 from lix.sweep.ledger import Ledger
 from lix.sweep.profile import Profile, Run, digests, runs
 from pipeline.errors import DataError
@@ -85,6 +87,19 @@ class GitTree:
 
     def head(self) -> str:
         return self._git("rev-parse", "HEAD").decode().strip()
+
+
+def digest_sources(files: Iterable[tuple[str, bytes]], exclude: tuple[str, ...] = NOT_TRAINING_CODE) -> str:
+    """lix.provenance.code_digest of ``files`` ((path from the repository root in POSIX form,
+    content) pairs) instead of the checkout: each ``.py`` file outside ``__pycache__`` and the
+    ``exclude`` prefixes, hashed as path, NUL, content, NUL in the order of their path
+    components, as code_digest walks them. Kept here, not shared with code_digest, because an
+    edit to provenance.py is a training-code edit; a test holds the two equal on the checkout."""
+    h = hashlib.sha256()
+    for rel, data in sorted(files, key=lambda f: PurePosixPath(f[0]).parts):
+        if rel.endswith(".py") and "__pycache__" not in rel and not rel.startswith(exclude):
+            h.update(rel.encode() + b"\0" + data + b"\0")
+    return h.hexdigest()
 
 
 def _scope_statement(source: bytes) -> ast.Assign | ast.AnnAssign | None:
