@@ -13,14 +13,18 @@ that the run is what this checkout would train:
    differ);
 2. **its commit is its code**: the commit the line records (its tracked ``lix`` and ``pipeline``
    files, read from git) hashes, under the exclusions that commit defined, to that code digest
-   (so the run's working tree held that commit's training code);
+   (so the run's working tree held that commit's training code). When that commit is lost
+   (amended, never pushed) or does not hash to it, another line's commit of the same code digest
+   may: the digest hashes each file's path and content, so a commit that reproduces it holds the
+   very files the run executed;
 3. **same training code**: that commit's files inside this checkout's digest equal this
    checkout's, file by file, ``NOT_TRAINING_CODE``'s own statement left aside (the scope of the
    digest is not code a run executes).
 
 A rekeyed line keeps all it recorded (its ``code_digest`` is the run's code under its own scope)
 and gains ``rekeyed``: ``from`` (its former digest), ``code_digest`` and ``commit`` (this
-checkout's, which a later rekey starts from), ``date``. The ledger is otherwise appended to only.
+checkout's, which a later rekey starts from), ``proof`` (the commit that passed checks 2 and
+3), ``date``. The ledger is otherwise appended to only.
 """
 
 from __future__ import annotations
@@ -29,8 +33,8 @@ import ast
 import hashlib
 import subprocess
 import time
-from dataclasses import dataclass, field
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from lix.config import Params
@@ -141,23 +145,44 @@ def checkout_files(root: Path) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes() for pkg in PACKAGES for p in (root / pkg).rglob("*.py")}
 
 
-def code_differs(tree: GitTree, commit: str, recorded: str, now: dict[str, bytes]) -> str | None:
-    """Why ``commit`` does not prove its runs' code to be ``now`` (checks 2 and 3); None when it does."""
+def hashes_to(tree: GitTree, commit: str, code: str) -> str | None:
+    """Why ``commit``'s files do not hash to ``code`` under the scope ``commit`` defines (check
+    2); None when they do."""
     files = tree.files(commit)
     if files is None:
-        return f"commit {commit[:12]} is not in this repository (fetch it)"
+        return f"commit {commit[:12]} is not in this repository"
     scope = scope_of(files)
     if scope is None:
         return f"commit {commit[:12]} defines no NOT_TRAINING_CODE in {' or '.join(SCOPE_FILES)}"
-    if digest_sources(files.items(), scope) != recorded:
-        return (f"commit {commit[:12]} does not hash to the recorded code digest {recorded[:12]} "
-                f"(the run's working tree differed from it)")
-    then = training_files(files, NOT_TRAINING_CODE)
-    changed = sorted(rel for rel in then.keys() | now.keys() if then.get(rel) != now.get(rel))
-    if changed:
-        return f"training code changed since {commit[:12]}: {', '.join(changed[:5])}" + \
-               (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
+    if digest_sources(files.items(), scope) != code:
+        return f"commit {commit[:12]} does not hash to code digest {code[:12]} (the run's tree differed from it)"
     return None
+
+
+def changed_since(tree: GitTree, commit: str, now: dict[str, bytes]) -> list[str]:
+    """The files inside this checkout's digest whose content differs between ``commit`` and ``now`` (check 3)."""
+    then = training_files(tree.files(commit) or {}, NOT_TRAINING_CODE)
+    return sorted(rel for rel in then.keys() | now.keys() if then.get(rel) != now.get(rel))
+
+
+def prove(tree: GitTree, code: str, commits: list[str], now: dict[str, bytes]) -> tuple[str | None, str | None]:
+    """(the commit that proves code digest ``code`` to be the training code ``now``, None) or
+    (None, why not). The first of ``commits`` (the run's own, then other runs' of the same code
+    digest) that hashes to ``code`` decides: the digest hashes every file of its scope, path and
+    content, so any commit that reproduces it holds the very files the run executed, and a run
+    whose own commit is lost (amended, never pushed) is proven through another."""
+    misses = []
+    for commit in dict.fromkeys(commits):
+        why = hashes_to(tree, commit, code)
+        if why:
+            misses.append(why)
+            continue
+        changed = changed_since(tree, commit, now)
+        if changed:
+            return None, f"training code changed since {commit[:12]}: {', '.join(changed[:5])}" + \
+                (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
+        return commit, None
+    return None, "; ".join(misses) or "no commit recorded"
 
 
 def keyed_on(line: dict) -> tuple[str, str]:
@@ -183,7 +208,11 @@ def rekey(profile: Profile, params: Params, lines: list[dict], repo: Path, *, co
     matrix = {(r.dataset, r.model, r.method, r.seed): r for r in runs(profile)}
     current = digests(profile, params, code)
     under: dict[str, dict[Run, str]] = {}  # code digest -> the matrix's digests under it
-    proofs: dict[tuple[str, str], str | None] = {}  # (commit, code digest) -> why not proven
+    proofs: dict[tuple[str, str], tuple[str | None, str | None]] = {}  # (code, commit) -> prove()
+    commits_of: dict[str, list[str]] = {}  # code digest -> the commits of the lines keyed on it
+    for line in lines:
+        if "code_digest" in line and "commit" in line:
+            commits_of.setdefault(keyed_on(line)[0], []).append(keyed_on(line)[1])
     out = RekeyOutcome(lines=[])
     for line in lines:
         run = matrix.get((line.get("dataset"), line.get("model"), line.get("method"), line.get("seed")))
@@ -201,16 +230,16 @@ def rekey(profile: Profile, params: Params, lines: list[dict], repo: Path, *, co
         if under[old_code][run] != line["digest"]:
             why = "its config, hyper-parameters, data recipe or teacher differ from this checkout's (retrain it)"
         else:
-            if (commit, old_code) not in proofs:
-                proofs[(commit, old_code)] = code_differs(tree, commit, old_code, now)
-            why = proofs[(commit, old_code)]
+            if (old_code, commit) not in proofs:
+                proofs[(old_code, commit)] = prove(tree, old_code, [commit, *commits_of[old_code]], now)
+            proof, why = proofs[(old_code, commit)]
         if why:
             out.refused[run.stage] = why
             out.lines.append(line)
             continue
         teacher = None if run.method == "teacher" else current[run.teacher]
         out.lines.append({**line, "digest": current[run], "teacher_digest": teacher,
-                          "rekeyed": {"from": line["digest"], "code_digest": code, "commit": head,
+                          "rekeyed": {"from": line["digest"], "code_digest": code, "commit": head, "proof": proof,
                                       "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}})
         out.rekeyed.append(run.stage)
     return out
