@@ -73,6 +73,7 @@ def test_the_report_is_built_from_the_ledger_file_alone(tmp_path):
     s = write_ledger_report(ledger, tmp_path / "report", paper=SHIPPED)
     text = (tmp_path / "report" / "README.md").read_text()
     assert s["totals"]["runs"] == 25 and s["totals"]["cpu_hours"] == pytest.approx(25 * 60 / 3600)
+    assert "training-code digests: `def` (25)." in text and "rekeyed" not in text
     for needle in ("Premise", "lix vs dkd", "Kendall", "gap closed (paper)", "DWC weights", "vkitti2-mfnet-miou.png"):
         assert needle in text, needle
     rows = [ln for ln in text.splitlines() if ln.startswith("| ")]
@@ -80,6 +81,18 @@ def test_the_report_is_built_from_the_ledger_file_alone(tmp_path):
     assert methods == ["teacher", "student", "kd", "dkd", "lix"]  # the profile's order
     assert (tmp_path / "report" / "vkitti2-mfnet-miou.png").stat().st_size > 1000
     assert json.loads((tmp_path / "report" / "verdict.json").read_text())["totals"]["runs"] == 25
+
+
+def test_the_header_names_the_code_digests_lines_were_rekeyed_to(tmp_path):
+    lines = _lines()
+    for ln in lines[:3]:
+        ln["rekeyed"] = {"from": "x", "code_digest": "f6bd19ccbfaf0000", "commit": "h", "proof": "p", "date": "d"}
+    ledger = tmp_path / "ledger.jsonl"
+    ledger.write_text("".join(json.dumps(ln) + "\n" for ln in lines))
+    s = write_ledger_report(ledger, tmp_path / "report", paper=SHIPPED, plots=False)
+    assert s["totals"]["rekeyed"] == {"f6bd19ccbfaf0000": 3}
+    assert "training-code digests: `def` (25); rekeyed (`lix sweep --rekey`: proven the same training code) to " \
+           "`f6bd19ccbfaf` (3)." in (tmp_path / "report" / "README.md").read_text()
 
 
 def test_a_missing_or_empty_ledger_is_named(tmp_path):

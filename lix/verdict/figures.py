@@ -162,11 +162,13 @@ def _gap_on_shared_seeds(method: dict[int, float], student: dict[int, float],
 
 def totals(lines: list[dict]) -> dict:
     """What the ledger cost and where it ran: runs, the CPU time (each run's wall time x its
-    threads), machines, commits, code digests, dates."""
+    threads), machines, commits, code digests (as each run recorded it; ``rekeyed``: the code
+    digests ``lix sweep --rekey`` keyed lines on since), dates."""
     cpu = sum((ln.get("seconds") or 0.0) * int(ln.get("threads") or 1) for ln in lines)
     return {"runs": len(lines), "cpu_hours": cpu / 3600.0, "run_hours": sum(ln.get("seconds") or 0.0
                                                                            for ln in lines) / 3600.0,
             "machines": _count(ln.get("machine") for ln in lines), "commits": _count(ln.get("commit") for ln in lines),
             "code_digests": _count(ln.get("code_digest") for ln in lines),
+            "rekeyed": _count((ln.get("rekeyed") or {}).get("code_digest") for ln in lines if ln.get("rekeyed")),
             "first": min((ln.get("date") or "" for ln in lines), default=""),
             "last": max((ln.get("date") or "" for ln in lines), default="")}

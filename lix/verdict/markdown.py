@@ -36,7 +36,9 @@ def write_verdict(lines: list[dict], out_dir: str | Path, *, paper: dict | None,
           "Machines: " + "; ".join(f"{k} ({n} runs)" for k, n in t["machines"].items()) + ".",
           "Commits: " + ", ".join(f"`{k[:12]}`{'+dirty' if k.endswith('+dirty') else ''} ({n})"
                                   for k, n in t["commits"].items()) + "; training-code digests: "
-          + ", ".join(f"`{k[:12]}` ({n})" for k, n in t["code_digests"].items()) + ".", ""]
+          + ", ".join(f"`{k[:12]}` ({n})" for k, n in t["code_digests"].items())
+          + ("; rekeyed (`lix sweep --rekey`: proven the same training code) to "
+             + ", ".join(f"`{k[:12]}` ({n})" for k, n in t["rekeyed"].items()) if t["rekeyed"] else "") + ".", ""]
     for ds, per_model in v.items():
         for model, r in per_model.items():
             md += _section(ds, model, r, out_dir, plots)
