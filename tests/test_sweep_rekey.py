@@ -98,30 +98,51 @@ def test_the_scope_statement_is_read_and_left_aside():
     assert without_scope("lix/provenance.py", src) == b"import os\n\n\n\n\ndef where():\n    return os.getcwd()\n"
     assert without_scope("lix/train.py", src) == src
     assert scope_of({"lix/provenance.py": (ROOT / "lix/provenance.py").read_bytes()}) == NOT_TRAINING_CODE
+    assert scope_of({"lix/provenance.py": b"A = ('x',)\nNOT_TRAINING_CODE = A + ('y',)\n"}) is None  # not a literal
+    shared = b"X = 1; NOT_TRAINING_CODE = ('lix/sweep',)\n"  # on a line with other code: compared whole
+    assert without_scope("lix/provenance.py", shared) == shared and scope_of({"lix/provenance.py": shared}) is None
 
 
 def test_a_commit_that_hashes_to_the_recorded_digest_and_holds_todays_training_code_proves_it(history):
     repo, old, recorded = history
     tree = GitTree(repo)
-    assert prove(tree, recorded, [old], _now(repo)) == (old, None)
-    # a lost commit (amended, never pushed) is proven through another of the same code digest
+    head = _git(repo, "rev-parse", "HEAD")
+    assert prove(tree, recorded, old, [], _now(repo)) == (old, None)
+    # a lost commit (amended, never pushed) or a dirty run's is proven through another of the same code digest
     lost = "0" * 40
-    assert prove(tree, recorded, [lost, old], _now(repo)) == (old, None)
-    proof, why = prove(tree, recorded, [lost], _now(repo))
+    assert prove(tree, recorded, lost, [head, old], _now(repo)) == (old, None)
+    assert prove(tree, recorded, old + "+dirty", [], _now(repo)) == (old, None)
+    proof, why = prove(tree, recorded, lost, [], _now(repo))
     assert proof is None and "not in this repository" in why
     # a recorded digest the commit does not reproduce: the run's tree was not the commit's
-    proof, why = prove(tree, "f" * 64, [old], _now(repo))
+    proof, why = prove(tree, "f" * 64, old, [], _now(repo))
     assert proof is None and "does not hash" in why
+    # the run's own clean commit does not hash: the code changed while the sweep ran; no other commit may stand in
+    proof, why = prove(tree, recorded, head, [old], _now(repo))
+    assert proof is None and "does not hash" in why and head[:12] in why
 
 
 def test_an_edit_inside_the_digest_since_the_commit_refuses_the_proof(history):
     repo, old, recorded = history
     _write(repo, {"lix/train.py": "LR = 0.02\n"})
-    proof, why = prove(GitTree(repo), recorded, [old], _now(repo))
+    proof, why = prove(GitTree(repo), recorded, old, [], _now(repo))
     assert proof is None and "lix/train.py" in why
     _write(repo, {"lix/train.py": "LR = 0.01\n", "pipeline/new_step.py": "X = 1\n"})  # a new module counts too
-    proof, why = prove(GitTree(repo), recorded, [old], _now(repo))
+    proof, why = prove(GitTree(repo), recorded, old, [], _now(repo))
     assert proof is None and "pipeline/new_step.py" in why
+
+
+def test_a_file_the_runs_scope_left_out_but_todays_digest_covers_refuses_the_proof(history):
+    repo, _, _ = history
+    current = (repo / "lix/provenance.py").read_text()
+    _write(repo, {"lix/provenance.py": PROVENANCE.format(scope='"lix/sweep", "lix/extra.py",'),
+                  "lix/extra.py": "E = 1\n"})
+    narrow = _commit(repo, "a scope that left lix/extra.py out")
+    tree = GitTree(repo)
+    recorded = digest_sources(tree.files(narrow).items(), ("lix/sweep", "lix/extra.py"))
+    _write(repo, {"lix/provenance.py": current})  # today's scope covers lix/extra.py again: same content, unproven
+    proof, why = prove(tree, recorded, narrow, [], _now(repo))
+    assert proof is None and "lix/extra.py" in why
 
 
 def _tiny_profile(tmp_path) -> Profile:
@@ -151,9 +172,47 @@ def test_rekey_gives_proven_lines_todays_digest_and_keeps_the_others(history, tm
         assert line["rekeyed"]["proof"] == old
     assert r.lines[1]["teacher_digest"] == now[matrix[0]]
     assert r.lines[2] == lines[2] and r.lines[3] == lines[3]
-    # a second rekey finds them current; lines keyed on a rekey start from its code and commit
+    # a second rekey finds them current
     again = rekey(prof, params, r.lines, repo, code=code, tree=GitTree(repo), root=repo)
     assert again.rekeyed == [] and again.current == [matrix[0].stage, matrix[1].stage]
+    # a second scope change: lines keyed on a rekey start from its code digest and commit
+    head1 = _git(repo, "rev-parse", "HEAD")
+    wider = ", ".join(f'"{p}"' for p in (*NOT_TRAINING_CODE, "lix/zzz"))
+    _write(repo, {"lix/provenance.py": PROVENANCE.format(scope=wider)})
+    head2 = _commit(repo, "the scope widened again")
+    code2 = digest_sources(GitTree(repo).files(head2).items())
+    assert code2 != code
+    third = rekey(prof, params, r.lines, repo, code=code2, tree=GitTree(repo), root=repo)
+    assert third.rekeyed == [matrix[0].stage, matrix[1].stage]
+    assert [ln["rekeyed"]["proof"] for ln in third.lines[:2]] == [head1, head1]
+    assert third.lines[1]["digest"] == digests(prof, params, code2)[matrix[1]]
+
+
+def test_rekey_proves_a_lost_commit_through_another_line_and_never_makes_two_lines_share_a_digest(history, tmp_path):
+    repo, old, recorded = history
+    prof = _tiny_profile(tmp_path)
+    params = write_params(prof, ROOT / "params.yaml", write=False)
+    code = digest_sources(GitTree(repo).files(_git(repo, "rev-parse", "HEAD")).items())
+    then, now = digests(prof, params, recorded), digests(prof, params, code)
+    teacher, student = runs(prof)[:2]
+
+    def line(run, digest, commit):
+        return {"digest": digest, "dataset": run.dataset, "model": run.model, "method": run.method,
+                "seed": run.seed, "code_digest": recorded, "commit": commit}
+
+    lines = [line(teacher, then[teacher], "0" * 40 + "+dirty"), line(student, then[student], old)]
+    r = rekey(prof, params, lines, repo, code=code, tree=GitTree(repo), root=repo)
+    assert r.rekeyed == [teacher.stage, student.stage] and r.lines[0]["rekeyed"]["proof"] == old
+    # the teacher retrained under today's code beside its old line: the old line is kept, not given the same digest
+    lines = [line(teacher, now[teacher], old), line(teacher, then[teacher], old)]
+    r = rekey(prof, params, lines, repo, code=code, tree=GitTree(repo), root=repo)
+    assert r.current == [teacher.stage] and "another line" in r.refused[teacher.stage]
+    Ledger(tmp_path / "l.jsonl").replace(r.lines)  # two distinct digests: writable
+    # a line without code digest or commit is kept with the reason
+    r = rekey(prof, params, [{"digest": "z", "dataset": teacher.dataset, "model": teacher.model,
+                              "method": teacher.method, "seed": teacher.seed}], repo, code=code,
+              tree=GitTree(repo), root=repo)
+    assert "no code digest" in r.refused[teacher.stage]
 
 
 def test_rekey_refuses_a_checkout_whose_training_code_is_not_committed(history, tmp_path):

@@ -62,9 +62,14 @@ class GitTree:
     def __init__(self, repo: Path):
         self.repo = Path(repo)
         self._files: dict[str, dict[str, bytes] | None] = {}
+        # paths in ls-tree are from the repository's root whatever folder of it ``repo`` names
+        self.repo = Path(self._git("rev-parse", "--show-toplevel").decode().strip())
 
     def _git(self, *args: str, stdin: bytes | None = None) -> bytes:
-        res = subprocess.run(["git", "-C", str(self.repo), *args], input=stdin, capture_output=True, timeout=120)
+        try:
+            res = subprocess.run(["git", "-C", str(self.repo), *args], input=stdin, capture_output=True, timeout=120)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise DataError(self.repo, f"git {' '.join(args)} could not run ({e}); --rekey reads commits with git")
         if res.returncode != 0:
             raise DataError(self.repo, f"git {' '.join(args)} failed: {res.stderr.decode(errors='replace').strip()}")
         return res.stdout
@@ -83,7 +88,11 @@ class GitTree:
             out, pos = {}, 0
             for name in names:  # each answer: "<sha> blob <size>\n<content>\n"
                 end = blob.index(b"\n", pos)
-                size = int(blob[pos:end].split()[2])
+                head = blob[pos:end].split()
+                if len(head) != 3 or head[1] != b"blob":  # "<name> missing" (a partial clone), a submodule
+                    raise DataError(self.repo, f"git has no content for {commit[:12]}:{name} "
+                                               f"({blob[pos:end].decode(errors='replace')}); fetch the full history")
+                size = int(head[2])
                 out[name] = blob[end + 1:end + 1 + size]
                 pos = end + 1 + size + 1
             self._files[commit] = out
@@ -107,12 +116,18 @@ def digest_sources(files: Iterable[tuple[str, bytes]], exclude: tuple[str, ...] 
 
 
 def _scope_statement(source: bytes) -> ast.Assign | ast.AnnAssign | None:
-    """The module-level ``NOT_TRAINING_CODE = ...`` statement of ``source``."""
-    for node in ast.parse(source).body:
+    """The module-level ``NOT_TRAINING_CODE = ...`` statement of ``source``, when it has lines of its own."""
+    try:
+        body = ast.parse(source).body
+    except (SyntaxError, ValueError):
+        return None
+    for i, node in enumerate(body):
         targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) \
             else []
         if any(isinstance(t, ast.Name) and t.id == "NOT_TRAINING_CODE" for t in targets):
-            return node
+            shares = (i > 0 and body[i - 1].end_lineno >= node.lineno) or \
+                     (i + 1 < len(body) and body[i + 1].lineno <= node.end_lineno)
+            return None if shares else node  # on a line with other code: not left aside (compared whole)
     return None
 
 
@@ -121,7 +136,12 @@ def scope_of(files: dict[str, bytes]) -> tuple[str, ...] | None:
     for name in SCOPE_FILES:
         node = _scope_statement(files[name]) if name in files else None
         if node is not None and node.value is not None:
-            return tuple(ast.literal_eval(node.value))
+            try:
+                value = ast.literal_eval(node.value)
+            except ValueError:  # not a literal: what it leaves out cannot be read without running it
+                return None
+            return tuple(value) if isinstance(value, (tuple, list)) and all(isinstance(v, str) for v in value) \
+                else None
     return None
 
 
@@ -153,26 +173,38 @@ def hashes_to(tree: GitTree, commit: str, code: str) -> str | None:
         return f"commit {commit[:12]} is not in this repository"
     scope = scope_of(files)
     if scope is None:
-        return f"commit {commit[:12]} defines no NOT_TRAINING_CODE in {' or '.join(SCOPE_FILES)}"
+        return f"commit {commit[:12]} defines no literal NOT_TRAINING_CODE in {' or '.join(SCOPE_FILES)}"
     if digest_sources(files.items(), scope) != code:
         return f"commit {commit[:12]} does not hash to code digest {code[:12]} (the run's tree differed from it)"
     return None
 
 
 def changed_since(tree: GitTree, commit: str, now: dict[str, bytes]) -> list[str]:
-    """The files inside this checkout's digest whose content differs between ``commit`` and ``now`` (check 3)."""
-    then = training_files(tree.files(commit) or {}, NOT_TRAINING_CODE)
-    return sorted(rel for rel in then.keys() | now.keys() if then.get(rel) != now.get(rel))
+    """The files inside this checkout's digest whose content differs between ``commit`` and
+    ``now`` (check 3), and those ``commit``'s scope left out: the runs' digest never covered
+    them (a narrowed scope), so their versions in ``commit`` prove nothing of the runs'."""
+    files = tree.files(commit) or {}
+    scope = scope_of(files) or ()
+    then = training_files(files, NOT_TRAINING_CODE)
+    return sorted(rel for rel in then.keys() | now.keys() if then.get(rel) != now.get(rel) or rel.startswith(scope))
 
 
-def prove(tree: GitTree, code: str, commits: list[str], now: dict[str, bytes]) -> tuple[str | None, str | None]:
+def prove(tree: GitTree, code: str, own: str, others: list[str], now: dict[str, bytes]
+          ) -> tuple[str | None, str | None]:
     """(the commit that proves code digest ``code`` to be the training code ``now``, None) or
-    (None, why not). The first of ``commits`` (the run's own, then other runs' of the same code
-    digest) that hashes to ``code`` decides: the digest hashes every file of its scope, path and
-    content, so any commit that reproduces it holds the very files the run executed, and a run
-    whose own commit is lost (amended, never pushed) is proven through another."""
+    (None, why not). The run's own commit ``own`` decides when git has it and the run's tree was
+    clean (no ``+dirty``): a clean commit that does not hash to ``code`` says the code changed
+    while the sweep ran. Otherwise (lost: amended, never pushed; or dirty) the first of
+    ``others`` (other runs' commits of the same code digest) that hashes to ``code`` decides:
+    the digest hashes every file of its scope, path and content, so any commit that reproduces
+    it holds the very files the run executed."""
+    clean = own.removesuffix("+dirty")
+    if clean == own and tree.files(own) is not None:
+        candidates = [own]
+    else:
+        candidates = [c for c in dict.fromkeys([clean, *others]) if not c.endswith("+dirty")]
     misses = []
-    for commit in dict.fromkeys(commits):
+    for commit in candidates:
         why = hashes_to(tree, commit, code)
         if why:
             misses.append(why)
@@ -182,13 +214,14 @@ def prove(tree: GitTree, code: str, commits: list[str], now: dict[str, bytes]) -
             return None, f"training code changed since {commit[:12]}: {', '.join(changed[:5])}" + \
                 (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
         return commit, None
-    return None, "; ".join(misses) or "no commit recorded"
+    return None, "; ".join(misses) or f"no commit that git has of code digest {code[:12]} (a shallow clone? " \
+                                      f"fetch the history)"
 
 
 def keyed_on(line: dict) -> tuple[str, str]:
     """(code digest, commit) the line's digest was computed with: its last rekey's, else its run's."""
-    r = line.get("rekeyed")
-    return (r["code_digest"], r["commit"]) if r else (line["code_digest"], line["commit"])
+    r = line.get("rekeyed") or line
+    return r.get("code_digest") or "", r.get("commit") or ""
 
 
 def rekey(profile: Profile, params: Params, lines: list[dict], repo: Path, *, code: str | None = None,
@@ -211,8 +244,8 @@ def rekey(profile: Profile, params: Params, lines: list[dict], repo: Path, *, co
     proofs: dict[tuple[str, str], tuple[str | None, str | None]] = {}  # (code, commit) -> prove()
     commits_of: dict[str, list[str]] = {}  # code digest -> the commits of the lines keyed on it
     for line in lines:
-        if "code_digest" in line and "commit" in line:
-            commits_of.setdefault(keyed_on(line)[0], []).append(keyed_on(line)[1])
+        commits_of.setdefault(keyed_on(line)[0], []).append(keyed_on(line)[1])
+    taken = set(current.values()) & {line["digest"] for line in lines}  # runs whose current line is in
     out = RekeyOutcome(lines=[])
     for line in lines:
         run = matrix.get((line.get("dataset"), line.get("model"), line.get("method"), line.get("seed")))
@@ -224,14 +257,20 @@ def rekey(profile: Profile, params: Params, lines: list[dict], repo: Path, *, co
             out.lines.append(line)
             continue
         old_code, commit = keyed_on(line)
+        if not old_code or not commit:
+            out.refused[run.stage] = "the line records no code digest or commit"
+            out.lines.append(line)
+            continue
         if old_code not in under:
             under[old_code] = digests(profile, params, old_code)
-        why = None
-        if under[old_code][run] != line["digest"]:
+        proof, why = None, None
+        if current[run] in taken:
+            why = "another line of this run already holds this checkout's digest"
+        elif under[old_code][run] != line["digest"]:
             why = "its config, hyper-parameters, data recipe or teacher differ from this checkout's (retrain it)"
         else:
             if (old_code, commit) not in proofs:
-                proofs[(old_code, commit)] = prove(tree, old_code, [commit, *commits_of[old_code]], now)
+                proofs[(old_code, commit)] = prove(tree, old_code, commit, commits_of[old_code], now)
             proof, why = proofs[(old_code, commit)]
         if why:
             out.refused[run.stage] = why
@@ -242,6 +281,7 @@ def rekey(profile: Profile, params: Params, lines: list[dict], repo: Path, *, co
                           "rekeyed": {"from": line["digest"], "code_digest": code, "commit": head, "proof": proof,
                                       "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}})
         out.rekeyed.append(run.stage)
+        taken.add(current[run])
     return out
 
 
