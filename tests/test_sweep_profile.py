@@ -200,3 +200,28 @@ def test_a_profile_refuses_bad_keys_and_a_ledger_its_broken_lines(tmp_path):
     led.append({"digest": "a", "x": 1})  # a digest already there is kept once
     led.append({"digest": "b"})
     assert [ln["digest"] for ln in Ledger(ledger).lines] == ["a", "b"]
+
+
+def test_a_dry_plan_counts_the_runs_the_ledger_holds_under_another_digest_and_points_to_rekey(tmp_path,
+                                                                                              monkeypatch):
+    from typer.testing import CliRunner
+
+    from lix.cli import app
+    from lix.provenance import code_digest
+    from lix.sweep.profile_run import run_profile
+
+    repo = _repo(tmp_path / "a")
+    monkeypatch.chdir(repo)
+    prof = load_profile("tiny.yaml")
+    dig = digests(prof, write_params(prof, repo / "params.yaml", write=False), code_digest())
+    teacher, student = runs(prof)[:2]
+    lines = [{"digest": dig[teacher], **dataclasses.asdict(teacher)},  # current
+             {"digest": "old", **dataclasses.asdict(student)}]  # under another code: to do, but recorded
+    Ledger(repo / prof.ledger).replace(lines)
+    weights = prof.teacher_file(teacher.dataset, teacher.model, teacher.seed)
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    weights.write_bytes(b"w")  # the planner only checks that the teacher's file is there
+    r = run_profile(prof, repo, dry=True)
+    assert r.in_ledger == 1 and r.stale == 1 and student.stage in r.todo
+    res = CliRunner().invoke(app, ["sweep", "--profile", "tiny.yaml", "--repo", str(repo), "--dry"])
+    assert "1 of these runs are in the ledger under another digest" in " ".join(res.output.split()), res.output

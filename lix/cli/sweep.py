@@ -104,6 +104,13 @@ def sweep_cmd(
     _run(repo, jobs, filters, report, pull, executor, slurm)
 
 
+def _stale_note(stale: int, name: str) -> None:
+    if stale:
+        out.print(f"[yellow]note:[/] {stale} of these runs are in the ledger under another digest (their training "
+                  f"code, config or data changed since); if only code outside the training code changed, "
+                  f"`lix sweep --profile {name} --rekey --dry` says which can keep their results", highlight=False)
+
+
 def _rekey_profile(name: str, repo: Path, dry: bool) -> None:
     import dataclasses
 
@@ -117,8 +124,8 @@ def _rekey_profile(name: str, repo: Path, dry: bool) -> None:
     for stage, why in r.refused.items():
         out.print(f"[yellow]kept[/]     {stage}: {why}", highlight=False)
     verb = "would rekey" if dry else "rekeyed"
-    out.print(f"{verb} {len(r.rekeyed)} line(s) of {prof.ledger}; {len(r.current)} already current, "
-              f"{len(r.refused)} kept (their runs would be trained again)", highlight=False)
+    out.print(f"{verb} {len(r.rekeyed)} line(s) of {prof.ledger}; {len(r.current)} already current"
+              + (f", {len(r.refused)} kept (their runs would be trained again)" if r.refused else ""), highlight=False)
 
 
 def _slurm_config(base, overrides: list[str]):
@@ -198,11 +205,13 @@ def _run_profile(name: str, repo: Path, jobs: int, filters, dry: bool, executor:
             out.print(f"       run  {s}", highlight=False)
         out.print(f"{len(planned.todo)} stage(s) would run; {planned.in_ledger} run(s) of the matrix already in "
                   f"{prof.folder / 'ledger.jsonl'}")
+        _stale_note(planned.stale, name)
         if left:
             out.print("estimated: " + describe(estimate(list(left.values()), Ledger(ledger_file).lines), jobs or 1),
                       highlight=False)
         return
 
+    _stale_note(planned.stale, name)
     in_ledger = [planned.in_ledger, len(Ledger(ledger_file).lines)]  # the matrix's runs in it; its lines
 
     def on_event(kind: str, stage: str, detail: str) -> None:
