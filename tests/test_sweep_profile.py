@@ -225,3 +225,19 @@ def test_a_dry_plan_counts_the_runs_the_ledger_holds_under_another_digest_and_po
     assert r.in_ledger == 1 and r.stale == 1 and student.stage in r.todo
     res = CliRunner().invoke(app, ["sweep", "--profile", "tiny.yaml", "--repo", str(repo), "--dry"])
     assert "1 of these runs are in the ledger under another digest" in " ".join(res.output.split()), res.output
+
+
+def test_a_run_that_executed_other_training_code_than_the_sweep_planned_is_not_recorded(tmp_path):
+    from lix.sweep.ledger import run_record
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "metrics.json").write_text(json.dumps({"miou": 0.5, "per_class_iou": {}}))
+    kw = dict(digest="d", profile="p", run={"dataset": "vkitti2", "model": "mfnet", "method": "kd", "seed": 0},
+              teacher_digest="t", seconds=1.0, code="a" * 64)
+    (run_dir / "summary.json").write_text(json.dumps({"best_epoch": 3, "provenance": {"code_digest": "b" * 64}}))
+    with pytest.raises(DataError, match="changed while the sweep ran") as e:
+        run_record(run_dir, **kw)
+    assert "summary.json" in str(e.value)
+    (run_dir / "summary.json").write_text(json.dumps({"best_epoch": 3, "provenance": {"code_digest": "a" * 64}}))
+    assert run_record(run_dir, **kw)["code_digest"] == "a" * 64

@@ -95,7 +95,8 @@ def _tsv(path: Path) -> list[float]:
 def run_record(run_dir: Path, *, digest: str, profile: str, run: dict, teacher_digest: str | None,
                seconds: float, code: str, threads: int | None = None) -> dict:
     """The ledger line of the finished run in ``run_dir`` (its summary.json, metrics.json and
-    dvclive curves); DataError naming the file when one is missing."""
+    dvclive curves); DataError naming the file when one is missing, or when the run's own
+    summary records a training-code digest other than ``code`` (the code changed mid-sweep)."""
     files = {}
     for name in ("summary.json", "metrics.json"):
         f = run_dir / name
@@ -103,6 +104,11 @@ def run_record(run_dir: Path, *, digest: str, profile: str, run: dict, teacher_d
             raise DataError(f, "a finished run has it; the run did not finish or its directory was changed")
         files[name] = json.loads(f.read_text())
     s, m = files["summary.json"], files["metrics.json"]
+    ran = (s.get("provenance") or {}).get("code_digest")
+    if ran is not None and ran != code:  # the sweep keys the run on the code it saw when it started
+        raise DataError(run_dir / "summary.json", f"the run executed training code {ran[:12]}, the sweep planned it "
+                                                  f"with {code[:12]}: the training code changed while the sweep ran; "
+                                                  f"not recorded (run the sweep again)")
     metrics = {k: m[k] for k in ("miou", "mfsc", "fwiou", "fwfsc", "pixel_acc") if k in m}
     metrics["per_class_iou"] = m.get("per_class_iou", {})
     last = {k: v for k, v in (s.get("last") or {}).items() if k.startswith(("train/", "val/cka/"))}

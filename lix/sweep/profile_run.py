@@ -89,15 +89,16 @@ def _record(profile: Profile, run: Run, dig: dict[Run, str], ledger: Ledger, cod
     from pipeline.atomic import atomic_path
 
     run_dir = profile.run_dir(run.dataset, run.model, run.method, run.seed)
+    teacher = None if run.method == TEACHER else dig[run.teacher]
+    line = run_record(run_dir, digest=dig[run], profile=profile.name, teacher_digest=teacher, code=code,
+                      seconds=seconds, threads=threads, run={"dataset": run.dataset, "model": run.model,
+                                                             "method": run.method, "seed": run.seed})
     if run.method == TEACHER:
         dst = profile.teacher_file(run.dataset, run.model, run.seed)
         dst.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(dst) as tmp:
             shutil.copyfile(run_dir / "model.safetensors", tmp)
-    teacher = None if run.method == TEACHER else dig[run.teacher]
-    ledger.append(run_record(run_dir, digest=dig[run], profile=profile.name, teacher_digest=teacher, code=code,
-                             seconds=seconds, threads=threads, run={"dataset": run.dataset, "model": run.model,
-                                                   "method": run.method, "seed": run.seed}))
+    ledger.append(line)
     return run.stage
 
 
