@@ -97,17 +97,28 @@ def _count(items) -> dict:
     return dict(sorted(out.items()))
 
 
+def group_lines(lines: list[dict], methods: list[str] | None = None, skip: tuple[str, ...] = ()
+                ) -> tuple[list[str], dict[tuple[str, str], dict[str, list[dict]]]]:
+    """(the methods in row order, (dataset, model) -> method -> its ledger lines), ``skip``'s
+    methods left out. Row order: ``methods``' (those the ledger has), then the ledger's others in
+    their first appearance."""
+    groups: dict[tuple[str, str], dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    order: list[str] = []
+    for ln in lines:
+        if ln["method"] in skip:
+            continue
+        groups[(ln["dataset"], ln["model"])][ln["method"]].append(ln)
+        if ln["method"] not in order:
+            order.append(ln["method"])
+    wanted = methods or []
+    return [m for m in wanted if m in order] + [m for m in order if m not in wanted], groups
+
+
 def verdict(lines: list[dict], paper: dict | None = None, methods: list[str] | None = None) -> dict:
     """The verdict of ``lines`` (a ledger's): dataset -> model -> the figures listed in the module
     docstring. ``paper``: lix.report.paper's validated figures (for the gap closed and the rank
     agreement); ``methods``: the order of the rows (default: the ledger's first appearance)."""
-    groups: dict[tuple[str, str], dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
-    order: list[str] = []
-    for ln in lines:
-        groups[(ln["dataset"], ln["model"])][ln["method"]].append(ln)
-        if ln["method"] not in order:
-            order.append(ln["method"])
-    order = [m for m in (methods or order) if m in order] + [m for m in order if m not in (methods or order)]
+    order, groups = group_lines(lines, methods)
     out: dict[str, dict] = {}
     for (ds, model), by_method in groups.items():
         cells = {m: _cell(by_method[m]) for m in order if m in by_method}
