@@ -150,12 +150,18 @@ def _tiny_profile(tmp_path) -> Profile:
                    set={"train.vkitti2.epochs": 3}, folder=tmp_path / "tiny")
 
 
-def test_rekey_gives_proven_lines_todays_digest_and_keeps_the_others(history, tmp_path):
+def _matrix(history, tmp_path):
+    """The toy history with a tiny profile: (repo, old commit, its code digest, profile, params,
+    HEAD's code digest, the matrix's digests under the old code, under HEAD's)."""
     repo, old, recorded = history
     prof = _tiny_profile(tmp_path)
     params = write_params(prof, ROOT / "params.yaml", write=False)
     code = digest_sources(GitTree(repo).files(_git(repo, "rev-parse", "HEAD")).items())
-    then, now = digests(prof, params, recorded), digests(prof, params, code)
+    return repo, old, recorded, prof, params, code, digests(prof, params, recorded), digests(prof, params, code)
+
+
+def test_rekey_gives_proven_lines_todays_digest_and_keeps_the_others(history, tmp_path):
+    repo, old, recorded, prof, params, code, then, now = _matrix(history, tmp_path)
     matrix = runs(prof)
     lines = [{"digest": then[r], "dataset": r.dataset, "model": r.model, "method": r.method, "seed": r.seed,
               "teacher_digest": None if r.method == "teacher" else then[r.teacher], "code_digest": recorded,
@@ -189,11 +195,7 @@ def test_rekey_gives_proven_lines_todays_digest_and_keeps_the_others(history, tm
 
 
 def test_rekey_proves_a_lost_commit_through_another_line_and_never_makes_two_lines_share_a_digest(history, tmp_path):
-    repo, old, recorded = history
-    prof = _tiny_profile(tmp_path)
-    params = write_params(prof, ROOT / "params.yaml", write=False)
-    code = digest_sources(GitTree(repo).files(_git(repo, "rev-parse", "HEAD")).items())
-    then, now = digests(prof, params, recorded), digests(prof, params, code)
+    repo, old, recorded, prof, params, code, then, now = _matrix(history, tmp_path)
     teacher, student = runs(prof)[:2]
 
     def line(run, digest, commit):
