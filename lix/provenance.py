@@ -43,7 +43,7 @@ def run_digest(config: dict) -> str:
 # into a package. lix/layout.py is here because no training module imports it: the front ends
 # pick the paths and hand them to fit. Likewise the dataset readers: training reads shards, and
 # the class names and colours it needs live in pipeline/labels.py.
-NOT_TRAINING_CODE = ("lix/cli", "lix/report", "lix/sweep", "lix/config_slurm.py", "lix/predict.py",
+NOT_TRAINING_CODE = ("lix/cli", "lix/report", "lix/sweep", "lix/verdict", "lix/config_slurm.py", "lix/predict.py",
                      "lix/cross_dataset.py", "lix/layout.py",
                      "pipeline/depth/", "pipeline/download.py", "pipeline/normals.py", "pipeline/geometry_quality.py",
                      "pipeline/splits.py", "pipeline/prepare.py", "pipeline/sources/synthetic/",

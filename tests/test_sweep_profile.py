@@ -113,6 +113,7 @@ def test_an_interrupted_profile_sweep_resumes_on_a_fresh_clone_and_redoes_nothin
     assert len(ledger.lines) == 5 and len(ledger.digests()) == 5
     line = next(ln for ln in ledger.lines if ln["method"] == "kd")
     assert line["stopped"] == "early_stopping" and line["best_epoch"] == 7 and line["curve"] == [0.3, 0.5]
+    assert line["curve_epochs"] == [1, 2]  # dvclive's steps: the epochs of the evaluations
     assert line["metrics"]["per_class_iou"] == {"Road": 0.9, "Car": 0.4} and line["teacher_digest"]
     assert {"machine", "commit", "code_digest", "wall", "date"} <= set(line)
     assert line["seconds"] == 7.5  # the run's own epochs, training and validation
@@ -199,3 +200,44 @@ def test_a_profile_refuses_bad_keys_and_a_ledger_its_broken_lines(tmp_path):
     led.append({"digest": "a", "x": 1})  # a digest already there is kept once
     led.append({"digest": "b"})
     assert [ln["digest"] for ln in Ledger(ledger).lines] == ["a", "b"]
+
+
+def test_a_dry_plan_counts_the_runs_the_ledger_holds_under_another_digest_and_points_to_rekey(tmp_path,
+                                                                                              monkeypatch):
+    from typer.testing import CliRunner
+
+    from lix.cli import app
+    from lix.provenance import code_digest
+    from lix.sweep.profile_run import run_profile
+
+    repo = _repo(tmp_path / "a")
+    monkeypatch.chdir(repo)
+    prof = load_profile("tiny.yaml")
+    dig = digests(prof, write_params(prof, repo / "params.yaml", write=False), code_digest())
+    teacher, student = runs(prof)[:2]
+    lines = [{"digest": dig[teacher], **dataclasses.asdict(teacher)},  # current
+             {"digest": "old", **dataclasses.asdict(student)}]  # under another code: to do, but recorded
+    Ledger(repo / prof.ledger).replace(lines)
+    weights = prof.teacher_file(teacher.dataset, teacher.model, teacher.seed)
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    weights.write_bytes(b"w")  # the planner only checks that the teacher's file is there
+    r = run_profile(prof, repo, dry=True)
+    assert r.in_ledger == 1 and r.stale == 1 and student.stage in r.todo
+    res = CliRunner().invoke(app, ["sweep", "--profile", "tiny.yaml", "--repo", str(repo), "--dry"])
+    assert "1 of these runs are in the ledger under another digest" in " ".join(res.output.split()), res.output
+
+
+def test_a_run_that_executed_other_training_code_than_the_sweep_planned_is_not_recorded(tmp_path):
+    from lix.sweep.ledger import run_record
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "metrics.json").write_text(json.dumps({"miou": 0.5, "per_class_iou": {}}))
+    kw = dict(digest="d", profile="p", run={"dataset": "vkitti2", "model": "mfnet", "method": "kd", "seed": 0},
+              teacher_digest="t", seconds=1.0, code="a" * 64)
+    (run_dir / "summary.json").write_text(json.dumps({"best_epoch": 3, "provenance": {"code_digest": "b" * 64}}))
+    with pytest.raises(DataError, match="changed while the sweep ran") as e:
+        run_record(run_dir, **kw)
+    assert "summary.json" in str(e.value)
+    (run_dir / "summary.json").write_text(json.dumps({"best_epoch": 3, "provenance": {"code_digest": "a" * 64}}))
+    assert run_record(run_dir, **kw)["code_digest"] == "a" * 64

@@ -73,6 +73,7 @@ def test_the_report_is_built_from_the_ledger_file_alone(tmp_path):
     s = write_ledger_report(ledger, tmp_path / "report", paper=SHIPPED)
     text = (tmp_path / "report" / "README.md").read_text()
     assert s["totals"]["runs"] == 25 and s["totals"]["cpu_hours"] == pytest.approx(25 * 60 / 3600)
+    assert "training-code digests: `def` (25)." in text and "rekeyed" not in text
     for needle in ("Premise", "lix vs dkd", "Kendall", "gap closed (paper)", "DWC weights", "vkitti2-mfnet-miou.png"):
         assert needle in text, needle
     rows = [ln for ln in text.splitlines() if ln.startswith("| ")]
@@ -80,6 +81,18 @@ def test_the_report_is_built_from_the_ledger_file_alone(tmp_path):
     assert methods == ["teacher", "student", "kd", "dkd", "lix"]  # the profile's order
     assert (tmp_path / "report" / "vkitti2-mfnet-miou.png").stat().st_size > 1000
     assert json.loads((tmp_path / "report" / "verdict.json").read_text())["totals"]["runs"] == 25
+
+
+def test_the_header_names_the_code_digests_lines_were_rekeyed_to(tmp_path):
+    lines = _lines()
+    for ln in lines[:3]:
+        ln["rekeyed"] = {"from": "x", "code_digest": "f6bd19ccbfaf0000", "commit": "h", "proof": "p", "date": "d"}
+    ledger = tmp_path / "ledger.jsonl"
+    ledger.write_text("".join(json.dumps(ln) + "\n" for ln in lines))
+    s = write_ledger_report(ledger, tmp_path / "report", paper=SHIPPED, plots=False)
+    assert s["totals"]["rekeyed"] == {"f6bd19ccbfaf0000": 3}
+    assert "training-code digests: `def` (25); rekeyed (`lix sweep --rekey`: proven the same training code) to " \
+           "`f6bd19ccbfaf` (3)." in (tmp_path / "report" / "README.md").read_text()
 
 
 def test_a_missing_or_empty_ledger_is_named(tmp_path):
@@ -92,3 +105,40 @@ def test_a_missing_or_empty_ledger_is_named(tmp_path):
     with pytest.raises(DataError, match="no runs in the ledger yet"):
         write_ledger_report(tmp_path / "empty.jsonl", tmp_path / "report")
     assert not (tmp_path / "report").exists()  # nothing written for either
+
+
+def test_curves_are_placed_at_their_epochs_and_the_mean_splits_where_the_first_seed_stopped():
+    from lix.verdict.figures import curve_points
+    from lix.verdict.markdown import mean_curve
+
+    # a line with its evaluations' epochs; an older one without (evaluated every 2nd epoch, 6 epochs)
+    assert curve_points({"curve": [0.1, 0.2], "curve_epochs": [3, 6], "epochs": 6}) == [(3, 0.1), (6, 0.2)]
+    assert curve_points({"curve": [0.1, 0.2, 0.3], "epochs": 6}) == [(2, 0.1), (4, 0.2), (6, 0.3)]
+    assert curve_points({"curve": [0.1, 0.2], "epochs": 5}) == [(1, 0.1), (2, 0.2)]  # no even spacing: indices
+    assert curve_points({"curve": [], "epochs": 5}) == []
+    a, b = [(2, 0.2), (4, 0.4)], [(2, 0.4), (4, 0.6), (6, 0.8), (8, 1.0)]
+    full, tail = mean_curve([a, b])
+    np.testing.assert_allclose(full, [(2, 0.3), (4, 0.5)])
+    np.testing.assert_allclose(tail, [(6, 0.8), (8, 1.0)])
+    assert mean_curve([b]) == ([*b], [])
+
+
+def test_the_gap_closed_uses_the_seeds_the_method_the_teacher_and_the_student_share():
+    lines = [ln for ln in _lines() if not (ln["method"] == "lix" and ln["seed"] >= 3)]  # LIX: seeds 0-2 only
+    r = verdict(lines)["vkitti2"]["mfnet"]
+    pct = {m: 100 * np.array(v[:3]) for m, v in MIOU.items()}
+    expected = (pct["lix"].mean() - pct["student"].mean()) / (pct["teacher"].mean() - pct["student"].mean())
+    assert r["gap"]["lix"]["ours"] == pytest.approx(expected)
+    assert r["cells"]["lix"]["best_epoch_median"] == 11  # seeds 0-2: best epochs 10, 11, 12
+
+
+def test_a_median_epoch_prints_whole_or_to_the_half(tmp_path):
+    from lix.verdict.markdown import _epoch
+
+    assert [_epoch(81.0), _epoch(80.5), _epoch(12), _epoch(None)] == ["81", "80.5", "12", "–"]
+    lines = [ln for ln in _lines() if ln["seed"] < 4]  # 4 seeds: LIX's best epochs 10..13, median 11.5
+    ledger = tmp_path / "ledger.jsonl"
+    ledger.write_text("".join(json.dumps(ln) + "\n" for ln in lines))
+    write_ledger_report(ledger, tmp_path / "report", paper=SHIPPED)
+    row = next(ln for ln in (tmp_path / "report" / "README.md").read_text().splitlines() if ln.startswith("| lix |"))
+    assert "| 11.5 |" in row and "| 11.5.0" not in row

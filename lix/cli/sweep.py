@@ -40,6 +40,10 @@ def sweep_cmd(
     profile: str = typer.Option(None, "--profile", "-p", help="Run a named profile (lix/sweep/profiles/<name>.yaml, "
                                 "or a YAML file) instead of the DVC matrix: the runs its ledger lacks, each "
                                 "appended to the ledger as it finishes (e.g. --profile testbed)."),
+    rekey: bool = typer.Option(False, "--rekey", help="With --profile: give the ledger's lines this checkout's "
+                               "digests where their runs provably train as this checkout would (after an edit "
+                               "outside the training code that changed the digests), then exit; with --dry, "
+                               "only say which."),
 ):
     """Run every out-of-date stage of dvc.yaml (preparation, teachers, students, ablations, report),
     `-j` at a time, here or as Slurm jobs; failed runs are reported and do not stop the others;
@@ -51,7 +55,12 @@ def sweep_cmd(
 
     if executor not in EXECUTORS:
         raise ConfigError("--executor", f"unknown executor {executor!r}; known: {list(EXECUTORS)}")
+    if rekey and profile is None:
+        raise ConfigError("--rekey", "needs --profile (it rekeys a profile's ledger)")
     if profile is not None:
+        if rekey:
+            _rekey_profile(profile, repo, dry)
+            return
         if set_ or pull:
             raise ConfigError("--profile", "takes no -S or --pull (a profile sets its own keys)")
         if show_status or cancel_jobs:
@@ -93,6 +102,30 @@ def sweep_cmd(
         _print_plan(repo, jobs, filters, report, changed)
         return
     _run(repo, jobs, filters, report, pull, executor, slurm)
+
+
+def _stale_note(stale: int, name: str) -> None:
+    if stale:
+        out.print(f"[yellow]note:[/] {stale} of these runs are in the ledger under another digest (their training "
+                  f"code, config or data changed since); if only code outside the training code changed, "
+                  f"`lix sweep --profile {name} --rekey --dry` says which can keep their results", highlight=False)
+
+
+def _rekey_profile(name: str, repo: Path, dry: bool) -> None:
+    import dataclasses
+
+    from lix.sweep.profile import load_profile, write_params
+    from lix.sweep.rekey import rekey_ledger
+
+    prof = load_profile(name)
+    if not prof.folder.is_absolute():
+        prof = dataclasses.replace(prof, folder=repo / prof.folder)
+    r = rekey_ledger(prof, write_params(prof, repo / "params.yaml", write=False), repo, write=not dry)
+    for stage, why in r.refused.items():
+        out.print(f"[yellow]kept[/]     {stage}: {why}", highlight=False)
+    verb = "would rekey" if dry else "rekeyed"
+    out.print(f"{verb} {len(r.rekeyed)} line(s) of {prof.ledger}; {len(r.current)} already current"
+              + (f", {len(r.refused)} kept (their runs would be trained again)" if r.refused else ""), highlight=False)
 
 
 def _slurm_config(base, overrides: list[str]):
@@ -172,11 +205,13 @@ def _run_profile(name: str, repo: Path, jobs: int, filters, dry: bool, executor:
             out.print(f"       run  {s}", highlight=False)
         out.print(f"{len(planned.todo)} stage(s) would run; {planned.in_ledger} run(s) of the matrix already in "
                   f"{prof.folder / 'ledger.jsonl'}")
+        _stale_note(planned.stale, name)
         if left:
             out.print("estimated: " + describe(estimate(list(left.values()), Ledger(ledger_file).lines), jobs or 1),
                       highlight=False)
         return
 
+    _stale_note(planned.stale, name)
     in_ledger = [planned.in_ledger, len(Ledger(ledger_file).lines)]  # the matrix's runs in it; its lines
 
     def on_event(kind: str, stage: str, detail: str) -> None:

@@ -5,9 +5,8 @@ last epoch) and the CKA over training as a picture. They answer "why" when a met
 win: a distillation term that ends large beside the cross-entropy, a student no closer to the
 teacher's features than the plain one.
 
-This lives beside the ledger (lix/sweep), not in lix/verdict: every file of lix/verdict counts
-in the training-code digest (lix.provenance.code_digest), so an edit there would give every run
-of a running matrix a new digest and have the sweep redo them.
+It was written here, beside the ledger, while lix/verdict still counted in the training-code
+digest (an edit there would have made a running matrix's runs stale); both are outside it now.
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from lix.verdict.figures import LIX, STUDENT, TEACHER, mean_std
+from lix.verdict.figures import LIX, STUDENT, TEACHER, group_lines, mean_std
 from lix.verdict.figures import paired as paired_values
 
 # Columns of the ledger's ``last`` dictionary that are not a loss term.
@@ -99,15 +98,7 @@ def method_diagnostics(lines: list[dict]) -> dict:
 def diagnostics(lines: list[dict], methods: list[str] | None = None) -> dict:
     """dataset -> model -> method -> :func:`method_diagnostics`, for every method but the
     teacher (whose features are the reference), in ``methods``' order (default: the ledger's)."""
-    groups: dict[tuple[str, str], dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
-    order: list[str] = []
-    for ln in lines:
-        if ln["method"] == TEACHER:
-            continue
-        groups[(ln["dataset"], ln["model"])][ln["method"]].append(ln)
-        if ln["method"] not in order:
-            order.append(ln["method"])
-    order = [m for m in (methods or []) if m in order] + [m for m in order if m not in (methods or [])]
+    order, groups = group_lines(lines, methods, skip=(TEACHER,))
     out: dict[str, dict] = {}
     for (ds, model), by_method in groups.items():
         out.setdefault(ds, {})[model] = {m: method_diagnostics(by_method[m]) for m in order if m in by_method}

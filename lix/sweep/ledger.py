@@ -1,11 +1,13 @@
 """A profile's ledger (``<profile folder>/ledger.jsonl``, tracked by git): one JSON line per
-finished run, appended by the sweep as each run ends, never edited. What a line holds is what
+finished run, appended by the sweep as each run ends, never edited but by ``lix sweep --rekey``
+(lix.sweep.rekey: a line's digest replaced when it provably still names the same run). What a line holds is what
 the profile's report needs (:func:`run_record`), so the report is built from the ledger alone:
 
 ``digest`` (lix.sweep.profile.run_digest: a run whose code or parameters changed has another),
 ``profile``, ``dataset``, ``model``, ``method``, ``seed``, ``teacher_digest``; ``metrics`` (the
 best checkpoint's val figures with per-class IoU); ``best_epoch``, ``epochs``, ``stopped``
-(``early_stopping``, or ``max_epochs``: the cap was hit); ``curve`` (val mIoU per evaluation) and
+(``early_stopping``, or ``max_epochs``: the cap was hit); ``curve`` (val mIoU per evaluation),
+``curve_epochs`` (the epoch of each of them; lines written before it was added lack it) and
 ``cka`` (the teacher-student feature CKA per evaluation, students); ``last`` (the last epoch's
 per-term training losses and the DWC's weight statistics); ``seconds`` (the run's own time over
 all its epochs, a resumed run's earlier part included), ``wall`` (what the sweep that finished it
@@ -63,23 +65,38 @@ class Ledger:
         write_text(self.path, text + json.dumps(line, sort_keys=True, allow_nan=False, default=_plain) + "\n")
         self.lines.append(line)
 
+    def replace(self, lines: list[dict]) -> None:
+        """Write ``lines`` as the whole ledger (atomically); ValueError when two share a digest."""
+        if len({line["digest"] for line in lines}) != len(lines):
+            raise ValueError("two ledger lines would share a digest")
+        write_text(self.path, "".join(json.dumps(line, sort_keys=True, allow_nan=False, default=_plain) + "\n"
+                                      for line in lines))
+        self.lines = list(lines)
+
 
 def _plain(x):
     return float(x) if hasattr(x, "__float__") else str(x)
 
 
-def _tsv(path: Path) -> list[float]:
-    """The values column of a dvclive plot file (step<TAB>value lines), in step order."""
+def _tsv_rows(path: Path) -> list[tuple[int, float]]:
+    """(step, value) of a dvclive plot file (a header, then step<TAB>value lines), in step order;
+    dvclive's step is the epoch in our runs."""
     if not path.is_file():
         return []
     rows = [ln.split("\t") for ln in path.read_text().splitlines()[1:] if ln.strip()]
-    return [round(float(v), 6) for _, v in sorted(((int(s), v) for s, v in rows), key=lambda r: r[0])]
+    return sorted((int(s), round(float(v), 6)) for s, v in rows)
+
+
+def _tsv(path: Path) -> list[float]:
+    """The values column of a dvclive plot file, in step order."""
+    return [v for _, v in _tsv_rows(path)]
 
 
 def run_record(run_dir: Path, *, digest: str, profile: str, run: dict, teacher_digest: str | None,
                seconds: float, code: str, threads: int | None = None) -> dict:
     """The ledger line of the finished run in ``run_dir`` (its summary.json, metrics.json and
-    dvclive curves); DataError naming the file when one is missing."""
+    dvclive curves); DataError naming the file when one is missing, or when the run's own
+    summary records a training-code digest other than ``code`` (the code changed mid-sweep)."""
     files = {}
     for name in ("summary.json", "metrics.json"):
         f = run_dir / name
@@ -87,6 +104,11 @@ def run_record(run_dir: Path, *, digest: str, profile: str, run: dict, teacher_d
             raise DataError(f, "a finished run has it; the run did not finish or its directory was changed")
         files[name] = json.loads(f.read_text())
     s, m = files["summary.json"], files["metrics.json"]
+    ran = (s.get("provenance") or {}).get("code_digest")
+    if ran is not None and ran != code:  # the sweep keys the run on the code it saw when it started
+        raise DataError(run_dir / "summary.json", f"the run executed training code {ran[:12]}, the sweep planned it "
+                                                  f"with {code[:12]}: the training code changed while the sweep ran; "
+                                                  f"not recorded (run the sweep again)")
     metrics = {k: m[k] for k in ("miou", "mfsc", "fwiou", "fwfsc", "pixel_acc") if k in m}
     metrics["per_class_iou"] = m.get("per_class_iou", {})
     last = {k: v for k, v in (s.get("last") or {}).items() if k.startswith(("train/", "val/cka/"))}
@@ -95,6 +117,7 @@ def run_record(run_dir: Path, *, digest: str, profile: str, run: dict, teacher_d
     return {"digest": digest, "profile": profile, **run, "teacher_digest": teacher_digest, "metrics": metrics,
             "best_epoch": s.get("best_epoch"), "epochs": s.get("epochs"), "stopped": s.get("stopped"),
             "seconds_per_epoch": s.get("seconds_per_epoch"), "curve": _tsv(plots / "miou.tsv"),
+            "curve_epochs": [step for step, _ in _tsv_rows(plots / "miou.tsv")],
             "cka": _tsv(plots / "cka" / "mean.tsv"), "last": last,
             "seconds": round(_run_seconds(metrics_dir, seconds), 1), "wall": round(seconds, 1), "threads": threads,
             **machine(), "code_digest": code, "commit": commit(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}

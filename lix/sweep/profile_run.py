@@ -4,6 +4,7 @@ its students start). See :mod:`lix.sweep.profile` and :mod:`lix.sweep.ledger`.""
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ class ProfileOutcome:
     recorded: list[str] = field(default_factory=list)  # runs appended to the ledger
     errors: dict[str, str] = field(default_factory=dict)  # stage -> why it could not be recorded
     in_ledger: int = 0  # runs of the matrix already in the ledger before this sweep
+    stale: int = 0  # runs to do that the ledger holds under another digest (lix sweep --rekey may keep them)
 
 
 def run_profile(profile: Profile, repo_dir: str | Path = ".", jobs: int = 1, *, executor: str = "local",
@@ -52,8 +54,10 @@ def run_profile(profile: Profile, repo_dir: str | Path = ".", jobs: int = 1, *, 
     if command_of is not None:
         argv.update({s: command_of(r) for s, r in stage_run.items()})
     p = plan(full.order, full.upstream, full.todo, filters, report=False) if filters else full
+    recorded = {(ln.get("dataset"), ln.get("model"), ln.get("method"), ln.get("seed")) for ln in ledger.lines}
     result = ProfileOutcome(None, [s for s in p.order if s in p.todo],
-                            in_ledger=sum(1 for d in dig.values() if d in ledger.digests()))
+                            in_ledger=sum(1 for d in dig.values() if d in ledger.digests()),
+                            stale=sum(dataclasses.astuple(stage_run[s]) in recorded for s in p.todo if s in stage_run))
     if dry or not p.todo:
         return result
     started: dict[str, float] = {}
@@ -85,15 +89,16 @@ def _record(profile: Profile, run: Run, dig: dict[Run, str], ledger: Ledger, cod
     from pipeline.atomic import atomic_path
 
     run_dir = profile.run_dir(run.dataset, run.model, run.method, run.seed)
+    teacher = None if run.method == TEACHER else dig[run.teacher]
+    line = run_record(run_dir, digest=dig[run], profile=profile.name, teacher_digest=teacher, code=code,
+                      seconds=seconds, threads=threads, run={"dataset": run.dataset, "model": run.model,
+                                                             "method": run.method, "seed": run.seed})
     if run.method == TEACHER:
         dst = profile.teacher_file(run.dataset, run.model, run.seed)
         dst.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(dst) as tmp:
             shutil.copyfile(run_dir / "model.safetensors", tmp)
-    teacher = None if run.method == TEACHER else dig[run.teacher]
-    ledger.append(run_record(run_dir, digest=dig[run], profile=profile.name, teacher_digest=teacher, code=code,
-                             seconds=seconds, threads=threads, run={"dataset": run.dataset, "model": run.model,
-                                                   "method": run.method, "seed": run.seed}))
+    ledger.append(line)
     return run.stage
 
 

@@ -73,7 +73,21 @@ def _cell(lines: list[dict]) -> dict:
             "hit_cap": sum(ln.get("stopped") == "max_epochs" for ln in by_seed.values()),
             "stopped": _count(ln.get("stopped") for ln in by_seed.values()),
             "dwc": dwc, "seconds": sum(ln.get("seconds") or 0.0 for ln in by_seed.values()),
-            "curves": {s: ln.get("curve") or [] for s, ln in by_seed.items()}}
+            "curves": {s: curve_points(ln) for s, ln in by_seed.items()}}
+
+
+def curve_points(line: dict) -> list[tuple[int, float]]:
+    """A ledger line's val mIoU curve as (epoch, value) pairs. Lines written before the ledger kept
+    ``curve_epochs`` hold the values alone; their evaluations were evenly spaced and the last
+    came at the last epoch, so evaluation k (from 1) was at epoch k * epochs / len(curve), when
+    that spacing is a whole number (else the evaluation's number stands in for its epoch)."""
+    values = line.get("curve") or []
+    epochs = line.get("curve_epochs")
+    if epochs is None or len(epochs) != len(values):
+        n, last = len(values), line.get("epochs")
+        step = last // n if n and isinstance(last, int) and last % n == 0 else 1
+        epochs = [step * (k + 1) for k in range(n)]
+    return list(zip((int(e) for e in epochs), values))
 
 
 def _count(items) -> dict:
@@ -83,17 +97,28 @@ def _count(items) -> dict:
     return dict(sorted(out.items()))
 
 
+def group_lines(lines: list[dict], methods: list[str] | None = None, skip: tuple[str, ...] = ()
+                ) -> tuple[list[str], dict[tuple[str, str], dict[str, list[dict]]]]:
+    """(the methods in row order, (dataset, model) -> method -> its ledger lines), ``skip``'s
+    methods left out. Row order: ``methods``' (those the ledger has), then the ledger's others in
+    their first appearance."""
+    groups: dict[tuple[str, str], dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    order: list[str] = []
+    for ln in lines:
+        if ln["method"] in skip:
+            continue
+        groups[(ln["dataset"], ln["model"])][ln["method"]].append(ln)
+        if ln["method"] not in order:
+            order.append(ln["method"])
+    wanted = methods or []
+    return [m for m in wanted if m in order] + [m for m in order if m not in wanted], groups
+
+
 def verdict(lines: list[dict], paper: dict | None = None, methods: list[str] | None = None) -> dict:
     """The verdict of ``lines`` (a ledger's): dataset -> model -> the figures listed in the module
     docstring. ``paper``: lix.report.paper's validated figures (for the gap closed and the rank
     agreement); ``methods``: the order of the rows (default: the ledger's first appearance)."""
-    groups: dict[tuple[str, str], dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
-    order: list[str] = []
-    for ln in lines:
-        groups[(ln["dataset"], ln["model"])][ln["method"]].append(ln)
-        if ln["method"] not in order:
-            order.append(ln["method"])
-    order = [m for m in (methods or order) if m in order] + [m for m in order if m not in (methods or order)]
+    order, groups = group_lines(lines, methods)
     out: dict[str, dict] = {}
     for (ds, model), by_method in groups.items():
         cells = {m: _cell(by_method[m]) for m in order if m in by_method}
@@ -116,7 +141,6 @@ def _compare(ds: str, model: str, cells: dict, paper: dict | None) -> dict:
     for other in (STUDENT, DKD, best):
         if other and other in cells and LIX in cells and f"lix vs {other}" not in comparisons:
             comparisons[f"lix vs {other}"] = {**paired(_miou(cells, LIX), _miou(cells, other)), "other": other}
-    t_mean, s_mean = (cells[m]["metrics"]["miou"]["mean"] if m in cells else None for m in (TEACHER, STUDENT))
     rows = ((paper or {}).get("datasets", {}).get(ds) or {}).get("rows", {})
 
     def paper_value(m: str) -> float | None:
@@ -127,7 +151,7 @@ def _compare(ds: str, model: str, cells: dict, paper: dict | None) -> dict:
     for m in cells:
         if m in (TEACHER, STUDENT):
             continue
-        gap[m] = {"ours": gap_closed(cells[m]["metrics"]["miou"]["mean"], s_mean, t_mean),
+        gap[m] = {"ours": _gap_on_shared_seeds(_miou(cells, m), _miou(cells, STUDENT), _miou(cells, TEACHER)),
                   "paper": gap_closed(paper_value(m), paper_value(STUDENT), paper_value(TEACHER))}
     both = [m for m in gap if cells[m]["metrics"]["miou"]["mean"] is not None and paper_value(m) is not None]
     tau = kendall_tau([cells[m]["metrics"]["miou"]["mean"] for m in both], [paper_value(m) for m in both]) \
@@ -136,13 +160,26 @@ def _compare(ds: str, model: str, cells: dict, paper: dict | None) -> dict:
             "rank": {"tau": tau, "n": len(both), "methods": both}}
 
 
+def _gap_on_shared_seeds(method: dict[int, float], student: dict[int, float],
+                        teacher: dict[int, float]) -> float | None:
+    """The share of the gap ``method`` closes, on the means over the seeds all three have (so
+    that a method short of some seeds is not set against another seed set's teacher and
+    student); None when they share none."""
+    seeds = set(method) & set(student) & set(teacher)
+    if not seeds:
+        return None
+    return gap_closed(*(statistics.fmean(d[s] for s in seeds) for d in (method, student, teacher)))
+
+
 def totals(lines: list[dict]) -> dict:
     """What the ledger cost and where it ran: runs, the CPU time (each run's wall time x its
-    threads), machines, commits, code digests, dates."""
+    threads), machines, commits, code digests (as each run recorded it; ``rekeyed``: the code
+    digests ``lix sweep --rekey`` keyed lines on since), dates."""
     cpu = sum((ln.get("seconds") or 0.0) * int(ln.get("threads") or 1) for ln in lines)
     return {"runs": len(lines), "cpu_hours": cpu / 3600.0, "run_hours": sum(ln.get("seconds") or 0.0
                                                                            for ln in lines) / 3600.0,
             "machines": _count(ln.get("machine") for ln in lines), "commits": _count(ln.get("commit") for ln in lines),
             "code_digests": _count(ln.get("code_digest") for ln in lines),
+            "rekeyed": _count((ln.get("rekeyed") or {}).get("code_digest") for ln in lines if ln.get("rekeyed")),
             "first": min((ln.get("date") or "" for ln in lines), default=""),
             "last": max((ln.get("date") or "" for ln in lines), default="")}

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lix.report.names import display_dataset, display_model
-from lix.report.plot import new_figure, save_png
+from lix.report.plot import epoch_axis, new_figure, save_png
 from lix.verdict.figures import DKD, LIX, PREMISE_PP, STUDENT, TEACHER, totals, verdict
 from pipeline.atomic import write_json, write_text
 
@@ -36,7 +36,9 @@ def write_verdict(lines: list[dict], out_dir: str | Path, *, paper: dict | None,
           "Machines: " + "; ".join(f"{k} ({n} runs)" for k, n in t["machines"].items()) + ".",
           "Commits: " + ", ".join(f"`{k[:12]}`{'+dirty' if k.endswith('+dirty') else ''} ({n})"
                                   for k, n in t["commits"].items()) + "; training-code digests: "
-          + ", ".join(f"`{k[:12]}` ({n})" for k, n in t["code_digests"].items()) + ".", ""]
+          + ", ".join(f"`{k[:12]}` ({n})" for k, n in t["code_digests"].items())
+          + ("; rekeyed (`lix sweep --rekey`: proven the same training code) to "
+             + ", ".join(f"`{k[:12]}` ({n})" for k, n in t["rekeyed"].items()) if t["rekeyed"] else "") + ".", ""]
     for ds, per_model in v.items():
         for model, r in per_model.items():
             md += _section(ds, model, r, out_dir, plots)
@@ -60,10 +62,12 @@ def _section(ds: str, model: str, r: dict, out_dir: Path, plots: bool) -> list[s
     for m, c in cells.items():
         g = r["gap"].get(m, {})
         stopped = ", ".join(f"{k} {n}" for k, n in c["stopped"].items())
-        md.append(f"| {m} | {c['n']} | " + " | ".join(_pm(c["metrics"][k]) for k in ("mfsc", "fwfsc", "miou", "fwiou"))
-                  + f" | {_pct(g.get('ours'))} | {_pct(g.get('paper'))} | {c['best_epoch_median']} | {stopped} |")
+        figures = " | ".join(_pm(c["metrics"][k]) for k in ("mfsc", "fwfsc", "miou", "fwiou"))
+        md.append(f"| {m} | {c['n']} | {figures} | {_pct(g.get('ours'))} | {_pct(g.get('paper'))} | "
+                  f"{_epoch(c['best_epoch_median'])} | {stopped} |")
     md += ["", "Percent, mean ± sample std over seeds; each run's checkpoint chosen on val mIoU (early stopping) "
-           "and scored on val. Gap closed: (method − student) / (teacher − student) on mean mIoU. "
+           "and scored on val. Gap closed: (method − student) / (teacher − student) on mean mIoU over the "
+           "seeds all three have. "
            "\"max_epochs\": the run hit the profile's epoch cap before its patience ran out.", ""]
     if r["comparisons"]:
         md += ["| comparison (mIoU, seed-paired) | n | mean difference | 95 % interval | seeds LIX ahead |",
@@ -104,6 +108,11 @@ def _ms(pair) -> dict:
     return {"mean": pair[0], "std": pair[1]} if pair else {}
 
 
+def _epoch(x: float | None) -> str:
+    """A median epoch: whole when it is one (81, not 81.0), else to the half (80.5)."""
+    return "–" if x is None else f"{x:g}"
+
+
 def _pct(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:.0f} %"
 
@@ -128,6 +137,21 @@ def _bars(cells: dict, title: str, path: Path) -> None:
     save_png(fig, path)
 
 
+def mean_curve(curves: list[list[tuple[int, float]]]) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
+    """The mean over seeds of (epoch, value) curves, split where the first seed stopped: (the
+    epochs every seed reached, the later ones, each with the mean over the seeds still running).
+    The later part is a mean over fewer and fewer runs (those that kept improving), so it is
+    drawn apart rather than joined to the first."""
+    at: dict[int, list[float]] = {}
+    for cv in curves:
+        for e, v in cv:
+            at.setdefault(e, []).append(v)
+    n = len(curves)
+    points = [(e, sum(v) / len(v), len(v) == n) for e, v in sorted(at.items())]
+    last_full = max((i for i, (_, _, full) in enumerate(points) if full), default=-1)
+    return [(e, m) for e, m, _ in points[:last_full + 1]], [(e, m) for e, m, _ in points[last_full + 1:]]
+
+
 def _curves(cells: dict, title: str, path: Path) -> None:
     fig = new_figure(5.0, 3.0)
     ax = fig.add_subplot(1, 1, 1)
@@ -135,14 +159,20 @@ def _curves(cells: dict, title: str, path: Path) -> None:
         curves = [cv for cv in c["curves"].values() if cv]
         if not curves:
             continue
-        n = max(len(cv) for cv in curves)
-        mean = [sum(cv[k] for cv in curves if len(cv) > k) / sum(1 for cv in curves if len(cv) > k)
-                for k in range(n)]
-        ax.plot(range(1, n + 1), [100 * x for x in mean], label=m, linewidth=1.2 if m != LIX else 2.0)
-    ax.set_xlabel("evaluation (epoch)")
+        full, tail = mean_curve(curves)
+        width = 2.0 if m == LIX else 1.2
+        line = None
+        if full:
+            (line,) = ax.plot([e for e, _ in full], [100 * v for _, v in full], linewidth=width,
+                              label=f"{m} (n={len(curves)})")
+        if tail:
+            joined = full[-1:] + tail  # the dotted part starts where the solid one ends
+            ax.plot([e for e, _ in joined], [100 * v for _, v in joined], linestyle=":", linewidth=width,
+                    color=line.get_color() if line else None, label=None if line else f"{m} (n={len(curves)})")
+    epoch_axis(ax)
     ax.set_ylabel("val mIoU (%), mean over seeds")
     ax.legend(fontsize=7)
-    ax.set_title(title, fontsize=9)
+    ax.set_title(title + "\n(dotted: after the first seed stopped, mean of the seeds still training)", fontsize=8)
     fig.tight_layout()
     save_png(fig, path)
 
