@@ -1,7 +1,7 @@
 """A profile's ledger (``<profile folder>/ledger.jsonl``, tracked by git): one JSON line per
 finished run, appended by the sweep as each run ends, never edited but by ``lix sweep --rekey``
-(lix.sweep.rekey: a line's digest replaced when it provably still names the same run). What a line holds is what
-the profile's report needs (:func:`run_record`), so the report is built from the ledger alone:
+(lix.sweep.rekey: a line's digest replaced when it provably still names the same run). What a
+line holds is what the profile's report needs (:func:`run_record`), so the report is built from the ledger alone:
 
 ``digest`` (lix.sweep.profile.run_digest: a run whose code or parameters changed has another),
 ``profile``, ``dataset``, ``model``, ``method``, ``seed``, ``teacher_digest``; ``metrics`` (the
@@ -62,16 +62,25 @@ class Ledger:
         text = self.path.read_text() if self.path.is_file() else ""
         if text and not text.endswith("\n"):
             text += "\n"
-        write_text(self.path, text + json.dumps(line, sort_keys=True, allow_nan=False, default=_plain) + "\n")
+        write_text(self.path, text + _json_line(line))
         self.lines.append(line)
 
     def replace(self, lines: list[dict]) -> None:
         """Write ``lines`` as the whole ledger (atomically); ValueError when two share a digest."""
         if len({line["digest"] for line in lines}) != len(lines):
             raise ValueError("two ledger lines would share a digest")
-        write_text(self.path, "".join(json.dumps(line, sort_keys=True, allow_nan=False, default=_plain) + "\n"
-                                      for line in lines))
+        write_text(self.path, "".join(_json_line(line) for line in lines))
         self.lines = list(lines)
+
+
+def run_key(line: dict) -> tuple:
+    """(dataset, model, method, seed) of a ledger line: which run of a matrix it records, whatever
+    its digest (the order of lix.sweep.profile.Run's fields)."""
+    return line.get("dataset"), line.get("model"), line.get("method"), line.get("seed")
+
+
+def _json_line(line: dict) -> str:
+    return json.dumps(line, sort_keys=True, allow_nan=False, default=_plain) + "\n"
 
 
 def _plain(x):

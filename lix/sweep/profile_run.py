@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from lix.config_slurm import SlurmConfig
-from lix.sweep.ledger import Ledger, run_record
+from lix.sweep.ledger import Ledger, run_key, run_record
 from lix.sweep.plan import plan
 from lix.sweep.processes import slot_env
 from lix.sweep.profile import TEACHER, Profile, Run, load_profile, plan_profile, write_params
@@ -54,7 +54,7 @@ def run_profile(profile: Profile, repo_dir: str | Path = ".", jobs: int = 1, *, 
     if command_of is not None:
         argv.update({s: command_of(r) for s, r in stage_run.items()})
     p = plan(full.order, full.upstream, full.todo, filters, report=False) if filters else full
-    recorded = {(ln.get("dataset"), ln.get("model"), ln.get("method"), ln.get("seed")) for ln in ledger.lines}
+    recorded = {run_key(ln) for ln in ledger.lines}
     result = ProfileOutcome(None, [s for s in p.order if s in p.todo],
                             in_ledger=sum(1 for d in dig.values() if d in ledger.digests()),
                             stale=sum(dataclasses.astuple(stage_run[s]) in recorded for s in p.todo if s in stage_run))
@@ -91,8 +91,7 @@ def _record(profile: Profile, run: Run, dig: dict[Run, str], ledger: Ledger, cod
     run_dir = profile.run_dir(run.dataset, run.model, run.method, run.seed)
     teacher = None if run.method == TEACHER else dig[run.teacher]
     line = run_record(run_dir, digest=dig[run], profile=profile.name, teacher_digest=teacher, code=code,
-                      seconds=seconds, threads=threads, run={"dataset": run.dataset, "model": run.model,
-                                                             "method": run.method, "seed": run.seed})
+                      seconds=seconds, threads=threads, run=dataclasses.asdict(run))
     if run.method == TEACHER:
         dst = profile.teacher_file(run.dataset, run.model, run.seed)
         dst.parent.mkdir(parents=True, exist_ok=True)

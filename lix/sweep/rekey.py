@@ -30,6 +30,7 @@ checkout's, which a later rekey starts from), ``proof`` (the commit that passed 
 from __future__ import annotations
 
 import ast
+import dataclasses
 import hashlib
 import subprocess
 import time
@@ -39,7 +40,7 @@ from pathlib import Path, PurePosixPath
 
 from lix.config import Params
 from lix.provenance import NOT_TRAINING_CODE, code_digest
-from lix.sweep.ledger import Ledger
+from lix.sweep.ledger import Ledger, run_key
 from lix.sweep.profile import Profile, Run, digests, runs
 from pipeline.errors import DataError
 
@@ -238,17 +239,17 @@ def rekey(profile: Profile, params: Params, lines: list[dict], repo: Path, *, co
     head_files = tree.files(head) or {}
     if digest_sources(head_files.items()) != code:
         raise DataError(root, f"the training code differs from HEAD ({head[:12]}); commit it before --rekey")
-    matrix = {(r.dataset, r.model, r.method, r.seed): r for r in runs(profile)}
+    matrix = {dataclasses.astuple(r): r for r in runs(profile)}
     current = digests(profile, params, code)
     under: dict[str, dict[Run, str]] = {}  # code digest -> the matrix's digests under it
     proofs: dict[tuple[str, str], tuple[str | None, str | None]] = {}  # (code, commit) -> prove()
     commits_of: dict[str, list[str]] = {}  # code digest -> the commits of the lines keyed on it
-    for line in lines:
-        commits_of.setdefault(keyed_on(line)[0], []).append(keyed_on(line)[1])
+    for code_then, commit in map(keyed_on, lines):
+        commits_of.setdefault(code_then, []).append(commit)
     taken = set(current.values()) & {line["digest"] for line in lines}  # runs whose current line is in
     out = RekeyOutcome(lines=[])
     for line in lines:
-        run = matrix.get((line.get("dataset"), line.get("model"), line.get("method"), line.get("seed")))
+        run = matrix.get(run_key(line))
         if run is None:
             out.lines.append(line)
             continue
